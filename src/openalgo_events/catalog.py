@@ -1,0 +1,226 @@
+"""The catalog of event types: one entry each, and no transport knows any of them.
+
+Adding an event type is one ``register(EventSpec(...))``. The publisher validates ``data``
+against the entry at the call; the schema generator turns the entries into JSON Schema.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+from .errors import EventValidationError
+
+
+class Priority(IntEnum):
+    """The design's priorities; when the spool is over its limit, LOW and MEDIUM are shed first."""
+
+    LOW = 0
+    MEDIUM = 1
+    HIGH = 2
+    CRITICAL = 3
+
+
+@dataclass(frozen=True)
+class Field:
+    """One field of an event's ``data``: its JSON Schema type(s) and whether it is required."""
+
+    name: str
+    type: str | tuple[str, ...] = "string"
+    required: bool = False
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class EventSpec:
+    """An event type: its fields, its priority and, for system events, its fixed user id."""
+
+    name: str
+    description: str
+    fields: tuple[Field, ...] = ()
+    priority: Priority = Priority.HIGH
+    system_user: str | None = None  # e.g. "admin" for master_contract_download
+    forbidden: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def required(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.fields if f.required)
+
+    def check(self, data: Mapping[str, Any]) -> None:
+        """Raise ``EventValidationError`` naming the first missing or forbidden field."""
+        for name in self.required:
+            if name not in data:
+                raise EventValidationError(self.name, name, "is required")
+        for name in data if self.forbidden else ():
+            if name.lower() in self.forbidden:
+                raise EventValidationError(
+                    self.name, name, "looks like a secret and is never published; remove it"
+                )
+
+
+NUMBER = ("number", "string")  # OpenAlgo sends quantities and prices both as numbers and strings
+_req = {"required": True}
+
+
+class Catalog(Mapping[str, EventSpec]):
+    """A registry of ``EventSpec`` by name."""
+
+    def __init__(self, specs: tuple[EventSpec, ...] = ()) -> None:
+        self._specs: dict[str, EventSpec] = {}
+        for spec in specs:
+            self.register(spec)
+
+    def register(self, spec: EventSpec) -> EventSpec:
+        self._specs[spec.name] = spec
+        return spec
+
+    def spec(self, event_type: str) -> EventSpec:
+        try:
+            return self._specs[event_type]
+        except KeyError:
+            raise EventValidationError(
+                event_type,
+                None,
+                "unknown event type; add it to the catalog with "
+                "openalgo_events.catalog.register(EventSpec(...))",
+            ) from None
+
+    def __getitem__(self, name: str) -> EventSpec:
+        return self._specs[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._specs)
+
+    def __len__(self) -> int:
+        return len(self._specs)
+
+
+_SECRETS = frozenset({"password", "old_password", "new_password", "confirm_password", "apikey",
+                      "api_key", "api_secret", "secret", "access_token", "auth_token"})
+
+CATALOG = Catalog(
+    (
+        # The design's five events.
+        EventSpec(
+            "order_event",
+            "An order was placed (or a basket, split, options or multi-leg order completed).",
+            (
+                Field("symbol", **_req), Field("action", **_req),
+                Field("orderid", **_req), Field("mode", **_req, description="live or analyze"),
+                Field("broker"), Field("exchange"), Field("quantity", NUMBER),
+                Field("price", NUMBER), Field("price_type"), Field("product_type"),
+                Field("batch_order", "boolean"), Field("is_last_order", "boolean"),
+            ),
+            Priority.CRITICAL,
+        ),
+        EventSpec(
+            "analyzer_update",
+            "A sandbox (analyze mode) request and its response.",
+            (Field("request", "object", **_req), Field("response", "object", **_req)),
+            Priority.HIGH,
+        ),
+        EventSpec(
+            "order_notification",
+            "An informational order message, such as a smart order with nothing to do.",
+            (
+                Field("symbol", **_req), Field("status", **_req), Field("message", **_req),
+                Field("notification_type"),
+            ),
+            Priority.MEDIUM,
+        ),
+        EventSpec(
+            "master_contract_download",
+            "The master contract download after a broker login finished (or made progress).",
+            (
+                # OpenAlgo's own emit has no broker, so only status and message are required.
+                Field("status", **_req), Field("message", **_req), Field("broker"),
+                Field("symbols_count", "integer"), Field("download_time_seconds", "number"),
+            ),
+            Priority.LOW,
+            system_user="admin",
+        ),
+        EventSpec(
+            "password_change",
+            "A user's password was changed. Never carries the password itself.",
+            (
+                Field("user", **_req), Field("status", **_req), Field("message", **_req),
+                Field("ip_address"), Field("user_agent"),
+            ),
+            Priority.LOW,
+            forbidden=_SECRETS,
+        ),
+        # What else OpenAlgo's Socket.IO layer emits today.
+        EventSpec(
+            "modify_order_event",
+            "An order was modified.",
+            (Field("status", **_req), Field("orderid", **_req), Field("mode", **_req)),
+            Priority.CRITICAL,
+        ),
+        EventSpec(
+            "cancel_order_event",
+            "An order (or all orders) was cancelled.",
+            (
+                Field("status", **_req), Field("orderid", **_req), Field("mode", **_req),
+                Field("batch_order", "boolean"), Field("is_last_order", "boolean"),
+                Field("canceled_count", "integer"), Field("failed_count", "integer"),
+            ),
+            Priority.CRITICAL,
+        ),
+        EventSpec(
+            "close_position_event",
+            "A position was closed.",
+            (Field("status", **_req), Field("message", **_req), Field("mode", **_req)),
+            Priority.CRITICAL,
+        ),
+        EventSpec(
+            "gtt_event",
+            "A GTT (good-till-triggered) order changed state.",
+            (
+                Field("event", **_req), Field("symbol"), Field("exchange"),
+                Field("trigger_id", ("string", "integer")), Field("triggered_order_id"),
+                Field("mode"),
+            ),
+            Priority.CRITICAL,
+        ),
+        EventSpec(
+            "order_update",
+            "The broker reported an order's new status.",
+            (
+                Field("orderid", **_req), Field("order_status", **_req), Field("mode"),
+                Field("broker"), Field("symbol"), Field("exchange"), Field("action"),
+                Field("quantity", NUMBER), Field("price", NUMBER),
+                Field("filled_quantity", NUMBER), Field("pending_quantity", NUMBER),
+                Field("average_price", NUMBER), Field("rejection_reason"),
+            ),
+            Priority.CRITICAL,
+        ),
+        EventSpec(
+            "force_logout",
+            "A user's sessions are being ended (logout, expiry, password change).",
+            (Field("message", **_req),),
+            Priority.MEDIUM,
+        ),
+        EventSpec(
+            "active_sessions_update",
+            "The list of a user's active sessions changed.",
+            (Field("count", "integer", **_req), Field("sessions", "array")),
+            Priority.LOW,
+        ),
+        EventSpec(
+            "pending_order_created",
+            "An order is waiting for approval (semi-automatic mode).",
+            (),
+            Priority.HIGH,
+        ),
+        EventSpec(
+            "pending_order_updated",
+            "An order waiting for approval was approved or rejected.",
+            (),
+            Priority.HIGH,
+        ),
+    )
+)
+
+register = CATALOG.register

@@ -1,0 +1,350 @@
+"""Configuration: read once from the environment (and ``.env``), validated into ``Settings``.
+
+With no variable set, the mode is SOCKETIO and the application behaves exactly as before.
+Every problem is reported in one ``ConfigError`` naming the variable, the bad value and the fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from enum import Enum
+from typing import Any
+
+from .errors import ConfigError
+
+MASK = "********"
+
+
+class Mode(str, Enum):
+    """Where events go: the browser (today's behaviour), Kafka, or both."""
+
+    SOCKETIO = "SOCKETIO"
+    KAFKA = "KAFKA"
+    BOTH = "BOTH"
+
+    @property
+    def uses_kafka(self) -> bool:
+        return self is not Mode.SOCKETIO
+
+    @property
+    def uses_socketio(self) -> bool:
+        return self is not Mode.KAFKA
+
+
+COMPRESSION_CODECS = ("none", "gzip", "snappy", "lz4", "zstd")
+OFFSET_RESETS = ("earliest", "latest")
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "GSSAPI", "OAUTHBEARER")
+SPOOL_SYNC = ("NORMAL", "FULL")
+SOCKETIO_SCOPES = ("broadcast", "user")
+PASSTHROUGH_PREFIX = "KAFKA_LIBRDKAFKA_"
+_HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
+
+
+@dataclass(frozen=True)
+class Var:
+    """One environment variable: its default, its parser and what it means."""
+
+    name: str
+    attr: str
+    default: str
+    help: str
+    secret: bool = False
+
+
+# name, Settings attribute, default, meaning. The order is the order of .sample.env.
+VARIABLES: tuple[Var, ...] = (
+    Var("ORDER_EVENT_MODE", "mode", "SOCKETIO", "SOCKETIO (default, today's behaviour), KAFKA, or BOTH"),
+    Var("ORDER_EVENT_SOURCE", "source", "openalgo", "the envelope's source field"),
+    Var("ORDER_EVENT_DEFAULT_USER", "default_user", "admin", "user id for events with no user (single-user installs)"),
+    Var("ORDER_EVENT_SOCKETIO_SCOPE", "socketio_scope", "broadcast", "broadcast (today) or user: emit only to the user's room"),
+    Var("ORDER_EVENT_MAX_MESSAGE_BYTES", "max_message_bytes", "1048576", "largest envelope accepted (the topic's max.message.bytes)"),
+    Var("ORDER_EVENT_ADMIN_TOKEN", "admin_token", "", "bearer token for the mode-switch endpoint (empty: endpoint off)", secret=True),
+    Var("KAFKA_BOOTSTRAP_SERVERS", "bootstrap_servers", "", "host:port[,host:port...] (required in KAFKA and BOTH modes)"),
+    Var("KAFKA_ORDER_EVENTS_TOPIC", "order_events_topic", "from_openalgo_order_events", "topic events are published to"),
+    Var("KAFKA_ESB_EVENTS_TOPIC", "esb_events_topic", "from_esb_order_events", "topic the inbound consumer reads"),
+    Var("KAFKA_PRODUCER_COMPRESSION", "compression", "snappy", "none, gzip, snappy, lz4 or zstd"),
+    Var("KAFKA_PRODUCER_BATCH_SIZE", "batch_size", "16384", "producer batch size in bytes"),
+    Var("KAFKA_PRODUCER_LINGER_MS", "linger_ms", "10", "how long the producer waits to fill a batch"),
+    Var("KAFKA_CONSUMER_GROUP", "consumer_group", "openalgo-order-consumer", "consumer group of the inbound consumer"),
+    Var("KAFKA_CONSUMER_AUTO_OFFSET_RESET", "auto_offset_reset", "latest", "earliest or latest"),
+    Var("KAFKA_SECURITY_PROTOCOL", "security_protocol", "PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"),
+    Var("KAFKA_SASL_MECHANISM", "sasl_mechanism", "", "PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, GSSAPI or OAUTHBEARER"),
+    Var("KAFKA_SASL_USERNAME", "sasl_username", "", "SASL user name"),
+    Var("KAFKA_SASL_PASSWORD", "sasl_password", "", "SASL password", secret=True),
+    Var("KAFKA_SSL_CA_LOCATION", "ssl_ca_location", "", "CA certificate file for SSL"),
+    Var("KAFKA_SPOOL_PATH", "spool_path", "openalgo_events_spool.db", "durable local spool (SQLite); :memory: turns durability off"),
+    Var("KAFKA_SPOOL_MAX_BYTES", "spool_max_bytes", "536870912", "pending bytes above which LOW and MEDIUM events are shed"),
+    Var("KAFKA_SPOOL_SYNC", "spool_sync", "NORMAL", "NORMAL (survives a crash) or FULL (survives power loss, slower)"),
+    Var("KAFKA_TRAIL_RETENTION_HOURS", "trail_retention_hours", "168", "how long delivered events stay replayable"),
+    Var("KAFKA_STALL_TIMEOUT_SECONDS", "stall_timeout_seconds", "10", "no delivery progress for this long rebuilds the producer"),
+    Var("KAFKA_CLOSE_TIMEOUT_SECONDS", "close_timeout_seconds", "5", "how long shutdown waits for delivery"),
+    Var("KAFKA_ROLLOUT_PERCENT", "rollout_percent", "100", "share of users (by hash of user id) whose events go to Kafka"),
+    Var("KAFKA_CONSUMER_ENABLED", "consumer_enabled", "FALSE", "TRUE starts the inbound consumer inside the app"),
+    Var("KAFKA_CONSUMER_MAX_ATTEMPTS", "consumer_max_attempts", "5", "handler attempts before a message goes to the dead-letter topic"),
+    Var("KAFKA_CONSUMER_RETRY_BACKOFF_MS", "consumer_retry_backoff_ms", "200", "first retry delay, doubled each attempt"),
+    Var("KAFKA_CONSUMER_MAX_AGE_SECONDS", "consumer_max_age_seconds", "300", "older inbound commands go to the dead-letter topic"),
+    Var("KAFKA_CONSUMER_DLQ_TOPIC", "consumer_dlq_topic", "", "dead-letter topic (default: the ESB topic + .dlq)"),
+    Var("KAFKA_CONSUMER_STATE_PATH", "consumer_state_path", "openalgo_events_consumer.db", "handled event ids, for idempotence across restarts"),
+    Var("KAFKA_CONSUMER_UNHEALTHY_AFTER", "consumer_unhealthy_after", "5", "consecutive errors that make the consumer unhealthy"),
+)
+_BY_NAME = {v.name: v for v in VARIABLES}
+_INT_VARS = {
+    "ORDER_EVENT_MAX_MESSAGE_BYTES": 1, "KAFKA_PRODUCER_BATCH_SIZE": 1, "KAFKA_PRODUCER_LINGER_MS": 0,
+    "KAFKA_SPOOL_MAX_BYTES": 1, "KAFKA_TRAIL_RETENTION_HOURS": 0, "KAFKA_STALL_TIMEOUT_SECONDS": 1,
+    "KAFKA_CLOSE_TIMEOUT_SECONDS": 0, "KAFKA_ROLLOUT_PERCENT": 0, "KAFKA_CONSUMER_MAX_ATTEMPTS": 1,
+    "KAFKA_CONSUMER_RETRY_BACKOFF_MS": 0, "KAFKA_CONSUMER_MAX_AGE_SECONDS": 0,
+    "KAFKA_CONSUMER_UNHEALTHY_AFTER": 1,
+}  # name -> smallest allowed value
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "ORDER_EVENT_MODE": tuple(m.value for m in Mode),
+    "ORDER_EVENT_SOCKETIO_SCOPE": SOCKETIO_SCOPES,
+    "KAFKA_PRODUCER_COMPRESSION": COMPRESSION_CODECS,
+    "KAFKA_CONSUMER_AUTO_OFFSET_RESET": OFFSET_RESETS,
+    "KAFKA_SECURITY_PROTOCOL": SECURITY_PROTOCOLS,
+    "KAFKA_SPOOL_SYNC": SPOOL_SYNC,
+}
+_CASE_INSENSITIVE = {"ORDER_EVENT_MODE", "KAFKA_SECURITY_PROTOCOL", "KAFKA_SPOOL_SYNC"}
+_BOOL = {"TRUE": True, "1": True, "YES": True, "FALSE": False, "0": False, "NO": False}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated, immutable configuration. Build it with ``Settings.from_env()``.
+
+    >>> Settings.from_env({}).mode
+    <Mode.SOCKETIO: 'SOCKETIO'>
+    """
+
+    mode: Mode = Mode.SOCKETIO
+    source: str = "openalgo"
+    default_user: str = "admin"
+    socketio_scope: str = "broadcast"
+    max_message_bytes: int = 1_048_576
+    admin_token: str = field(default="", repr=False)
+    bootstrap_servers: str = ""
+    order_events_topic: str = "from_openalgo_order_events"
+    esb_events_topic: str = "from_esb_order_events"
+    compression: str = "snappy"
+    batch_size: int = 16384
+    linger_ms: int = 10
+    consumer_group: str = "openalgo-order-consumer"
+    auto_offset_reset: str = "latest"
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = ""
+    sasl_username: str = ""
+    sasl_password: str = field(default="", repr=False)
+    ssl_ca_location: str = ""
+    spool_path: str = "openalgo_events_spool.db"
+    spool_max_bytes: int = 536_870_912
+    spool_sync: str = "NORMAL"
+    trail_retention_hours: int = 168
+    stall_timeout_seconds: int = 10
+    close_timeout_seconds: int = 5
+    rollout_percent: int = 100
+    consumer_enabled: bool = False
+    consumer_max_attempts: int = 5
+    consumer_retry_backoff_ms: int = 200
+    consumer_max_age_seconds: int = 300
+    consumer_dlq_topic: str = ""
+    consumer_state_path: str = "openalgo_events_consumer.db"
+    consumer_unhealthy_after: int = 5
+    librdkafka: Mapping[str, str] = field(default_factory=dict, repr=False)
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, *, env_file: str | None = ".env"
+    ) -> Settings:
+        """Read and validate. ``environ`` defaults to ``os.environ`` plus ``env_file``.
+
+        ``.env`` is read the way OpenAlgo does (python-dotenv, never overriding a set variable).
+        """
+        if environ is None:
+            if env_file and os.path.exists(env_file):
+                from dotenv import load_dotenv
+
+                load_dotenv(env_file, override=False)
+            environ = os.environ
+        return _parse(environ)
+
+    @property
+    def dlq_topic(self) -> str:
+        return self.consumer_dlq_topic or f"{self.esb_events_topic}.dlq"
+
+    def client_config(self) -> dict[str, str]:
+        """librdkafka properties shared by producers, consumers and admin clients."""
+        conf = {"bootstrap.servers": self.bootstrap_servers, "client.id": "openalgo-events"}
+        conf["security.protocol"] = self.security_protocol
+        if self.sasl_mechanism:
+            conf["sasl.mechanism"] = self.sasl_mechanism
+        if self.sasl_username:
+            conf["sasl.username"] = self.sasl_username
+        if self.sasl_password:
+            conf["sasl.password"] = self.sasl_password
+        if self.ssl_ca_location:
+            conf["ssl.ca.location"] = self.ssl_ca_location
+        conf.update(self.librdkafka)
+        return conf
+
+    def producer_config(self) -> dict[str, str | int | bool]:
+        """The producer's properties: durable (acks=all, idempotent), batched as configured."""
+        conf: dict[str, str | int | bool] = {
+            "acks": "all",
+            "enable.idempotence": True,
+            "compression.type": self.compression,
+            "batch.size": self.batch_size,
+            "linger.ms": self.linger_ms,
+        }
+        conf.update(self.client_config())
+        return conf
+
+    def to_env(self) -> dict[str, str]:
+        """The settings as environment variables (secrets included: never log this)."""
+        env: dict[str, str] = {}
+        for var in VARIABLES:
+            value = getattr(self, var.attr)
+            if isinstance(value, bool):
+                env[var.name] = "TRUE" if value else "FALSE"
+            elif isinstance(value, Enum):
+                env[var.name] = value.value
+            else:
+                env[var.name] = str(value)
+        for key, value in self.librdkafka.items():
+            env[PASSTHROUGH_PREFIX + key.upper().replace(".", "_")] = value
+        return env
+
+    def describe(self) -> dict[str, str]:
+        """Every variable and its value, secrets masked: safe to print or log."""
+        out = {}
+        for var in VARIABLES:
+            value = self.to_env()[var.name]
+            out[var.name] = MASK if var.secret and value else value
+        for key, value in self.librdkafka.items():
+            name = PASSTHROUGH_PREFIX + key.upper().replace(".", "_")
+            out[name] = MASK if _looks_secret(key) else value
+        return out
+
+
+def _looks_secret(key: str) -> bool:
+    return any(word in key.lower() for word in ("password", "secret", "token", "key.pem", "jaas"))
+
+
+def _parse(environ: Mapping[str, str]) -> Settings:
+    problems: list[str] = []
+    warnings: list[str] = []
+    values: dict[str, Any] = {}
+    for var in VARIABLES:
+        raw = environ.get(var.name)
+        raw = var.default if raw is None or raw.strip() == "" else raw.strip()
+        shown = MASK if var.secret else repr(raw)
+        if var.name in _CASE_INSENSITIVE:
+            raw = raw.upper()
+        if var.name in _INT_VARS:
+            try:
+                number = int(raw)
+            except ValueError:
+                problems.append(f"{var.name}={shown} is not a whole number; set it to an integer "
+                                f"such as {var.default} ({var.help})")
+                continue
+            if number < _INT_VARS[var.name]:
+                problems.append(f"{var.name}={shown} is below {_INT_VARS[var.name]}; "
+                                f"use a value such as {var.default}")
+                continue
+            values[var.attr] = number
+        elif var.name in _CHOICES:
+            choices = _CHOICES[var.name]
+            if raw not in choices:
+                problems.append(f"{var.name}={shown} is not valid; use one of: {', '.join(choices)}")
+                continue
+            values[var.attr] = Mode(raw) if var.name == "ORDER_EVENT_MODE" else raw
+        elif var.name == "KAFKA_CONSUMER_ENABLED":
+            if raw.upper() not in _BOOL:
+                problems.append(f"{var.name}={shown} is not a boolean; use TRUE or FALSE")
+                continue
+            values[var.attr] = _BOOL[raw.upper()]
+        else:
+            values[var.attr] = raw
+
+    if values.get("rollout_percent", 0) > 100:
+        problems.append(f"KAFKA_ROLLOUT_PERCENT={values['rollout_percent']!r} is above 100; "
+                        "use a percentage from 0 to 100")
+    sasl = values.get("sasl_mechanism", "")
+    if sasl and sasl.upper() not in SASL_MECHANISMS:
+        problems.append(f"KAFKA_SASL_MECHANISM={sasl!r} is not valid; use one of: "
+                        f"{', '.join(SASL_MECHANISMS)}")
+    elif sasl:
+        values["sasl_mechanism"] = sasl.upper()
+
+    mode = values.get("mode")
+    servers = values.get("bootstrap_servers", "")
+    if isinstance(mode, Mode) and mode.uses_kafka and not servers:
+        problems.append(f"ORDER_EVENT_MODE={mode.value} requires KAFKA_BOOTSTRAP_SERVERS; set it to "
+                        "your brokers as host:port[,host:port] (or run 'openalgo-events dev-broker' "
+                        "for a local one)")
+    if servers:
+        bad = [s for s in servers.split(",") if not _valid_host_port(s.strip())]
+        if bad:
+            problems.append(f"KAFKA_BOOTSTRAP_SERVERS={servers!r} is malformed at {bad[0]!r}; "
+                            "use host:port entries separated by commas, e.g. "
+                            "'kafka1:9092,kafka2:9092'")
+    protocol = values.get("security_protocol", "PLAINTEXT")
+    if protocol.startswith("SASL") and not sasl:
+        problems.append(f"KAFKA_SECURITY_PROTOCOL={protocol} requires KAFKA_SASL_MECHANISM "
+                        f"(one of: {', '.join(SASL_MECHANISMS)})")
+    if sasl in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512") and not (
+        values.get("sasl_username") and values.get("sasl_password")
+    ):
+        problems.append(f"KAFKA_SASL_MECHANISM={sasl} requires KAFKA_SASL_USERNAME and "
+                        "KAFKA_SASL_PASSWORD")
+    for name in ("KAFKA_ORDER_EVENTS_TOPIC", "KAFKA_ESB_EVENTS_TOPIC"):
+        topic = values.get(_BY_NAME[name].attr, "")
+        if topic and not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", topic):
+            problems.append(f"{name}={topic!r} is not a valid Kafka topic name; use letters, "
+                            "digits, '.', '_' and '-' only")
+
+    librdkafka = {}
+    for name, raw in environ.items():
+        if name.startswith(PASSTHROUGH_PREFIX) and len(name) > len(PASSTHROUGH_PREFIX):
+            librdkafka[name[len(PASSTHROUGH_PREFIX):].lower().replace("_", ".")] = raw
+        elif name.startswith(("KAFKA_", "ORDER_EVENT_")) and name not in _BY_NAME:
+            close = difflib.get_close_matches(name, list(_BY_NAME), n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            warnings.append(f"{name} is not an openalgo-events variable and is ignored{hint}")
+
+    if problems:
+        raise ConfigError(problems)
+    known = {f.name for f in fields(Settings)}
+    return Settings(**{k: v for k, v in values.items() if k in known},
+                    librdkafka=librdkafka, warnings=tuple(warnings))
+
+
+def _valid_host_port(entry: str) -> bool:
+    match = _HOST_PORT.match(entry)
+    return bool(match) and 0 < int(match.group(2)) < 65536  # type: ignore[union-attr]
+
+
+def sample_env() -> str:
+    """The ``.sample.env`` block, in OpenAlgo's ``KEY = 'value'`` style, every default shown."""
+    lines = ["# openalgo-events: order events to Socket.IO (default) and/or Kafka.",
+             "# Every variable is optional; with none set, nothing changes.", ""]
+    for var in VARIABLES:
+        lines.append(f"# {var.help}")
+        lines.append(f"{var.name} = '{var.default}'")
+    lines += ["", f"# Any librdkafka property: {PASSTHROUGH_PREFIX}<PROPERTY_WITH_UNDERSCORES>,",
+              f"# e.g. {PASSTHROUGH_PREFIX}MESSAGE_MAX_BYTES = '1048576' sets message.max.bytes."]
+    return "\n".join(lines) + "\n"
+
+
+def validate_order_event_config(environ: Mapping[str, str] | None = None) -> str:
+    """The design's start-up check: validate and return the mode (``'SOCKETIO'``...)."""
+    return Settings.from_env(environ).mode.value
+
+
+def validate_all_configs(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The design's ``validate_all_configs``: ``{'order_event_mode': mode}``, or ``ConfigError``."""
+    return {"order_event_mode": validate_order_event_config(environ)}

@@ -1,0 +1,241 @@
+"""The publish API: one ``publish`` underneath, the design's typed methods as thin wrappers.
+
+``publish`` validates the event against the catalog, builds the envelope and hands it to the
+transport. Bad input raises ``EventValidationError`` at the call, before anything is sent; a
+transport failure is logged with the event id and counted, and never raised into the order
+path.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from ._threads import new_lock
+from .catalog import CATALOG, Catalog
+from .config import Mode, Settings
+from .envelope import Envelope, to_json_value
+from .errors import ConfigError, EventValidationError
+from .spool import Spool
+from .stats import Stats
+from .transports import Transport
+from .transports.routing import Route, RoutingTransport
+from .transports.socketio import SocketIOTransport
+
+log = logging.getLogger("openalgo_events")
+
+
+class EventPublisher:
+    """Publishes catalog events through one transport.
+
+    >>> from openalgo_events.testing import MemoryTransport
+    >>> publisher = EventPublisher(MemoryTransport())
+    >>> publisher.publish_order_event("alice", "SBIN-EQ", "BUY", "ORD1", "live").data["symbol"]
+    'SBIN-EQ'
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        source: str = "openalgo",
+        max_message_bytes: int = 1_048_576,
+        catalog: Catalog = CATALOG,
+        stats: Stats | None = None,
+    ) -> None:
+        self.transport = transport
+        self.source = source
+        self.max_message_bytes = max_message_bytes
+        self.catalog = catalog
+        self.stats = stats or getattr(transport, "stats", None) or Stats()
+
+    # -- the one entry point ----------------------------------------------------------------
+    def publish(self, event_type: str, user_id: str | None,
+                data: Mapping[str, Any] | None = None, **fields: Any) -> Envelope:
+        """Validate, build and send one event; returns its envelope.
+
+        ``data`` and keyword ``fields`` are merged. Raises ``EventValidationError`` for an
+        unknown type, a missing field, a secret, a non-JSON value or an oversized message.
+        """
+        envelope = self.build(event_type, user_id, {**(data or {}), **fields})
+        self.send(envelope)
+        return envelope
+
+    def build(self, event_type: str, user_id: str | None, data: Mapping[str, Any],
+              sequence: int | None = None) -> Envelope:
+        """The validated envelope for an event, without sending it."""
+        spec = self.catalog.spec(event_type)
+        user = spec.system_user or user_id
+        if not isinstance(user, str) or not user:
+            raise EventValidationError(event_type, "user_id", "must be a non-empty string")
+        spec.check(data)
+        envelope = Envelope(event_type, user, to_json_value(data, event_type, "data"),
+                            source=self.source, sequence=sequence)
+        size = len(envelope.value)
+        if size > self.max_message_bytes:
+            raise EventValidationError(
+                event_type, None,
+                f"the message is {size} bytes, over the {self.max_message_bytes}-byte limit "
+                "(the topic's max.message.bytes, ORDER_EVENT_MAX_MESSAGE_BYTES); send less data",
+            )
+        return envelope
+
+    def send(self, envelope: Envelope) -> None:
+        """Hand a built envelope to the transport; failures are logged and counted, not raised."""
+        started = time.perf_counter()
+        try:
+            self.transport.publish(envelope)
+        except Exception:
+            self.stats.incr("failed", event_type=envelope.event_type, transport="publish")
+            log.exception("could not publish %s event %s for user %s", envelope.event_type,
+                          envelope.event_id, envelope.user_id)
+            return
+        self.stats.observe("publish_latency", time.perf_counter() - started)
+        self.stats.incr("published", event_type=envelope.event_type,
+                        transport=self.transport.name)
+        log.debug("published %s event %s for user %s", envelope.event_type, envelope.event_id,
+                  envelope.user_id)
+
+    # -- the design's typed methods ---------------------------------------------------------
+    def publish_order_event(self, user_id: str, symbol: str, action: str, orderid: str,
+                            mode: str, **kwargs: Any) -> Envelope:
+        return self.publish("order_event", user_id, {"symbol": symbol, "action": action,
+                                                     "orderid": orderid, "mode": mode, **kwargs})
+
+    def publish_analyzer_update(self, user_id: str, request: Mapping[str, Any],
+                                response: Mapping[str, Any]) -> Envelope:
+        return self.publish("analyzer_update", user_id, {"request": request, "response": response})
+
+    def publish_order_notification(self, user_id: str, symbol: str, status: str, message: str,
+                                   **kwargs: Any) -> Envelope:
+        return self.publish("order_notification", user_id,
+                            {"symbol": symbol, "status": status, "message": message, **kwargs})
+
+    def publish_master_contract_download(self, broker: str, status: str, message: str,
+                                         **kwargs: Any) -> Envelope:
+        return self.publish("master_contract_download", None,
+                            {"broker": broker, "status": status, "message": message, **kwargs})
+
+    def publish_password_change(self, user_id: str, status: str, message: str,
+                                **kwargs: Any) -> Envelope:
+        return self.publish("password_change", user_id,
+                            {"user": user_id, "status": status, "message": message, **kwargs})
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    @property
+    def mode(self) -> Mode | None:
+        route = getattr(self.transport, "route", None)
+        return route.mode if isinstance(route, Route) else None
+
+    def switch_mode(self, mode: Mode | str, rollout_percent: int | None = None) -> Route:
+        """Change SOCKETIO / KAFKA / BOTH (and the rollout share) without a restart."""
+        if not isinstance(self.transport, RoutingTransport):
+            raise ConfigError(["this publisher has a fixed transport; build it with "
+                               "create_publisher() to switch modes at run time"])
+        try:
+            new_mode = Mode(str(getattr(mode, "value", mode)).upper())
+        except ValueError:
+            raise ConfigError([f"mode {mode!r} is not valid; use SOCKETIO, KAFKA or BOTH"]) from None
+        if rollout_percent is not None and not 0 <= rollout_percent <= 100:
+            raise ConfigError([f"rollout percent {rollout_percent} is not in 0..100"])
+        return self.transport.switch(new_mode, rollout_percent)
+
+    def flush(self, timeout: float = 5.0) -> int:
+        """Wait up to ``timeout`` seconds for accepted events; return how many remain."""
+        return self.transport.flush(timeout)
+
+    def close(self, timeout: float = 5.0) -> int:
+        """Flush and release; return how many events were left undelivered (and where)."""
+        left = self.transport.close(timeout)
+        log.info("event publisher closed; %d events undelivered", left)
+        return left
+
+    def health(self) -> dict[str, Any]:
+        return self.transport.health()
+
+
+class SocketIOEventPublisher(EventPublisher):
+    """The design's Socket.IO publisher: today's emits, unchanged.
+
+    >>> publisher = SocketIOEventPublisher(socketio)  # doctest: +SKIP
+    """
+
+    def __init__(self, socketio: Any, *, scope: str = "broadcast", **options: Any) -> None:
+        stats = options.pop("stats", None) or Stats()
+        super().__init__(SocketIOTransport(socketio, scope=scope, stats=stats), stats=stats,
+                         **options)
+
+
+class KafkaEventPublisher(EventPublisher):
+    """The design's Kafka publisher; other settings come from the environment.
+
+    >>> publisher = KafkaEventPublisher("localhost:9092", "from_openalgo_order_events")  # doctest: +SKIP
+    """
+
+    def __init__(self, bootstrap_servers: str, topic: str = "from_openalgo_order_events", *,
+                 settings: Settings | None = None, **options: Any) -> None:
+        base = settings or Settings.from_env()
+        env = {**base.to_env(), "KAFKA_BOOTSTRAP_SERVERS": bootstrap_servers,
+               "KAFKA_ORDER_EVENTS_TOPIC": topic}
+        settings = Settings.from_env(env)
+        stats = options.pop("stats", None) or Stats()
+        options.setdefault("source", settings.source)
+        options.setdefault("max_message_bytes", settings.max_message_bytes)
+        super().__init__(kafka_transport(settings, stats), stats=stats, **options)
+
+
+def kafka_transport(settings: Settings, stats: Stats | None = None) -> Transport:
+    """The Kafka transport for ``settings``, with its spool."""
+    from .transports.kafka import KafkaTransport
+
+    stats = stats or Stats()
+    spool = Spool(settings.spool_path, max_bytes=settings.spool_max_bytes,
+                  sync=settings.spool_sync, retention_hours=settings.trail_retention_hours,
+                  stats=stats)
+    return KafkaTransport(settings.producer_config(), settings.order_events_topic, spool=spool,
+                          stall_timeout=settings.stall_timeout_seconds, stats=stats)
+
+
+def build_publisher(settings: Settings, socketio: Any = None) -> EventPublisher:
+    """A publisher routed by ``settings`` (mode, rollout), able to switch modes later."""
+    stats = Stats()
+    sio = (SocketIOTransport(socketio, scope=settings.socketio_scope, stats=stats)
+           if socketio is not None else None)
+    factory = (lambda: kafka_transport(settings, stats)) if settings.bootstrap_servers else None
+    router = RoutingTransport(Route(settings.mode, settings.rollout_percent), socketio=sio,
+                              kafka_factory=factory)
+    for warning in settings.warnings:
+        log.warning("%s", warning)
+    log.info("order events: mode %s, rollout %d%%%s", settings.mode.value,
+             settings.rollout_percent,
+             f", topic {settings.order_events_topic}" if settings.mode.uses_kafka else "")
+    return EventPublisher(router, source=settings.source,
+                          max_message_bytes=settings.max_message_bytes, stats=stats)
+
+
+class EventPublisherFactory:
+    """The design's factory: one publisher per process, chosen by ``ORDER_EVENT_MODE``.
+
+    >>> publisher = EventPublisherFactory.create_publisher(socketio=socketio)  # doctest: +SKIP
+    """
+
+    _instance: EventPublisher | None = None
+    _lock = new_lock()
+
+    @classmethod
+    def create_publisher(cls, socketio: Any = None,
+                         settings: Settings | None = None) -> EventPublisher:
+        with cls._lock:
+            if cls._instance is None:
+                cls._instance = build_publisher(settings or Settings.from_env(), socketio)
+            return cls._instance
+
+    @classmethod
+    def reset(cls, timeout: float = 5.0) -> None:
+        """Close and forget the process's publisher (tests, reloads)."""
+        with cls._lock:
+            if cls._instance is not None:
+                cls._instance.close(timeout)
+            cls._instance = None

@@ -1,0 +1,78 @@
+"""Counters and latency observations, kept without any metrics library.
+
+The Prometheus exporter (``openalgo_events.integrations.metrics``) reads a snapshot; the core
+imports nothing optional.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._threads import new_lock
+
+# Upper bounds in seconds, shared by every latency histogram.
+BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+           0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+Labels = tuple[tuple[str, str], ...]
+
+
+@dataclass
+class Histogram:
+    counts: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS) + 1))
+    total: float = 0.0
+    count: int = 0
+
+    def observe(self, seconds: float) -> None:
+        for i, bound in enumerate(BUCKETS):
+            if seconds <= bound:
+                self.counts[i] += 1
+                break
+        else:
+            self.counts[-1] += 1
+        self.total += seconds
+        self.count += 1
+
+
+class Stats:
+    """Thread-safe named counters and histograms with labels.
+
+    >>> s = Stats(); s.incr("published", event_type="order_event"); s.count("published")
+    1
+    """
+
+    def __init__(self) -> None:
+        self._lock = new_lock()
+        self._counters: Counter[tuple[str, Labels]] = Counter()
+        self._histograms: dict[tuple[str, Labels], Histogram] = {}
+
+    def incr(self, name: str, amount: int = 1, **labels: str) -> None:
+        key = (name, tuple(sorted(labels.items())))
+        with self._lock:
+            self._counters[key] += amount
+
+    def observe(self, name: str, seconds: float, **labels: str) -> None:
+        key = (name, tuple(sorted(labels.items())))
+        with self._lock:
+            hist = self._histograms.get(key)
+            if hist is None:
+                hist = self._histograms[key] = Histogram()
+            hist.observe(seconds)
+
+    def count(self, name: str, **labels: str) -> int:
+        """Sum of ``name`` over every label set that includes ``labels``."""
+        want = set(labels.items())
+        with self._lock:
+            return sum(v for (n, ls), v in self._counters.items() if n == name and want <= set(ls))
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "counters": dict(self._counters),
+                "histograms": {
+                    k: Histogram(list(h.counts), h.total, h.count)
+                    for k, h in self._histograms.items()
+                },
+            }

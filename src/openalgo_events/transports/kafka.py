@@ -1,0 +1,261 @@
+"""Kafka, through confluent-kafka (librdkafka), with no event lost.
+
+``publish`` writes the envelope to the spool and wakes the relay; it never touches the
+network. The relay, a real OS thread (so it never starves an eventlet worker), sends pending
+events in spool order and marks them delivered only on the broker's delivery report.
+
+Recovery is one mechanism: on a failed delivery, a fatal producer error, or no delivery
+progress for ``stall_timeout`` seconds while events are in flight, the relay discards the
+producer, builds a new one and resends everything still pending, oldest first. A consumer may
+therefore see an event twice (same event id), never miss one, and sees one user's events in
+publish order (their first appearances).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .._threads import new_event, real_sleep, start_thread, wait_until
+from ..catalog import CATALOG, Catalog, Priority
+from ..envelope import Envelope
+from ..errors import require
+from ..spool import Spool
+from ..stats import Stats
+
+log = logging.getLogger("openalgo_events.kafka")
+
+BATCH = 1000
+MAX_IN_FLIGHT = 50_000
+PURGE_EVERY = 300.0  # seconds between trail-retention purges
+PROBE_EVERY = 5.0  # seconds between reachability probes while the broker looks down
+
+
+class KafkaTransport:
+    """Publishes envelopes to one Kafka topic, keyed by user id, through a spool.
+
+    >>> transport = KafkaTransport({"bootstrap.servers": "localhost:9092"},
+    ...                            "from_openalgo_order_events", spool=Spool("events.db"))
+    """
+
+    name = "kafka"
+
+    def __init__(
+        self,
+        producer_config: Mapping[str, Any],
+        topic: str,
+        *,
+        spool: Spool | None = None,
+        stall_timeout: float = 10.0,
+        catalog: Catalog = CATALOG,
+        stats: Stats | None = None,
+    ) -> None:
+        self._ck: Any = require("confluent_kafka", "kafka")
+        self.topic = topic
+        self.stats = stats or Stats()
+        self.spool = spool or Spool(":memory:", stats=self.stats)
+        self._catalog = catalog
+        self._config = {"acks": "all", "enable.idempotence": True, **producer_config}
+        self._config["error_cb"] = self._on_error
+        self._stall_timeout = stall_timeout
+        self._wake = new_event()
+        self._stopping = False
+        self._stop_deadline = 0.0
+        self._thread: Any = None
+        # Relay state, touched only by the relay thread (and read by health()).
+        self._producer: Any = None
+        self._generation = 0
+        self._cursor = 0
+        self._in_flight: dict[int, float] = {}
+        self._delivered: list[int] = []
+        self._failed: list[tuple[int, Any]] = []
+        self._rebuild_reason: str | None = None
+        self._backoff = 0.5
+        self._last_progress = time.monotonic()
+        self.broker_up: bool | None = None
+        self.last_error: str | None = None
+        self.last_delivery: float | None = None
+        self.rebuilds = 0
+        self._thread = start_thread(self._run, "openalgo-events-kafka-relay")
+
+    # -- caller side ----------------------------------------------------------------------
+    def publish(self, envelope: Envelope) -> None:
+        priority = self._priority(envelope.event_type)
+        if self.spool.append(envelope, self.topic, priority):
+            self._wake.set()
+
+    def _priority(self, event_type: str) -> Priority:
+        spec = self._catalog.get(event_type)
+        return spec.priority if spec else Priority.HIGH
+
+    def flush(self, timeout: float = 5.0) -> int:
+        self._wake.set()
+        wait_until(lambda: self.spool.depth == 0, timeout)
+        return self.spool.depth
+
+    def close(self, timeout: float = 5.0) -> int:
+        """Deliver what can be in ``timeout``; the rest stays in the spool for the next start."""
+        if self._thread is None:
+            return self.spool.depth
+        self._stop_deadline = time.monotonic() + timeout
+        self._stopping = True
+        self._wake.set()
+        wait_until(lambda: not self._thread.is_alive(), timeout + 5.0)
+        left = self.spool.depth
+        if left:
+            where = "lost (in-memory spool)" if self.spool.path == ":memory:" else (
+                f"kept in {self.spool.path}; they are sent at the next start")
+            log.warning("closing with %d events undelivered: %s", left, where)
+        self.spool.close()
+        self._thread = None
+        return left
+
+    def health(self) -> dict[str, Any]:
+        status = self.spool.status()
+        healthy = self.broker_up is not False and not (
+            status.oldest_pending_age is not None
+            and status.oldest_pending_age > max(self._stall_timeout, 30.0)
+        )
+        return {
+            "transport": self.name,
+            "healthy": healthy,
+            "broker_reachable": self.broker_up,
+            "topic": self.topic,
+            "spool_path": status.path,
+            "spool_depth": status.depth,
+            "spool_pending_bytes": status.pending_bytes,
+            "spool_over_limit": status.over_limit,
+            "spool_shed": status.shed,
+            "oldest_pending_age_seconds": status.oldest_pending_age,
+            "in_flight": len(self._in_flight),
+            "producer_rebuilds": self.rebuilds,
+            "last_error": self.last_error,
+        }
+
+    # -- relay thread -------------------------------------------------------------------------
+    def _run(self) -> None:
+        self._build_producer()
+        self._warm()
+        last_purge = last_probe = time.monotonic()
+        while True:
+            if self._stopping and (self.spool.depth == 0 or time.monotonic() > self._stop_deadline):
+                break
+            if self._rebuild_reason:
+                self._rebuild()
+            self._wake.clear()
+            sent = self._send_pending()
+            self._producer.poll(0)
+            self._settle()
+            now = time.monotonic()
+            if self._in_flight and now - self._last_progress > self._stall_timeout:
+                self._rebuild_reason = (f"no delivery report for {now - self._last_progress:.0f}s "
+                                        f"with {len(self._in_flight)} events in flight")
+            if now - last_purge > PURGE_EVERY:
+                last_purge = now
+                self.spool.purge_expired()
+            if not self._in_flight and self.broker_up is False and now - last_probe > PROBE_EVERY:
+                last_probe = now
+                self._warm()
+            if not sent:
+                self._wake.wait(0.005 if self._in_flight else 0.5)
+        self._producer.flush(max(0.0, self._stop_deadline - time.monotonic()))
+        self._settle()
+
+    def _send_pending(self) -> int:
+        if len(self._in_flight) >= MAX_IN_FLIGHT:
+            return 0
+        sent = 0
+        produce = self._producer.produce
+        gen = self._generation
+        for event in self.spool.pending(self._cursor, BATCH):
+            try:
+                produce(event.topic, event.value, event.key, headers=event.headers,
+                        on_delivery=self._callback(event.seq, gen))
+            except BufferError:
+                break  # librdkafka's queue is full: poll, then carry on from the cursor
+            except Exception as exc:  # a librdkafka refusal (e.g. config): rebuild and retry
+                self._rebuild_reason = f"produce failed: {exc}"
+                break
+            self._cursor = event.seq
+            self._in_flight[event.seq] = event.created
+            sent += 1
+        return sent
+
+    def _callback(self, seq: int, gen: int) -> Callable[[Any, Any], None]:
+        def on_delivery(err: Any, _msg: Any) -> None:
+            if err is None:
+                self._delivered.append(seq)
+            elif gen == self._generation:
+                self._failed.append((seq, err))
+        return on_delivery
+
+    def _settle(self) -> None:
+        """Record delivery reports collected by the last poll."""
+        if self._delivered:
+            done, self._delivered = self._delivered, []
+            now = time.time()
+            for seq in done:
+                created = self._in_flight.pop(seq, None)
+                if created is not None:
+                    self.stats.observe("delivery_latency", now - created)
+            for event_type, count in self.spool.mark_delivered(done).items():
+                self.stats.incr("delivered", count, event_type=event_type, transport=self.name)
+            self._last_progress = time.monotonic()
+            self.last_delivery = now
+            self.broker_up = True
+            self._backoff = 0.5
+        if self._failed:
+            failed, self._failed = self._failed, []
+            for seq, err in failed:
+                self.stats.incr("failed", transport=self.name)
+                log.error("delivery of spooled event #%d failed: %s; it stays in the spool "
+                          "and is resent", seq, err)
+            self.last_error = str(failed[-1][1])
+            self._rebuild_reason = f"delivery failed: {failed[-1][1]}"
+
+    def _on_error(self, err: Any) -> None:
+        """librdkafka's error callback (runs inside poll, on the relay thread)."""
+        code = err.code()
+        self.last_error = str(err)
+        if code == self._ck.KafkaError._ALL_BROKERS_DOWN:
+            self.broker_up = False
+            log.warning("Kafka brokers unreachable; events are kept in the spool: %s", err)
+        elif err.fatal():
+            self._rebuild_reason = f"fatal producer error: {err}"
+        else:
+            log.info("Kafka client error: %s", err)
+
+    def _build_producer(self) -> None:
+        self._generation += 1
+        self._producer = self._ck.Producer(self._config)
+
+    def _warm(self) -> None:
+        """Connect and fetch metadata now, so the first event does not pay for it."""
+        try:
+            self._producer.list_topics(self.topic, timeout=2.0)
+            self.broker_up = True
+        except Exception as exc:
+            self.broker_up = False
+            self.last_error = str(exc)
+
+    def _rebuild(self) -> None:
+        reason, self._rebuild_reason = self._rebuild_reason, None
+        self.rebuilds += 1
+        log.warning("rebuilding the Kafka producer (%s); resending %d pending events",
+                    reason, self.spool.depth)
+        self.stats.incr("producer_rebuilds", transport=self.name)
+        old = self._producer
+        old.purge(in_queue=True, in_flight=True, blocking=False)
+        old.poll(0)
+        self._settle()
+        pause = self._backoff
+        if self._stopping:
+            pause = max(0.0, min(pause, self._stop_deadline - time.monotonic()))
+        real_sleep(pause)
+        self._backoff = min(self._backoff * 2, 30.0)
+        self._build_producer()
+        self._cursor = 0
+        self._in_flight.clear()
+        self._last_progress = time.monotonic()
