@@ -29,3 +29,19 @@ def kafka_bootstrap() -> Iterator[str]:
 def topic() -> str:
     """A fresh topic name for one test."""
     return f"test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def cli_env(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> object:
+    """A clean environment for CLI tests (no KAFKA_*/ORDER_EVENT_* variables, cwd without a
+    .env); returns a function that sets variables for the rest of the test."""
+    for name in list(os.environ):
+        if name.startswith(("KAFKA_", "ORDER_EVENT_", "OPENALGO_EVENTS_")):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)  # type: ignore[arg-type]
+
+    def set_env(**values: str) -> None:
+        for name, value in values.items():
+            monkeypatch.setenv(name, value)
+
+    return set_env

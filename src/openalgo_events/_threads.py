@@ -19,7 +19,8 @@ def _original(name: str) -> ModuleType:
     if "eventlet" in sys.modules:
         from eventlet import patcher
 
-        if patcher.is_monkey_patched(name):
+        # eventlet names the threading patch "thread": is_monkey_patched("threading") is False
+        if patcher.is_monkey_patched("thread" if name == "threading" else name):
             module: ModuleType = patcher.original(name)
             return module
     return sys.modules[name] if name in sys.modules else __import__(name)

@@ -42,6 +42,29 @@ _PLAIN = frozenset({str, int, bool, type(None)})
 _id_lock = threading.Lock()
 _id_last_ms = 0
 _id_counter = 0
+# Random bits for ids come from a pool refilled 4 KiB at a time: os.urandom releases the GIL,
+# and on the publish path every release lets the relay thread take over the caller.
+_RANDOM_POOL_SIZE = 4096
+_random_pool = b""
+_random_used = 0
+
+
+def _reset_random_pool() -> None:
+    """A forked child must not reuse its parent's pool (it would repeat the parent's ids)."""
+    global _random_pool, _random_used
+    _random_pool, _random_used = b"", 0
+
+
+os.register_at_fork(after_in_child=_reset_random_pool)
+
+
+def _random_bits(nbytes: int) -> int:
+    """``nbytes`` bytes from the OS CSPRNG, as an int; call with ``_id_lock`` held."""
+    global _random_pool, _random_used
+    if _random_used + nbytes > len(_random_pool):
+        _random_pool, _random_used = os.urandom(_RANDOM_POOL_SIZE), 0
+    start, _random_used = _random_used, _random_used + nbytes
+    return int.from_bytes(_random_pool[start:_random_used], "big")
 
 
 def new_event_id() -> str:
@@ -51,7 +74,7 @@ def new_event_id() -> str:
         ms = time.time_ns() // 1_000_000
         if ms > _id_last_ms:
             _id_last_ms = ms
-            _id_counter = int.from_bytes(os.urandom(2), "big") & 0x7FF
+            _id_counter = _random_bits(2) & 0x7FF
         else:
             _id_counter += 1
             if _id_counter > 0xFFF:  # 4096 ids in one millisecond: borrow the next one
@@ -59,7 +82,7 @@ def new_event_id() -> str:
                 _id_counter = 0
             ms = _id_last_ms
         counter = _id_counter
-    rand_b = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
+        rand_b = _random_bits(8) & ((1 << 62) - 1)
     h = f"{(ms << 80) | (0x7 << 76) | (counter << 64) | (0b10 << 62) | rand_b:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 

@@ -33,6 +33,16 @@ PURGE_EVERY = 300.0  # seconds between trail-retention purges
 PROBE_EVERY = 5.0  # seconds between reachability probes while the broker looks down
 
 
+class _QuietLog:
+    """librdkafka's own log, at debug: it repeats every reconnect attempt during an outage, while
+    the error callback reports the outage once, at warning."""
+
+    _log = logging.getLogger("openalgo_events.librdkafka")
+
+    def log(self, level: int, msg: str, *args: Any) -> None:
+        self._log.debug(msg, *args)
+
+
 class KafkaTransport:
     """Publishes envelopes to one Kafka topic, keyed by user id, through a spool.
 
@@ -59,6 +69,7 @@ class KafkaTransport:
         self._catalog = catalog
         self._config = {"acks": "all", "enable.idempotence": True, **producer_config}
         self._config["error_cb"] = self._on_error
+        self._config["logger"] = _QuietLog()
         self._stall_timeout = stall_timeout
         self._wake = new_event()
         self._stopping = False
@@ -73,7 +84,7 @@ class KafkaTransport:
         self._failed: list[tuple[int, Any]] = []
         self._rebuild_reason: str | None = None
         self._backoff = 0.5
-        self._last_progress = time.monotonic()
+        self._last_progress = self._last_purge = self._last_probe = time.monotonic()
         self.broker_up: bool | None = None
         self.last_error: str | None = None
         self.last_delivery: float | None = None
@@ -138,30 +149,41 @@ class KafkaTransport:
     def _run(self) -> None:
         self._build_producer()
         self._warm()
-        last_purge = last_probe = time.monotonic()
-        while True:
-            if self._stopping and (self.spool.depth == 0 or time.monotonic() > self._stop_deadline):
-                break
-            if self._rebuild_reason:
-                self._rebuild()
-            self._wake.clear()
-            sent = self._send_pending()
-            self._producer.poll(0)
-            self._settle()
-            now = time.monotonic()
-            if self._in_flight and now - self._last_progress > self._stall_timeout:
-                self._rebuild_reason = (f"no delivery report for {now - self._last_progress:.0f}s "
-                                        f"with {len(self._in_flight)} events in flight")
-            if now - last_purge > PURGE_EVERY:
-                last_purge = now
-                self.spool.purge_expired()
-            if not self._in_flight and self.broker_up is False and now - last_probe > PROBE_EVERY:
-                last_probe = now
-                self._warm()
-            if not sent:
-                self._wake.wait(0.005 if self._in_flight else 0.5)
+        self._last_purge = self._last_probe = time.monotonic()
+        while not (self._stopping and (self.spool.depth == 0
+                                       or time.monotonic() > self._stop_deadline)):
+            try:
+                self._step()
+            except Exception as exc:  # the relay must outlive any surprise; events stay spooled
+                self.last_error = f"relay error: {exc}"
+                log.exception("Kafka relay error; retrying in 1 s (events stay in the spool)")
+                real_sleep(1.0)
         self._producer.flush(max(0.0, self._stop_deadline - time.monotonic()))
         self._settle()
+        self._producer.purge(in_queue=True, in_flight=True, blocking=False)
+        self._producer.poll(0)
+        self._producer = None  # destroyed here, on the relay thread: no reconnect attempts linger
+
+    def _step(self) -> None:
+        """One turn of the relay: recover if needed, send, collect reports, housekeeping."""
+        if self._rebuild_reason:
+            self._rebuild()
+        self._wake.clear()
+        sent = self._send_pending()
+        self._producer.poll(0)
+        self._settle()
+        now = time.monotonic()
+        if self._in_flight and now - self._last_progress > self._stall_timeout:
+            self._rebuild_reason = (f"no delivery report for {now - self._last_progress:.0f}s "
+                                    f"with {len(self._in_flight)} events in flight")
+        if now - self._last_purge > PURGE_EVERY:
+            self._last_purge = now
+            self.spool.purge_expired()
+        if not self._in_flight and self.broker_up is False and now - self._last_probe > PROBE_EVERY:
+            self._last_probe = now
+            self._warm()
+        if not sent:
+            self._wake.wait(0.005 if self._in_flight else 0.5)
 
     def _send_pending(self) -> int:
         if len(self._in_flight) >= MAX_IN_FLIGHT:
@@ -228,7 +250,6 @@ class KafkaTransport:
             log.info("Kafka client error: %s", err)
 
     def _build_producer(self) -> None:
-        self._generation += 1
         self._producer = self._ck.Producer(self._config)
 
     def _warm(self) -> None:
@@ -247,6 +268,7 @@ class KafkaTransport:
                     reason, self.spool.depth)
         self.stats.incr("producer_rebuilds", transport=self.name)
         old = self._producer
+        self._generation += 1  # reports of the old producer's purged messages are not failures
         old.purge(in_queue=True, in_flight=True, blocking=False)
         old.poll(0)
         self._settle()

@@ -1,0 +1,124 @@
+"""The spool on its own: pending and delivered rows, restarts, overflow, bad files, replay."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import time
+
+import pytest
+
+from openalgo_events import Envelope, Priority, SpoolError
+from openalgo_events.spool import REPLAY_HEADER, Spool
+
+
+def event(user: str = "alice", event_type: str = "order_event", size: int = 10) -> Envelope:
+    return Envelope(event_type, user, {"pad": "x" * size})
+
+
+def test_pending_until_delivered_then_kept_as_trail(tmp_path):
+    """A row is pending until marked delivered, then stays as the trail; depth and bytes follow."""
+    spool = Spool(str(tmp_path / "s.db"))
+    envs = [event() for _ in range(3)]
+    for env in envs:
+        assert spool.append(env, "topic", Priority.CRITICAL)
+    rows = spool.pending()
+    assert [r.event_id for r in rows] == [e.event_id for e in envs]
+    assert rows[0].value == envs[0].value and rows[0].key == b"alice"
+    assert dict(rows[0].headers)["ce_id"] == envs[0].event_id.encode()
+    assert spool.status().pending_bytes == sum(len(e.value) for e in envs)
+    assert spool.mark_delivered([rows[0].seq, rows[0].seq]) == {"order_event": 1}
+    status = spool.status()
+    assert (status.depth, status.delivered) == (2, 1)
+    assert [r.seq for r in spool.pending(after_seq=rows[1].seq)] == [rows[2].seq]
+    spool.close()
+
+
+def test_pending_events_survive_a_restart(tmp_path):
+    """What was pending when the process stopped is pending again when it starts."""
+    path = str(tmp_path / "s.db")
+    spool = Spool(path)
+    ids = [spool.append(e, "t", Priority.HIGH) and e.event_id for e in (event(), event())]
+    spool.close()
+    again = Spool(path)
+    assert [r.event_id for r in again.pending()] == ids
+    assert again.status().depth == 2
+    again.close()
+
+
+def test_overflow_sheds_low_and_medium_and_keeps_critical(caplog):
+    """Over the size limit LOW and MEDIUM events are shed with a count and a log line; HIGH and
+    CRITICAL ones are still kept."""
+    spool = Spool(":memory:", max_bytes=600)
+    while spool.status().pending_bytes < 600:
+        spool.append(event(size=100), "t", Priority.CRITICAL)
+    with caplog.at_level(logging.WARNING, logger="openalgo_events.spool"):
+        assert not spool.append(event(event_type="master_contract_download"), "t", Priority.LOW)
+        assert not spool.append(event(event_type="order_notification"), "t", Priority.MEDIUM)
+        assert spool.append(event(), "t", Priority.CRITICAL)
+        assert spool.append(event(event_type="analyzer_update"), "t", Priority.HIGH)
+    status = spool.status()
+    assert status.shed == 2 and status.over_limit
+    assert spool.stats.count("shed", event_type="master_contract_download") == 1
+    assert "shed master_contract_download" in caplog.text
+    assert "over its limit" in caplog.text
+
+
+def test_corrupt_file_is_a_clear_error_naming_path_and_fix(tmp_path):
+    """A spool file that is not SQLite stops start-up with the path and what to do."""
+    path = tmp_path / "s.db"
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(SpoolError) as info:
+        Spool(str(path))
+    assert str(path) in str(info.value) and "move it aside" in str(info.value)
+    Spool(str(tmp_path / "other.db")).close()  # the lock was released, nothing leaked
+
+
+@pytest.mark.parametrize("where", ["missing-dir/s.db", "a-directory"])
+def test_unusable_path_is_a_clear_error(tmp_path, where):
+    """A spool path in a missing directory, or one that is a directory, is refused with the fix."""
+    (tmp_path / "a-directory").mkdir()
+    with pytest.raises(SpoolError, match="KAFKA_SPOOL_PATH"):
+        Spool(str(tmp_path / where))
+
+
+def test_one_process_per_spool(tmp_path):
+    """A second spool on the same file is refused: two relays would send everything twice."""
+    first = Spool(str(tmp_path / "s.db"))
+    with pytest.raises(SpoolError, match="in use by another process"):
+        Spool(str(tmp_path / "s.db"))
+    first.close()
+
+
+def test_replay_requeues_one_users_window_with_a_marker(tmp_path):
+    """Replay queues copies of the delivered events of one user in a window, same event ids,
+    with the replay header; others stay untouched."""
+    path = str(tmp_path / "s.db")
+    spool = Spool(path)
+    envs = [event("alice"), event("bob"), event("alice"), event("alice")]
+    for env in envs:
+        spool.append(env, "orders", Priority.CRITICAL)
+    spool.mark_delivered(r.seq for r in spool.pending())
+    with sqlite3.connect(path) as db:  # the first alice event happened long ago
+        db.execute("UPDATE events SET created = created - 7200 WHERE event_id = ?",
+                   (envs[0].event_id,))
+    since = time.time() - 3600
+    assert spool.replay(user_id="alice", since=since, dry_run=True) == 2
+    assert spool.status().depth == 0
+    assert spool.replay(user_id="alice", since=since, topic="replays") == 2
+    rows = spool.pending()
+    assert [r.event_id for r in rows] == [envs[2].event_id, envs[3].event_id]
+    assert all(r.topic == "replays" and dict(r.headers)[REPLAY_HEADER] == b"1" for r in rows)
+    assert json.loads(rows[0].value) == json.loads(envs[2].value)
+    spool.close()
+
+
+def test_retention_purges_only_old_delivered_rows():
+    """Delivered rows past the retention are deleted; pending rows never are."""
+    spool = Spool(":memory:", retention_hours=1)
+    spool.append(event(), "t", Priority.CRITICAL)
+    spool.append(event(), "t", Priority.CRITICAL)
+    spool.mark_delivered([spool.pending()[0].seq])
+    assert spool.purge_expired(now=time.time() + 7200) == 1
+    assert (spool.status().delivered, spool.status().depth) == (0, 1)
