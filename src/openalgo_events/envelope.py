@@ -39,6 +39,8 @@ SECRET_KEYS = frozenset(
 )
 
 _PLAIN = frozenset({str, int, bool, type(None)})
+# One encoder, built once: json.dumps with non-default options builds a new one per call.
+compact_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _id_lock = threading.Lock()
 _id_last_ms = 0
 _id_counter = 0
@@ -176,7 +178,7 @@ class Envelope:
     @cached_property
     def value(self) -> bytes:
         """The Kafka value: compact UTF-8 JSON, computed once."""
-        return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False).encode()
+        return compact_json(self.to_dict()).encode()
 
     @property
     def key(self) -> bytes:

@@ -1,10 +1,15 @@
 """The durable local spool: every Kafka-bound event is on disk before ``publish`` returns.
 
-One SQLite file in WAL mode. A row is pending until the broker's delivery report marks it
-delivered; delivered rows stay as the replayable trail until the retention runs out. With
-``synchronous=NORMAL`` a commit survives a process crash (kill -9) but not a power loss;
-``FULL`` survives both at the cost of an fsync per event. ``:memory:`` keeps the same logic
-without durability.
+Two layers. ``append`` (the caller's path) writes one framed record to an append-only journal
+and queues it in memory: one write() call, so a process crash (kill -9) loses nothing. The
+relay calls ``ingest`` to move queued records into SQLite (WAL mode) in one transaction per
+batch, and journal segments are deleted once what they hold is committed. A SQLite row is
+pending until the broker's delivery report marks it delivered; delivered rows stay as the
+replayable trail until the retention runs out.
+
+``sync="NORMAL"`` survives a process crash but not a power loss (the kernel may not have
+written the journal yet); ``"FULL"`` fsyncs every record and every commit and survives both,
+at the cost of an fsync per event. ``":memory:"`` keeps the same logic without durability.
 """
 
 from __future__ import annotations
@@ -14,14 +19,15 @@ import logging
 import os
 import sqlite3
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Any
 
+from ._journal import Journal, encode, read_segments, segment_paths
 from ._threads import new_lock
 from .catalog import Priority
-from .envelope import Envelope
+from .envelope import Envelope, compact_json
 from .errors import SpoolError
 from .stats import Stats
 
@@ -44,12 +50,19 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_pending ON events(seq) WHERE delivered IS NULL;
 CREATE INDEX IF NOT EXISTS events_by_user ON events(user_id, created);
 """
+_INSERT = ("INSERT OR IGNORE INTO events (seq, event_id, event_type, user_id, priority, created,"
+           " topic, key, value, headers) VALUES (?,?,?,?,?,?,?,?,?,?)")
+_INSERT_JSON = (
+    "INSERT OR IGNORE INTO events (seq, event_id, event_type, user_id, priority, created, topic,"
+    " key, value, headers) SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3,"
+    " value ->> 4, value ->> 5, value ->> 6, CAST(value ->> 7 AS BLOB),"
+    " CAST(value ->> 8 AS BLOB), value -> 9 FROM json_each(?)")
 REPLAY_HEADER = "openalgo_replay"
 
 
 @dataclass(frozen=True)
 class SpooledEvent:
-    """A row ready to produce."""
+    """A record ready to produce."""
 
     seq: int
     topic: str
@@ -76,7 +89,7 @@ class SpoolStatus:
 
 
 class Spool:
-    """A SQLite-backed queue of pending events plus the trail of delivered ones.
+    """Pending events (durable before ``append`` returns) plus the trail of delivered ones.
 
     >>> spool = Spool(":memory:")
     >>> spool.append(Envelope("order_event", "alice", {}), "topic", Priority.CRITICAL)
@@ -98,8 +111,11 @@ class Spool:
         self.max_bytes = max_bytes
         self.retention_seconds = retention_hours * 3600
         self.stats = stats or Stats()
-        self._lock = new_lock()
+        self._lock = new_lock()  # guards the counters, the queue and the journal
+        self._db_lock = new_lock()  # guards the SQLite connection
+        self._fresh: deque[tuple[SpooledEvent, str, str, int]] = deque()
         self._lock_file: IO[str] | None = None
+        self._journal: Journal | None = None
         self._last_over_limit_log = 0.0
         self._shed = 0
         if path != ":memory:":
@@ -109,45 +125,77 @@ class Spool:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={'FULL' if sync == 'FULL' else 'NORMAL'}")
             self._db.executescript(_SCHEMA)
-            self._depth, self._pending_bytes = self._db.execute(
-                "SELECT count(*), coalesce(sum(length(value)), 0) FROM events "
-                "WHERE delivered IS NULL"
+            if path != ":memory:":
+                self._journal = Journal(path, fsync=sync == "FULL")
+                self._recover()
+            self._depth, self._pending_bytes, last = self._db.execute(
+                "SELECT count(*) FILTER (WHERE delivered IS NULL), coalesce(sum(length(value))"
+                " FILTER (WHERE delivered IS NULL), 0), coalesce(max(seq), 0) FROM events"
             ).fetchone()
         except sqlite3.DatabaseError as exc:
             self._release()
             raise SpoolError(_explain(path, exc)) from exc
+        except OSError as exc:
+            self._release()
+            raise SpoolError(f"spool journal next to {path} cannot be written ({exc.strerror});"
+                             " give this process write access to its directory, or set "
+                             "KAFKA_SPOOL_PATH to a writable location") from exc
+        self._next_seq = last + 1
+        self.committed_seq = last  # every seq up to here is in SQLite
         if self._depth:
             log.warning("spool %s holds %d undelivered events from an earlier run; sending them",
                         path, self._depth)
 
+    def _recover(self) -> None:
+        """Move what an earlier run journaled but did not commit into SQLite."""
+        assert self._journal is not None
+        rows = [(meta[0], meta[1], meta[2], meta[3], meta[4], meta[5], meta[6],
+                 meta[3].encode() if meta[7] is None else meta[7].encode(), value,
+                 json.dumps(meta[8]))
+                for meta, value in self._journal.recover(older_than=self._journal.current)]
+        if rows:
+            with self._db:
+                self._db.execute("BEGIN")
+                self._db.executemany(_INSERT, rows)
+            log.warning("recovered %d journaled events into spool %s", len(rows), self.path)
+        Journal.remove([s for s in self._journal.segments() if s != self._journal.current])
+
     # -- the publish path ------------------------------------------------------------------
     def append(self, envelope: Envelope, topic: str, priority: Priority,
-               extra_headers: Iterable[tuple[str, bytes]] = ()) -> bool:
-        """Store one event as pending. False when it was shed under the overflow policy."""
-        value = envelope.value
-        headers = json.dumps([(k, v.decode()) for k, v in (*envelope.headers(), *extra_headers)])
+               extra_headers: Iterable[tuple[str, bytes]] = ()) -> SpooledEvent | None:
+        """Store one event as pending; None when it was shed under the overflow policy."""
+        headers = [*envelope.headers(), *extra_headers]
+        return self._append(envelope.value, envelope.key, headers, topic, priority,
+                            envelope.event_id, envelope.event_type, envelope.user_id)
+
+    def _append(self, value: bytes, key: bytes, headers: list[tuple[str, bytes]], topic: str,
+                priority: Priority, event_id: str, event_type: str,
+                user_id: str) -> SpooledEvent | None:
         with self._lock:
             if self._pending_bytes + len(value) > self.max_bytes:
                 if priority < Priority.HIGH:
                     self._shed += 1
-                    self.stats.incr("shed", event_type=envelope.event_type)
+                    self.stats.incr("shed", event_type=event_type)
                     log.warning("spool over its limit of %d bytes: shed %s event %s (priority %s)",
-                                self.max_bytes, envelope.event_type, envelope.event_id,
-                                priority.name)
-                    return False
+                                self.max_bytes, event_type, event_id, priority.name)
+                    return None
                 self._log_over_limit()
-            try:
-                self._db.execute(
-                    "INSERT INTO events (event_id, event_type, user_id, priority, created, topic,"
-                    " key, value, headers) VALUES (?,?,?,?,?,?,?,?,?)",
-                    (envelope.event_id, envelope.event_type, envelope.user_id, int(priority),
-                     time.time(), topic, envelope.key, value, headers),
-                )
-            except sqlite3.Error as exc:
-                raise SpoolError(_explain(self.path, exc)) from exc
+            seq, created = self._next_seq, time.time()
+            if self._journal is not None:
+                meta = [seq, event_id, event_type, user_id, int(priority), created, topic,
+                        None if key == user_id.encode() else key.decode(),
+                        [(k, v.decode()) for k, v in headers]]
+                try:
+                    self._journal.write(encode(meta, value))
+                except OSError as exc:
+                    raise SpoolError(f"spool journal {self._journal.current} cannot be written "
+                                     f"({exc.strerror}); free space or fix permissions") from exc
+            self._next_seq += 1
+            event = SpooledEvent(seq, topic, key, value, headers, event_id, created)
+            self._fresh.append((event, event_type, user_id, int(priority)))
             self._depth += 1
             self._pending_bytes += len(value)
-        return True
+        return event
 
     def _log_over_limit(self) -> None:
         now = time.monotonic()
@@ -158,9 +206,31 @@ class Spool:
                       self.path, self._pending_bytes, self.max_bytes)
 
     # -- the relay ----------------------------------------------------------------------------
+    def ingest(self) -> list[SpooledEvent]:
+        """Commit queued records to SQLite in one transaction; return them, oldest first."""
+        with self._lock:
+            batch = list(self._fresh)
+            self._fresh.clear()
+            released = self._journal.take_retired() if self._journal else []
+            if self._journal is not None:
+                self._journal.rotate_if_full()
+        if batch:
+            # One JSON parameter and one statement for the whole batch: sqlite3 releases the GIL
+            # at every step, and a step per row would hand the GIL to the caller row by row.
+            rows = compact_json([
+                (e.seq, e.event_id, event_type, user_id, priority, e.created, e.topic,
+                 e.key.decode(), e.value.decode(), [(k, v.decode()) for k, v in e.headers])
+                for e, event_type, user_id, priority in batch])
+            with self._db_lock:
+                self._db.execute(_INSERT_JSON, (rows,))
+            self.committed_seq = batch[-1][0].seq
+        Journal.remove(released)  # every record of these segments is committed now
+        return [event for event, *_ in batch]
+
     def pending(self, after_seq: int = 0, limit: int = 1000) -> list[SpooledEvent]:
         """Pending events after ``after_seq``, oldest first."""
-        with self._lock:
+        self.ingest()
+        with self._db_lock:
             rows = self._db.execute(
                 "SELECT seq, topic, key, value, headers, event_id, created FROM events "
                 "WHERE delivered IS NULL AND seq > ? ORDER BY seq LIMIT ?",
@@ -173,31 +243,26 @@ class Spool:
         ]
 
     def mark_delivered(self, seqs: Iterable[int]) -> Counter[str]:
-        """Mark rows delivered; returns how many of each event type were still pending
-        (a resent duplicate counts nothing)."""
-        seqs = list(seqs)
-        delivered: Counter[str] = Counter()
-        now = time.time()
-        for start in range(0, len(seqs), 500):
-            chunk = seqs[start:start + 500]
-            marks = ",".join("?" * len(chunk))
-            with self._lock:
-                rows = self._db.execute(
-                    f"UPDATE events SET delivered = ? WHERE seq IN ({marks}) "
-                    "AND delivered IS NULL RETURNING length(value), event_type",
-                    (now, *chunk),
-                ).fetchall()
-                self._depth -= len(rows)
-                self._pending_bytes -= sum(size for size, _ in rows)
-            delivered.update(event_type for _, event_type in rows)
-        return delivered
+        """Mark committed rows delivered; returns how many of each event type were still
+        pending (a resent duplicate counts nothing)."""
+        batch = compact_json(list(seqs))
+        where = ("seq IN (SELECT value FROM json_each(?)) AND delivered IS NULL")
+        with self._db_lock:  # a few statements per batch, not a step per row (see ingest)
+            rows = self._db.execute(
+                f"SELECT event_type, count(*), sum(length(value)) FROM events WHERE {where} "
+                "GROUP BY event_type", (batch,)).fetchall()
+            self._db.execute(f"UPDATE events SET delivered = ? WHERE {where}", (time.time(), batch))
+        with self._lock:
+            self._depth -= sum(count for _, count, _ in rows)
+            self._pending_bytes -= sum(size for _, _, size in rows)
+        return Counter({event_type: count for event_type, count, _ in rows})
 
     def purge_expired(self, now: float | None = None) -> int:
         """Delete delivered rows older than the retention, in small batches."""
         cutoff = (now or time.time()) - self.retention_seconds
         removed = 0
         while True:
-            with self._lock:
+            with self._db_lock:
                 count = self._db.execute(
                     "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE created < ? "
                     "AND delivered IS NOT NULL ORDER BY seq LIMIT 2000)", (cutoff,)
@@ -207,6 +272,25 @@ class Spool:
                 return removed
 
     # -- the trail ------------------------------------------------------------------------------
+    def _select(self, columns: str, user_id: str | None, since: float | None,
+                until: float | None, event_types: Iterable[str] | None,
+                delivered_only: bool) -> list[Any]:
+        where = ["created >= ?", "created <= ?"]
+        params: list[object] = [since or 0.0, until or time.time()]
+        if delivered_only:
+            where.append("delivered IS NOT NULL")
+        if user_id is not None:
+            where.append("user_id = ?")
+            params.append(user_id)
+        types = list(event_types or ())
+        if types:
+            where.append(f"event_type IN ({','.join('?' * len(types))})")
+            params.extend(types)
+        with self._db_lock:
+            return self._db.execute(
+                f"SELECT {columns} FROM events WHERE {' AND '.join(where)} ORDER BY seq", params
+            ).fetchall()
+
     def replay(self, *, user_id: str | None = None, since: float | None = None,
                until: float | None = None, topic: str | None = None,
                event_types: Iterable[str] | None = None, dry_run: bool = False) -> int:
@@ -215,59 +299,34 @@ class Spool:
         The copies keep their event id (so consumers can tell it is the same event) and carry
         an ``openalgo_replay`` header. Returns how many events match.
         """
-        where = ["delivered IS NOT NULL", "created >= ?", "created <= ?"]
-        params: list[object] = [since or 0.0, until or time.time()]
-        if user_id is not None:
-            where.append("user_id = ?")
-            params.append(user_id)
-        types = list(event_types or ())
-        if types:
-            where.append(f"event_type IN ({','.join('?' * len(types))})")
-            params.extend(types)
-        cond = " AND ".join(where)
-        with self._lock:
-            if dry_run:
-                count: int = self._db.execute(
-                    f"SELECT count(*) FROM events WHERE {cond}", params).fetchone()[0]
-                return count
-            now = time.time()
-            rows = self._db.execute(
-                f"SELECT seq, topic, headers, length(value) FROM events WHERE {cond} ORDER BY seq",
-                params,
-            ).fetchall()
-            for seq, old_topic, headers, size in rows:
-                marked = json.dumps([*json.loads(headers), [REPLAY_HEADER, "1"]])
-                self._db.execute(
-                    "INSERT INTO events (event_id, event_type, user_id, priority, created, topic,"
-                    " key, value, headers) SELECT event_id, event_type, user_id, priority, ?, ?,"
-                    " key, value, ? FROM events WHERE seq = ?",
-                    (now, topic or old_topic, marked, seq),
-                )
-                self._depth += 1
-                self._pending_bytes += size
+        rows = self._select("topic, key, value, headers, event_id, event_type, user_id, priority",
+                            user_id, since, until, event_types, delivered_only=True)
+        if not dry_run:
+            for old_topic, key, value, headers, event_id, event_type, user, priority in rows:
+                marked = [(k, v.encode()) for k, v in json.loads(headers)]
+                marked.append((REPLAY_HEADER, b"1"))
+                self._append(value, key, marked, topic or old_topic, Priority(priority),
+                             event_id, event_type, user)
         return len(rows)
 
     def events(self, *, user_id: str | None = None, since: float | None = None,
                until: float | None = None) -> list[tuple[float, bool, bytes]]:
-        """(created, delivered?, value) of stored events, oldest first: for inspection."""
-        where, params = ["created >= ?", "created <= ?"], [since or 0.0, until or time.time()]
-        if user_id is not None:
-            where.append("user_id = ?")
-            params.append(user_id)
-        with self._lock:
-            rows = self._db.execute(
-                f"SELECT created, delivered IS NOT NULL, value FROM events "
-                f"WHERE {' AND '.join(where)} ORDER BY seq", params).fetchall()
+        """(created, delivered?, value) of committed events, oldest first: for inspection."""
+        rows = self._select("created, delivered IS NOT NULL, value", user_id, since, until,
+                            None, delivered_only=False)
         return [(created, bool(done), value) for created, done, value in rows]
 
     # -- health ---------------------------------------------------------------------------------
     def status(self) -> SpoolStatus:
-        with self._lock:
+        with self._db_lock:
             oldest = self._db.execute(
                 "SELECT created FROM events WHERE delivered IS NULL ORDER BY seq LIMIT 1"
             ).fetchone()
             delivered = self._db.execute(
                 "SELECT count(*) FROM events WHERE delivered IS NOT NULL").fetchone()[0]
+        with self._lock:
+            if oldest is None and self._fresh:
+                oldest = (self._fresh[0][0].created,)
             return SpoolStatus(self.path, self._depth, self._pending_bytes, self.max_bytes,
                                time.time() - oldest[0] if oldest else None, delivered, self._shed)
 
@@ -275,15 +334,32 @@ class Spool:
     def depth(self) -> int:
         return self._depth
 
+    @property
+    def last_seq(self) -> int:
+        """The newest appended event's sequence number."""
+        return self._next_seq - 1
+
     def close(self) -> None:
-        with self._lock:
+        self.ingest()
+        with self._db_lock:
             self._db.close()
+        if self._journal is not None:
+            self._journal.close()
+            Journal.remove(self._journal.segments())  # all committed by the ingest above
         self._release()
 
     def _release(self) -> None:
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None
+
+
+def uncommitted(path: str, committed_seq: int) -> list[tuple[int, float, int]]:
+    """(seq, created, size) of events journaled next to spool ``path`` but not yet committed to
+    its SQLite file: the last few milliseconds of a running app, or what a crashed one left for
+    its next start. Read-only."""
+    return [(meta[0], meta[5], len(value))
+            for meta, value in read_segments(segment_paths(path)) if meta[0] > committed_seq]
 
 
 def _claim(path: str) -> IO[str]:

@@ -122,3 +122,26 @@ def test_retention_purges_only_old_delivered_rows():
     spool.mark_delivered([spool.pending()[0].seq])
     assert spool.purge_expired(now=time.time() + 7200) == 1
     assert (spool.status().delivered, spool.status().depth) == (0, 1)
+
+
+def test_journaled_events_survive_a_crash_before_commit(tmp_path):
+    """An event journaled but never committed to SQLite (the process died first) is pending at
+    the next start, once; a torn last record is ignored."""
+    path = str(tmp_path / "s.db")
+    spool = Spool(path)
+    envs = [event() for _ in range(3)]
+    for env in envs:
+        spool.append(env, "t", Priority.CRITICAL)
+    spool.ingest()  # the first three reached SQLite; the next two only the journal
+    late = [event(), event()]
+    for env in late:
+        spool.append(env, "t", Priority.CRITICAL)
+    spool._lock_file.close()  # simulate kill -9: no close(), no ingest
+    segment = sorted(tmp_path.glob("s.db.journal.*"))[-1]
+    with open(segment, "ab") as handle:
+        handle.write(b"\x10\x00\x00\x00torn")  # a record cut short by the crash
+    again = Spool(path)
+    assert [r.event_id for r in again.pending()] == [e.event_id for e in envs + late]
+    assert again.status().depth == 5
+    again.close()
+    assert not list(tmp_path.glob("s.db.journal.*"))  # everything committed, journal released

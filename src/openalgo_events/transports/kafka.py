@@ -18,11 +18,11 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .._threads import new_event, real_sleep, start_thread, wait_until
+from .._threads import new_event, new_lock, real_sleep, start_thread, wait_until
 from ..catalog import CATALOG, Catalog, Priority
 from ..envelope import Envelope
 from ..errors import require
-from ..spool import Spool
+from ..spool import Spool, SpooledEvent
 from ..stats import Stats
 
 log = logging.getLogger("openalgo_events.kafka")
@@ -30,7 +30,8 @@ log = logging.getLogger("openalgo_events.kafka")
 BATCH = 1000
 MAX_IN_FLIGHT = 50_000
 PURGE_EVERY = 300.0  # seconds between trail-retention purges
-PROBE_EVERY = 5.0  # seconds between reachability probes while the broker looks down
+PROBE_EVERY = 5.0
+IDLE_WAIT = 0.05  # seconds the idle relay sleeps; it also wakes on a backlog  # seconds between reachability probes while the broker looks down
 
 
 class _QuietLog:
@@ -78,10 +79,12 @@ class KafkaTransport:
         # Relay state, touched only by the relay thread (and read by health()).
         self._producer: Any = None
         self._generation = 0
+        self._produce_lock = new_lock()  # guards the producer swap, the cursor and _paused
+        self._paused = False  # while the producer is being rebuilt
         self._cursor = 0
         self._in_flight: dict[int, float] = {}
         self._delivered: list[int] = []
-        self._failed: list[tuple[int, Any]] = []
+        self._failed: list[tuple[int, Any, str]] = []
         self._rebuild_reason: str | None = None
         self._backoff = 0.5
         self._last_progress = self._last_purge = self._last_probe = time.monotonic()
@@ -93,9 +96,15 @@ class KafkaTransport:
 
     # -- caller side ----------------------------------------------------------------------
     def publish(self, envelope: Envelope) -> None:
-        priority = self._priority(envelope.event_type)
-        if self.spool.append(envelope, self.topic, priority):
-            self._wake.set()
+        event = self.spool.append(envelope, self.topic, self._priority(envelope.event_type))
+        if event is None:
+            return  # shed by the overflow policy (counted and logged by the spool)
+        with self._produce_lock:
+            # Produced here when it directly follows what was sent: librdkafka's produce never
+            # waits on the network. Otherwise (backlog, recovery) the relay sends it in order.
+            if not self._paused and event.seq == self._cursor + 1 and self._produce(event):
+                return  # the relay collects its delivery report on its next turn (<= 50 ms)
+        self._wake.set()
 
     def _priority(self, event_type: str) -> Priority:
         spec = self._catalog.get(event_type)
@@ -147,7 +156,7 @@ class KafkaTransport:
 
     # -- relay thread -------------------------------------------------------------------------
     def _run(self) -> None:
-        self._build_producer()
+        self._producer = self._ck.Producer(self._config)
         self._warm()
         self._last_purge = self._last_probe = time.monotonic()
         while not (self._stopping and (self.spool.depth == 0
@@ -169,6 +178,7 @@ class KafkaTransport:
         if self._rebuild_reason:
             self._rebuild()
         self._wake.clear()
+        self.spool.ingest()  # commit what callers journaled, one statement per batch
         sent = self._send_pending()
         self._producer.poll(0)
         self._settle()
@@ -183,40 +193,58 @@ class KafkaTransport:
             self._last_probe = now
             self._warm()
         if not sent:
-            self._wake.wait(0.005 if self._in_flight else 0.5)
+            self._wake.wait(0.005 if self._in_flight else IDLE_WAIT)
 
     def _send_pending(self) -> int:
-        if len(self._in_flight) >= MAX_IN_FLIGHT:
-            return 0
-        sent = 0
-        produce = self._producer.produce
-        gen = self._generation
-        for event in self.spool.pending(self._cursor, BATCH):
-            try:
-                produce(event.topic, event.value, event.key, headers=event.headers,
-                        on_delivery=self._callback(event.seq, gen))
-            except BufferError:
-                break  # librdkafka's queue is full: poll, then carry on from the cursor
-            except Exception as exc:  # a librdkafka refusal (e.g. config): rebuild and retry
-                self._rebuild_reason = f"produce failed: {exc}"
-                break
-            self._cursor = event.seq
-            self._in_flight[event.seq] = event.created
-            sent += 1
-        return sent
+        """Produce, in spool order, what the callers could not produce directly.
 
-    def _callback(self, seq: int, gen: int) -> Callable[[Any, Any], None]:
+        Once the cursor reaches the newest spooled event, callers produce directly again.
+        """
+        if self._cursor >= self.spool.last_seq:
+            return 0  # callers produced everything themselves (a stale read waits one turn)
+        with self._produce_lock:
+            if len(self._in_flight) >= MAX_IN_FLIGHT:
+                return 0
+            sent = 0
+            backlog = self.spool.pending(self._cursor, BATCH)
+            for event in backlog:
+                if not self._produce(event):
+                    return sent
+                sent += 1
+            if len(backlog) < BATCH:  # everything committed is now delivered or in flight
+                self._cursor = max(self._cursor, self.spool.committed_seq)
+            return sent
+
+    def _produce(self, event: SpooledEvent) -> bool:
+        """Hand one event to librdkafka (under the produce lock); False when it must wait."""
+        try:
+            self._producer.produce(event.topic, event.value, event.key, headers=event.headers,
+                                   on_delivery=self._callback(event.seq, self._generation,
+                                                              event.event_id))
+        except BufferError:
+            return False  # librdkafka's queue is full: the relay catches up from the cursor
+        except Exception as exc:  # a librdkafka refusal (e.g. config): rebuild and retry
+            self._rebuild_reason = f"produce failed: {exc}"
+            return False
+        if not self._in_flight:  # the stall clock starts with the first event in flight
+            self._last_progress = time.monotonic()
+        self._cursor = event.seq
+        self._in_flight[event.seq] = event.created
+        return True
+
+    def _callback(self, seq: int, gen: int, event_id: str) -> Callable[[Any, Any], None]:
         def on_delivery(err: Any, _msg: Any) -> None:
             if err is None:
                 self._delivered.append(seq)
             elif gen == self._generation:
-                self._failed.append((seq, err))
+                self._failed.append((seq, err, event_id))
         return on_delivery
 
     def _settle(self) -> None:
         """Record delivery reports collected by the last poll."""
         if self._delivered:
             done, self._delivered = self._delivered, []
+            self.spool.ingest()  # a directly produced event may be delivered before it is ingested
             now = time.time()
             for seq in done:
                 created = self._in_flight.pop(seq, None)
@@ -230,10 +258,10 @@ class KafkaTransport:
             self._backoff = 0.5
         if self._failed:
             failed, self._failed = self._failed, []
-            for seq, err in failed:
+            for seq, err, event_id in failed:
                 self.stats.incr("failed", transport=self.name)
-                log.error("delivery of spooled event #%d failed: %s; it stays in the spool "
-                          "and is resent", seq, err)
+                log.error("delivery of event %s (spool #%d) failed: %s; it stays in the spool "
+                          "and is resent", event_id, seq, err)
             self.last_error = str(failed[-1][1])
             self._rebuild_reason = f"delivery failed: {failed[-1][1]}"
 
@@ -248,9 +276,6 @@ class KafkaTransport:
             self._rebuild_reason = f"fatal producer error: {err}"
         else:
             log.info("Kafka client error: %s", err)
-
-    def _build_producer(self) -> None:
-        self._producer = self._ck.Producer(self._config)
 
     def _warm(self) -> None:
         """Connect and fetch metadata now, so the first event does not pay for it."""
@@ -267,9 +292,11 @@ class KafkaTransport:
         log.warning("rebuilding the Kafka producer (%s); resending %d pending events",
                     reason, self.spool.depth)
         self.stats.incr("producer_rebuilds", transport=self.name)
-        old = self._producer
-        self._generation += 1  # reports of the old producer's purged messages are not failures
-        old.purge(in_queue=True, in_flight=True, blocking=False)
+        with self._produce_lock:
+            self._paused = True
+            self._generation += 1  # reports of the old producer's purged messages: not failures
+            old = self._producer
+            old.purge(in_queue=True, in_flight=True, blocking=False)
         old.poll(0)
         self._settle()
         pause = self._backoff
@@ -277,7 +304,10 @@ class KafkaTransport:
             pause = max(0.0, min(pause, self._stop_deadline - time.monotonic()))
         real_sleep(pause)
         self._backoff = min(self._backoff * 2, 30.0)
-        self._build_producer()
-        self._cursor = 0
-        self._in_flight.clear()
+        producer = self._ck.Producer(self._config)
+        with self._produce_lock:
+            self._producer = producer
+            self._cursor = 0
+            self._in_flight.clear()
+            self._paused = False
         self._last_progress = time.monotonic()

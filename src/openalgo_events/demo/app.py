@@ -1,0 +1,224 @@
+"""The reference app: OpenAlgo's part in miniature, to see every event on a page.
+
+A Flask-SocketIO app (``async_mode="threading"``, like OpenAlgo) with an order ticket, a live
+feed of the Socket.IO events it receives, and REST endpoints shaped like OpenAlgo's over a
+simulated position book. Events go out through ``build_publisher``, so ``ORDER_EVENT_MODE``
+decides where: the page (SOCKETIO), Kafka (KAFKA) or both (BOTH). With Kafka configured, a
+tap shows the page each record that reached the topic, as ``kafka_record`` events.
+
+>>> app, socketio = create_app()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, Response, current_app, jsonify, render_template, request, send_file
+from flask.typing import ResponseReturnValue
+from flask_socketio import SocketIO, join_room
+
+from ..config import Settings
+from ..publisher import EventPublisher, build_publisher
+from ..transports.socketio import user_room
+from .kafka_tap import KafkaTap
+from .orders import BROKER, MODES, BadRequest, OrderDesk, parse_order
+
+log = logging.getLogger("openalgo_events.demo")
+
+EXTENSION = "openalgo_events_demo"
+DEMO_API_KEY = "demo-api-key"
+DEMO_USER = "demo-user"
+SOCKETIO_JS_VAR = "OPENALGO_EVENTS_SOCKETIO_JS"
+SOCKETIO_JS = Path("node_modules", "socket.io-client", "dist", "socket.io.min.js")
+MIN_PASSWORD = 8
+
+
+class Forbidden(Exception):
+    """The API key is missing or unknown (OpenAlgo answers 403)."""
+
+
+@dataclass
+class DemoState:
+    """What the app keeps in ``app.extensions["openalgo_events_demo"]``."""
+
+    settings: Settings
+    publisher: EventPublisher
+    desk: OrderDesk
+    api_keys: Mapping[str, str]
+    tap: KafkaTap | None = None
+
+    def user_of(self, body: Mapping[str, Any]) -> str:
+        """The user an ``apikey`` belongs to; the key itself goes no further."""
+        key = body.get("apikey")
+        user = self.api_keys.get(key) if isinstance(key, str) else None
+        if user is None:
+            raise Forbidden("Invalid openalgo apikey")
+        return user
+
+    def close(self, timeout: float = 5.0) -> int:
+        """Stop the tap, then flush and close the publisher; returns undelivered events."""
+        if self.tap is not None:
+            self.tap.stop(timeout)
+        return self.publisher.close(timeout)
+
+
+def socketio_client_path(environ: Mapping[str, str] | None = None) -> Path | None:
+    """socket.io.min.js from npm: ``$OPENALGO_EVENTS_SOCKETIO_JS``, else the nearest
+    ``node_modules`` above the current directory or above this package."""
+    environ = os.environ if environ is None else environ
+    if environ.get(SOCKETIO_JS_VAR):
+        path = Path(environ[SOCKETIO_JS_VAR])
+        return path if path.is_file() else None
+    for start in (Path.cwd(), Path(__file__).resolve().parent):
+        for folder in (start, *start.parents):
+            if (folder / SOCKETIO_JS).is_file():
+                return folder / SOCKETIO_JS
+    return None
+
+
+def missing_client_message(environ: Mapping[str, str] | None = None) -> str:
+    environ = os.environ if environ is None else environ
+    if environ.get(SOCKETIO_JS_VAR):
+        return (f"{SOCKETIO_JS_VAR}={environ[SOCKETIO_JS_VAR]} is not a file; point it at "
+                "socket.io-client's dist/socket.io.min.js, or unset it")
+    return ("socket.io-client is not installed: run `npm ci` in the openalgo-events repository "
+            f"(it installs {SOCKETIO_JS}), or set {SOCKETIO_JS_VAR} to the path of "
+            "socket.io.min.js")
+
+
+def create_app(settings: Settings | None = None, *, api_keys: Mapping[str, str] | None = None,
+               kafka_tap: bool = True) -> tuple[Flask, Any]:
+    """The demo's Flask app and its Flask-SocketIO server.
+
+    ``settings`` defaults to ``Settings.from_env()``. ``api_keys`` maps API keys to user ids
+    (default: ``demo-api-key`` -> ``demo-user``). With Kafka in the mode and ``kafka_tap``,
+    a background thread mirrors the topic to the page. Call ``demo_state(app).close()`` at
+    shutdown.
+    """
+    settings = settings or Settings.from_env()
+    app = Flask(__name__)
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    socketio = SocketIO(app, async_mode="threading")
+    publisher = build_publisher(settings, socketio)
+    state = DemoState(settings, publisher, OrderDesk(publisher),
+                      dict(api_keys or {DEMO_API_KEY: DEMO_USER}))
+    if kafka_tap and settings.mode.uses_kafka:
+        state.tap = KafkaTap(settings, socketio).start()
+    app.extensions[EXTENSION] = state
+    _routes(app)
+    socketio.on_event("connect", _join_user_room)
+    return app, socketio
+
+
+def demo_state(app: Flask) -> DemoState:
+    state: DemoState = app.extensions[EXTENSION]
+    return state
+
+
+def _routes(app: Flask) -> None:
+    def body() -> dict[str, Any]:
+        data = request.get_json(silent=True)
+        if not isinstance(data, dict):
+            raise BadRequest("the body must be a JSON object "
+                             "(Content-Type: application/json)")
+        return data
+
+    @app.errorhandler(BadRequest)
+    def bad_request(exc: BadRequest) -> ResponseReturnValue:
+        return jsonify(status="error", message=str(exc)), 400
+
+    @app.errorhandler(Forbidden)
+    def forbidden(exc: Forbidden) -> ResponseReturnValue:
+        return jsonify(status="error", message=str(exc)), 403
+
+    @app.get("/")
+    def index() -> ResponseReturnValue:
+        state = demo_state(app)
+        return render_template(
+            "index.html", mode=state.settings.mode.value, api_key=DEMO_API_KEY,
+            topic=state.settings.order_events_topic if state.settings.mode.uses_kafka else "",
+        )
+
+    @app.get("/vendor/socket.io.min.js")
+    def socketio_js() -> ResponseReturnValue:
+        path = socketio_client_path()
+        if path is None:
+            message = missing_client_message()
+            log.error("%s", message)
+            return Response(f"/* {message} */\n", 500, mimetype="application/javascript")
+        return send_file(path, mimetype="application/javascript", max_age=300)
+
+    @app.post("/api/v1/placeorder")
+    def place_order() -> ResponseReturnValue:
+        data = body()
+        state = demo_state(app)
+        return jsonify(state.desk.place(state.user_of(data), parse_order(data, smart=False)))
+
+    @app.post("/api/v1/placesmartorder")
+    def place_smart_order() -> ResponseReturnValue:
+        data = body()
+        state = demo_state(app)
+        return jsonify(state.desk.place_smart(state.user_of(data), parse_order(data, smart=True)))
+
+    @app.post("/api/v1/positionbook")
+    def position_book() -> ResponseReturnValue:
+        state = demo_state(app)
+        user = state.user_of(body())
+        return jsonify(status="success",
+                       data=[row for mode in MODES for row in state.desk.positions(user, mode)])
+
+    @app.post("/api/v1/demo/mastercontract")
+    def master_contract() -> ResponseReturnValue:
+        """Stands in for the download that follows a broker login."""
+        demo_state(app).user_of(body())
+        started = time.perf_counter()
+        count = len(_instruments())
+        seconds = round(time.perf_counter() - started, 3)
+        message = f"Master contract downloaded successfully ({count} symbols)"
+        demo_state(app).publisher.publish_master_contract_download(
+            BROKER, "success", message, symbols_count=count, download_time_seconds=seconds)
+        return jsonify(status="success", message=message, symbols_count=count,
+                       download_time_seconds=seconds)
+
+    @app.post("/api/v1/demo/changepassword")
+    def change_password() -> ResponseReturnValue:
+        """Accepts a new password and announces the change; the demo stores no password."""
+        data = body()
+        state = demo_state(app)
+        user = state.user_of(data)
+        new = data.get("new_password")
+        if not isinstance(new, str) or len(new) < MIN_PASSWORD:
+            raise BadRequest(f"new_password must be a string of at least {MIN_PASSWORD} "
+                             "characters")
+        message = "Password changed successfully"
+        state.publisher.publish_password_change(
+            user, "success", message, ip_address=request.remote_addr or "",
+            user_agent=request.headers.get("User-Agent", ""))
+        return jsonify(status="success", message=message)
+
+    @app.get("/health")
+    def health() -> ResponseReturnValue:
+        return jsonify(demo_state(app).publisher.health())
+
+
+def _join_user_room(auth: Any = None) -> None:
+    """With ``auth={"apikey": ...}`` a socket joins its user's room, so that
+    ``ORDER_EVENT_SOCKETIO_SCOPE=user`` works too; without it, it gets broadcasts only."""
+    key = auth.get("apikey") if isinstance(auth, dict) else None
+    user = demo_state(current_app).api_keys.get(key) if isinstance(key, str) else None
+    if user is not None:
+        join_room(user_room(user))
+
+
+def _instruments() -> list[tuple[str, str, int]]:
+    """A synthetic master contract: every underlying, expiry and strike, calls and puts."""
+    names = ("NIFTY", "BANKNIFTY", "FINNIFTY", "SBIN", "RELIANCE", "INFY", "TCS", "HDFCBANK")
+    return [(f"{name}{month:02d}{strike}{kind}", "NFO", strike)
+            for name in names for month in range(1, 13)
+            for strike in range(100, 5100, 100) for kind in ("CE", "PE")]

@@ -1,0 +1,82 @@
+"""A small OpenAlgo look-alike: a Flask-SocketIO app with an in-process bus whose subscriber
+emits toasts the way OpenAlgo's does. Served by gunicorn (eventlet) or run directly.
+
+    gunicorn -c python:openalgo_events.integrations.gunicorn --worker-class eventlet -w 1 \\
+        tests.doubles.openalgo_app:app
+    LOOKALIKE_ASYNC_MODE=threading python -m tests.doubles.openalgo_app PORT
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from flask import Flask, jsonify, request
+from flask_socketio import SocketIO
+
+from openalgo_events.integrations import installation
+from tests.doubles.event_bus import EventBus
+from tests.doubles.events import TOPIC_FIELDS, synthetic
+
+app = Flask(__name__)
+socketio = SocketIO(app, async_mode=os.environ.get("LOOKALIKE_ASYNC_MODE", "eventlet"),
+                    cors_allowed_origins="*")
+bus = EventBus()
+
+
+def _toast(event: Any) -> None:
+    """What OpenAlgo's own subscriber does for two topics: a broadcast toast."""
+    if event.mode == "analyze" and event.topic != "order.update":
+        socketio.emit("analyzer_update", {"request": event.request_data,
+                                          "response": event.response_data})
+    elif event.topic == "order.placed":
+        socketio.emit("order_event", {"symbol": event.symbol, "action": event.action,
+                                      "orderid": event.orderid, "exchange": event.exchange,
+                                      "price_type": event.pricetype,
+                                      "product_type": event.product, "mode": event.mode})
+
+
+for _topic in TOPIC_FIELDS:
+    bus.subscribe(_topic, _toast, name="socketio")
+
+
+@app.route("/ping")
+def ping() -> str:
+    return "pong"
+
+
+@app.route("/publish", methods=["POST"])
+def publish() -> Any:
+    count = int(request.args.get("n", "1"))
+    topic = request.args.get("topic", "order.placed")
+    prefix = request.args.get("orderid", "O")
+    for i in range(count):
+        bus.publish(synthetic(topic, request.args.get("mode", "live"),
+                              orderid=f"{prefix}-{i}"))
+    return jsonify(published=count)
+
+
+@app.route("/emit", methods=["POST"])
+def emit() -> Any:
+    socketio.emit(request.args.get("event", "master_contract_download"),
+                  {"status": "success", "message": request.args.get("message", "done")})
+    return jsonify(emitted=True)
+
+
+@app.route("/health")
+def health() -> Any:
+    current = installation.current
+    return jsonify({**(current.health() if current else {"installed": False}),
+                    "bus": bus.stats()})
+
+
+def main(port: int) -> None:
+    installation.install()
+    socketio.run(app, host="127.0.0.1", port=port, allow_unsafe_werkzeug=True)
+
+
+if __name__ == "__main__":  # run the importable module, so the installer finds this bus
+    from tests.doubles import openalgo_app
+
+    openalgo_app.main(int(sys.argv[1]))

@@ -1,0 +1,349 @@
+"""The reference app: each endpoint, shaped like OpenAlgo's, publishes the event OpenAlgo
+would, with the same payload; bad input is refused with a clear 400; the API key never
+leaves the request; a real Socket.IO client (and, in BOTH mode, Kafka) sees the events."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+from tests.sio_support import Listener
+from tests.support import create_topic, wait_for
+
+from openalgo_events import KafkaEventPublisher, Settings
+from openalgo_events.demo import DEMO_API_KEY, DemoServer, create_app, demo_state
+from openalgo_events.demo.app import SOCKETIO_JS_VAR
+from openalgo_events.demo.orders import MATCHED
+from openalgo_events.devbroker import port_open
+from openalgo_events.testing import capture_events
+
+USER = "demo-user"
+
+
+@pytest.fixture
+def app() -> Iterator[Any]:
+    """The demo app in SOCKETIO mode (no broker)."""
+    app, _ = create_app(Settings.from_env({}))
+    yield app
+    demo_state(app).close()
+
+
+@pytest.fixture
+def events(app):
+    """Everything the app publishes during the test, instead of sending it."""
+    with capture_events(demo_state(app).publisher) as memory:
+        yield memory
+
+
+def post(app: Any, path: str, **body: Any) -> Any:
+    return app.test_client().post(path, json={"apikey": DEMO_API_KEY, **body},
+                                  headers={"User-Agent": "pytest-agent"})
+
+
+def order(**fields: Any) -> dict[str, Any]:
+    return {"symbol": "SBIN", "action": "BUY", "quantity": 5, "exchange": "NSE",
+            "pricetype": "MARKET", "product": "MIS", **fields}
+
+
+def test_live_order_publishes_order_event(app, events):
+    """A live placeorder answers with its order id and publishes order_event with
+    {symbol, action, orderid, mode} plus exchange, types, broker, quantity and price."""
+    response = post(app, "/api/v1/placeorder", **order(symbol="sbin", quantity="5"))
+    assert response.status_code == 200
+    orderid = response.json["orderid"]
+    assert response.json == {"status": "success", "orderid": orderid}
+    [event] = events.events
+    assert (event.event_type, event.user_id) == ("order_event", USER)
+    assert dict(event.data) == {"symbol": "SBIN", "action": "BUY", "orderid": orderid,
+                                "mode": "live", "exchange": "NSE", "price_type": "MARKET",
+                                "product_type": "MIS", "broker": "demo", "quantity": 5,
+                                "price": 0.0}
+
+
+def test_smart_order_trades_the_difference(app, events):
+    """A smart order buys or sells only what brings the position to position_size."""
+    post(app, "/api/v1/placesmartorder", **order(quantity=0, position_size=10))
+    post(app, "/api/v1/placesmartorder", **order(quantity=0, position_size=4))
+    fills = [(e.data["action"], e.data["quantity"]) for e in events.of_type("order_event")]
+    assert fills == [("BUY", 10), ("SELL", 6)]
+    book = post(app, "/api/v1/positionbook").json["data"]
+    assert book == [{"symbol": "SBIN", "quantity": 4, "mode": "live"}]
+
+
+def test_smart_order_already_matched_publishes_order_notification(app, events):
+    """A smart order whose position already matches places nothing and publishes
+    order_notification with OpenAlgo's exact message."""
+    post(app, "/api/v1/placeorder", **order(quantity=5))
+    events.clear()
+    response = post(app, "/api/v1/placesmartorder", **order(quantity=5, position_size=5))
+    assert response.json == {"status": "success", "message": MATCHED}
+    [event] = events.events
+    assert event.event_type == "order_notification"
+    assert dict(event.data) == {"symbol": "SBIN", "status": "info",
+                                "message": "Positions Already Matched. No Action needed.",
+                                "notification_type": "position_match"}
+
+
+def test_analyze_mode_publishes_analyzer_update(app, events):
+    """In analyze mode an order publishes analyzer_update {request, response} (no
+    order_event) and moves only the sandbox position."""
+    response = post(app, "/api/v1/placeorder", **order(mode="analyze", quantity=3))
+    orderid = response.json["orderid"]
+    assert response.json == {"status": "success", "orderid": orderid, "mode": "analyze"}
+    [event] = events.events
+    assert event.event_type == "analyzer_update"
+    assert dict(event.data) == {
+        "request": {"symbol": "SBIN", "action": "BUY", "quantity": 3, "exchange": "NSE",
+                    "pricetype": "MARKET", "product": "MIS", "price": 0.0,
+                    "strategy": "demo", "api_type": "placeorder"},
+        "response": {"status": "success", "orderid": orderid, "mode": "analyze"},
+    }
+    book = post(app, "/api/v1/positionbook").json["data"]
+    assert book == [{"symbol": "SBIN", "quantity": 3, "mode": "analyze"}]
+
+
+def test_analyze_mode_matched_smart_order_publishes_analyzer_update(app, events):
+    """In analyze mode even a matched smart order is an analyzer_update, as in OpenAlgo."""
+    post(app, "/api/v1/placesmartorder", **order(mode="analyze", quantity=0, position_size=0))
+    [event] = events.events
+    assert event.event_type == "analyzer_update"
+    assert event.data["request"]["api_type"] == "placesmartorder"
+    assert event.data["response"] == {"status": "success", "message": MATCHED,
+                                      "mode": "analyze"}
+
+
+def test_master_contract_download_publishes_counts(app, events):
+    """The master-contract download publishes master_contract_download as the system user,
+    with symbols_count and download_time_seconds."""
+    response = post(app, "/api/v1/demo/mastercontract")
+    assert response.status_code == 200
+    [event] = events.events
+    assert (event.event_type, event.user_id) == ("master_contract_download", "admin")
+    assert event.data["status"] == "success"
+    assert event.data["broker"] == "demo"
+    assert event.data["symbols_count"] == response.json["symbols_count"] > 1000
+    assert isinstance(event.data["download_time_seconds"], float)
+
+
+def test_password_change_publishes_client_details_not_the_password(app, events):
+    """A password change publishes password_change with ip_address and user_agent, and the
+    password appears nowhere in the event."""
+    response = post(app, "/api/v1/demo/changepassword", new_password="s3cret-Pa55word")
+    assert response.json == {"status": "success", "message": "Password changed successfully"}
+    [event] = events.events
+    assert (event.event_type, event.user_id) == ("password_change", USER)
+    assert dict(event.data) == {"user": USER, "status": "success",
+                                "message": "Password changed successfully",
+                                "ip_address": "127.0.0.1", "user_agent": "pytest-agent"}
+    assert b"s3cret-Pa55word" not in event.value
+
+
+def test_api_key_is_never_published(app, events):
+    """No event from any endpoint carries the API key, at any depth."""
+    post(app, "/api/v1/placeorder", **order())
+    post(app, "/api/v1/placeorder", **order(mode="analyze"))
+    post(app, "/api/v1/placesmartorder", **order(position_size=5))
+    post(app, "/api/v1/demo/mastercontract")
+    post(app, "/api/v1/demo/changepassword", new_password="another-password")
+    assert len(events.events) == 5
+    for event in events.events:
+        assert DEMO_API_KEY.encode() not in event.value
+        assert "apikey" not in json.dumps(event.to_dict())
+
+
+@pytest.mark.parametrize(("path", "body", "message"), [
+    ("/api/v1/placeorder", order(symbol=None), "symbol is required"),
+    ("/api/v1/placeorder", order(symbol="SB IN"), "is not a trading symbol"),
+    ("/api/v1/placeorder", order(action="HOLD"), "action must be one of BUY, SELL, not 'HOLD'"),
+    ("/api/v1/placeorder", order(action=None), "action is required"),
+    ("/api/v1/placeorder", order(quantity="abc"), "quantity must be a whole number"),
+    ("/api/v1/placeorder", order(quantity=0), "quantity must be at least 1"),
+    ("/api/v1/placeorder", order(price="cheap"), "price must be a number"),
+    ("/api/v1/placeorder", order(mode="paper"), "mode must be one of live, analyze"),
+    ("/api/v1/placeorder", order(product="XYZ"), "product must be one of MIS, CNC, NRML"),
+    ("/api/v1/placesmartorder", order(), "position_size is required"),
+    ("/api/v1/demo/changepassword", {"new_password": "short"}, "at least 8 characters"),
+])
+def test_bad_input_is_refused_with_400(app, events, path, body, message):
+    """Bad input answers 400 with OpenAlgo's error shape and a message naming the field,
+    and publishes nothing."""
+    response = post(app, path, **{k: v for k, v in body.items() if v is not None})
+    assert response.status_code == 400
+    assert response.json["status"] == "error"
+    assert message in response.json["message"]
+    assert events.events == []
+
+
+def test_body_that_is_not_json_is_refused(app, events):
+    """A body that is not a JSON object answers 400 saying what is expected."""
+    response = app.test_client().post("/api/v1/placeorder", data="symbol=SBIN")
+    assert response.status_code == 400
+    assert "JSON object" in response.json["message"]
+    assert events.events == []
+
+
+@pytest.mark.parametrize("apikey", [None, "", "wrong-key", 12345])
+def test_unknown_api_key_is_refused_with_403(app, events, apikey):
+    """A missing or unknown API key answers 403, like OpenAlgo, and publishes nothing."""
+    body = order() if apikey is None else {**order(), "apikey": apikey}
+    response = app.test_client().post("/api/v1/placeorder", json=body)
+    assert response.status_code == 403
+    assert response.json == {"status": "error", "message": "Invalid openalgo apikey"}
+    assert events.events == []
+
+
+def test_page_loads_socketio_client_from_npm(app):
+    """The page references the npm socket.io-client, which the app serves from node_modules."""
+    client = app.test_client()
+    page = client.get("/")
+    assert page.status_code == 200
+    assert b"Order ticket" in page.data and b'src="/vendor/socket.io.min.js"' in page.data
+    with client.get("/vendor/socket.io.min.js") as script:
+        assert script.status_code == 200
+        assert script.mimetype == "application/javascript"
+        assert len(script.data) > 10_000
+
+
+def test_missing_socketio_client_explains_the_fix(app, monkeypatch, tmp_path):
+    """Without socket.io-client the script route answers 500 saying what to do."""
+    monkeypatch.setenv(SOCKETIO_JS_VAR, str(tmp_path / "nowhere.js"))
+    response = app.test_client().get("/vendor/socket.io.min.js")
+    assert response.status_code == 500
+    assert SOCKETIO_JS_VAR.encode() in response.data and b"nowhere.js" in response.data
+
+
+@pytest.mark.parametrize("transport", ["polling", "websocket"])
+def test_socketio_client_sees_the_order(app, transport):
+    """Over real HTTP, a placed order reaches a real Socket.IO client as order_event."""
+    with DemoServer(app) as server, Listener(server.url, [transport]) as listener:
+        answer = requests.post(f"{server.url}/api/v1/placeorder",
+                               json={"apikey": DEMO_API_KEY, **order()}, timeout=5).json()
+        [(name, payload)] = listener.wait(1)
+    assert name == "order_event"
+    assert payload["orderid"] == answer["orderid"]
+    assert payload["symbol"] == "SBIN" and payload["mode"] == "live"
+
+
+@pytest.mark.broker
+@pytest.mark.parametrize("topic_exists", [True, False])
+def test_both_mode_shows_the_kafka_record(kafka_bootstrap, topic, tmp_path, topic_exists):
+    """In BOTH mode the page gets the order over Socket.IO and, from the Kafka tap, the
+    record that reached the topic: keyed by user, with the envelope and CloudEvents headers;
+    only records produced after the app started, whether the topic existed or not."""
+    if topic_exists:
+        create_topic(kafka_bootstrap, topic)
+        publisher = KafkaEventPublisher(kafka_bootstrap, topic, settings=Settings.from_env(
+            {"KAFKA_SPOOL_PATH": str(tmp_path / "old.db")}))
+        publisher.publish_order_event(USER, "OLD", "BUY", "OLD1", "live")
+        assert publisher.close(10) == 0
+    settings = Settings.from_env({
+        "ORDER_EVENT_MODE": "BOTH", "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "KAFKA_ORDER_EVENTS_TOPIC": topic, "KAFKA_SPOOL_PATH": str(tmp_path / "spool.db"),
+    })
+    app, _ = create_app(settings)
+    state = demo_state(app)
+    try:
+        with DemoServer(app) as server, Listener(server.url, ["polling"]) as listener:
+            answer = requests.post(f"{server.url}/api/v1/placeorder",
+                                   json={"apikey": DEMO_API_KEY, **order()}, timeout=5).json()
+            [(_, live)] = listener.wait(1, "order_event")
+            [(_, record)] = listener.wait(1, "kafka_record", timeout=30)
+    finally:
+        assert state.close() == 0
+    assert live["orderid"] == answer["orderid"]
+    envelope = record["envelope"]
+    assert (record["topic"], record["key"]) == (topic, USER)
+    assert (envelope["event_type"], envelope["user_id"]) == ("order_event", USER)
+    assert envelope["data"] == live
+    assert record["headers"]["ce_type"] == "order_event"
+    assert record["headers"]["ce_id"] == envelope["event_id"]
+    assert DEMO_API_KEY not in json.dumps(record)
+
+
+def start_demo(*args: str) -> tuple[subprocess.Popen[str], list[str]]:
+    """``openalgo-events demo ARGS`` in a child process; returns it and its first lines, up to
+    the one that says how to stop it."""
+    child = subprocess.Popen(
+        [sys.executable, "-m", "openalgo_events", "demo", "--port", "0", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    lines: list[str] = []
+    assert child.stdout is not None
+    for line in child.stdout:  # the child prints these at once; the test timeout bounds it
+        lines.append(line)
+        if "Ctrl-C stops it" in line:
+            break
+    return child, lines
+
+
+def stop_demo(child: subprocess.Popen[str], sig: int) -> str:
+    child.send_signal(sig)
+    rest, _ = child.communicate(timeout=20)
+    return rest
+
+
+def test_demo_command_serves_the_page_and_stops_on_ctrl_c(cli_env):
+    """`openalgo-events demo` prints its URL, serves the page and the API with no broker,
+    and on Ctrl-C closes the publisher and exits 0."""
+    child, lines = start_demo()
+    try:
+        url = re.search(r"http://127\.0\.0\.1:\d+", "".join(lines))
+        assert url, lines
+        assert "mode SOCKETIO" in "".join(lines)
+        assert requests.get(url.group(), timeout=5).status_code == 200
+        with requests.get(f"{url.group()}/vendor/socket.io.min.js", timeout=5) as script:
+            assert script.status_code == 200  # found from the package's directory
+        answer = requests.post(f"{url.group()}/api/v1/placeorder",
+                               json={"apikey": DEMO_API_KEY, **order()}, timeout=5)
+        assert answer.json()["status"] == "success"
+    finally:
+        rest = stop_demo(child, signal.SIGINT)
+    assert child.returncode == 0, rest
+    assert "stopping" in rest and "0 events undelivered" in rest
+
+
+@pytest.mark.broker
+def test_demo_with_broker_sends_to_kafka_and_stops_the_broker(cli_env):
+    """`demo --with-broker` runs Tansu, routes events to Socket.IO and Kafka (BOTH), and on
+    SIGTERM delivers what is pending and stops the broker."""
+    child, lines = start_demo("--with-broker")
+    try:
+        text = "".join(lines)
+        url = re.search(r"http://127\.0\.0\.1:\d+", text)
+        broker = re.search(r"Tansu broker on 127\.0\.0\.1:(\d+)", text)
+        assert url and broker and "mode BOTH" in text, lines
+        requests.post(f"{url.group()}/api/v1/placeorder",
+                      json={"apikey": DEMO_API_KEY, **order()}, timeout=5)
+        health = wait_for(lambda: (h := requests.get(f"{url.group()}/health", timeout=5).json())
+                          ["transports"]["kafka"]["spool_depth"] == 0 and h, 20,
+                          message="the order delivered to Kafka")
+        assert health["mode"] == "BOTH" and health["healthy"]
+    finally:
+        rest = stop_demo(child, signal.SIGTERM)
+    assert child.returncode == 0, rest
+    assert "0 events undelivered" in rest
+    assert not port_open("127.0.0.1", int(broker.group(1)))
+
+
+def test_demo_command_explains_a_port_in_use(cli_env):
+    """A port already taken ends the command with werkzeug's one clear message and exit
+    status 1, not a traceback."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        result = subprocess.run(
+            [sys.executable, "-m", "openalgo_events", "demo", "--port", port],
+            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert f"Port {port} is in use by another program" in result.stderr
+    assert "Traceback" not in result.stderr

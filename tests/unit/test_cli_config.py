@@ -1,0 +1,183 @@
+"""The command line without a broker: help, configuration check, friendly failures, spool."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from openalgo_events import Envelope, Priority, __version__
+from openalgo_events.cli import main
+from openalgo_events.config import sample_env
+from openalgo_events.devbroker import free_port
+from openalgo_events.ops.when import parse_when
+from openalgo_events.spool import Spool
+
+ROOT = Path(__file__).resolve().parents[2]
+SECRET = "s3cret-Pa55word"
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+def _unused_bootstrap() -> str:
+    return f"127.0.0.1:{free_port()}"
+
+
+def test_help_shows_every_command_with_examples():
+    """The top-level help lists the operators' commands, and each command's help has examples."""
+    result = run("--help")
+    assert result.exit_code == 0
+    for command in ("check", "topics", "tail", "replay", "spool", "schemas", "dev-broker"):
+        assert command in result.output
+    for args in (["check"], ["topics", "create"], ["topics", "describe"], ["tail"], ["replay"],
+                 ["spool", "status"], ["schemas", "generate"]):
+        sub = run(*args, "--help")
+        assert sub.exit_code == 0, sub.output
+        assert "Example" in sub.output, args
+
+
+def test_version_option_prints_the_package_version():
+    """--version prints the installed version."""
+    result = run("--version")
+    assert result.exit_code == 0
+    assert __version__ in result.output
+
+
+def test_check_in_socketio_mode_passes_and_masks_secrets(cli_env):
+    """With no Kafka mode, check exits 0, shows the configuration and never a secret."""
+    cli_env(KAFKA_SASL_PASSWORD=SECRET, ORDER_EVENT_ADMIN_TOKEN=SECRET + "-token",
+            KAFKA_LIBRDKAFKA_SSL_KEY_PASSWORD=SECRET + "-key")
+    result = run("check")
+    assert result.exit_code == 0, result.output
+    assert "ORDER_EVENT_MODE" in result.output and "SOCKETIO" in result.output
+    assert "********" in result.output
+    assert SECRET not in result.output + result.stderr
+
+
+def test_check_reports_invalid_configuration_with_exit_1_and_no_traceback(cli_env):
+    """An invalid configuration exits 1 with every problem on stderr, without a traceback."""
+    cli_env(ORDER_EVENT_MODE="KAFKA", KAFKA_PRODUCER_LINGER_MS="soon")
+    result = run("check")
+    assert result.exit_code == 1
+    assert "KAFKA_BOOTSTRAP_SERVERS" in result.stderr
+    assert "KAFKA_PRODUCER_LINGER_MS" in result.stderr
+    assert "Traceback" not in result.output + result.stderr
+    assert isinstance(result.exception, SystemExit)
+
+
+def test_check_with_an_unreachable_broker_exits_2_in_one_line(cli_env):
+    """No broker at the bootstrap address: exit 2, one line naming the servers, no secret."""
+    servers = _unused_bootstrap()
+    cli_env(ORDER_EVENT_MODE="KAFKA", KAFKA_BOOTSTRAP_SERVERS=servers,
+            KAFKA_SECURITY_PROTOCOL="SASL_PLAINTEXT", KAFKA_SASL_MECHANISM="PLAIN",
+            KAFKA_SASL_USERNAME="svc", KAFKA_SASL_PASSWORD=SECRET)
+    result = run("check", "--timeout", "0.5")
+    assert result.exit_code == 2, result.output
+    errors = result.stderr.strip().splitlines()
+    assert len(errors) == 1 and servers in errors[0] and "cannot reach Kafka" in errors[0]
+    assert SECRET not in result.output + result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_check_flags_a_spool_directory_that_does_not_exist(cli_env, tmp_path):
+    """A spool path in a missing directory is a configuration error (exit 1) found before any
+    network request."""
+    cli_env(ORDER_EVENT_MODE="KAFKA", KAFKA_BOOTSTRAP_SERVERS=_unused_bootstrap(),
+            KAFKA_SPOOL_PATH=str(tmp_path / "missing" / "spool.db"))
+    result = run("check")
+    assert result.exit_code == 1
+    assert "does not exist" in result.stderr
+
+
+def test_kafka_command_without_the_extra_names_the_install_command(cli_env, monkeypatch):
+    """Without confluent-kafka a Kafka command fails with the pip command, not an ImportError."""
+    cli_env(KAFKA_BOOTSTRAP_SERVERS=_unused_bootstrap())
+    monkeypatch.setitem(sys.modules, "confluent_kafka", None)
+    monkeypatch.setitem(sys.modules, "confluent_kafka.admin", None)
+    result = run("topics", "describe")
+    assert result.exit_code == 1
+    assert "pip install 'openalgo-events[kafka]'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_sample_env_file_is_current():
+    """The checked-in .sample.env is exactly what sample_env() generates
+    (regenerate with: openalgo-events sample-env > .sample.env)."""
+    assert (ROOT / ".sample.env").read_text() == sample_env()
+    assert run("sample-env").output == sample_env()
+
+
+def test_times_are_read_as_iso_8601_or_relative():
+    """--since/--until accept ISO 8601 (with or without offset) and durations ago."""
+    assert parse_when("90s", now=1000.0) == 910.0
+    assert parse_when("2h", now=10_000.0) == 2800.0
+    assert parse_when("1d", now=100_000.0) == 13_600.0
+    assert parse_when("2026-01-29T10:30:00Z") == 1769682600.0
+    assert parse_when("2026-01-29T16:00:00+05:30") == 1769682600.0
+    with pytest.raises(ValueError, match="ISO 8601"):
+        parse_when("yesterday-ish")
+
+
+def test_a_bad_time_is_a_usage_error(cli_env):
+    """A malformed --since is reported as a usage error naming the accepted forms."""
+    result = run("replay", "--since", "yesterday-ish", "--dry-run")
+    assert result.exit_code == 2
+    assert "ISO 8601" in result.stderr
+
+
+def test_spool_status_of_a_missing_file_fails_clearly(cli_env, tmp_path):
+    """spool status on a path with no spool exits non-zero and says which path."""
+    path = tmp_path / "nothing.db"
+    result = run("spool", "status", "--spool", str(path))
+    assert result.exit_code == 1
+    assert f"no spool file at {path}" in result.stderr
+
+
+def _spool_with_events(path: Path) -> tuple[Spool, list[Envelope]]:
+    """A spool holding three events, the first two delivered (the spool stays open: locked)."""
+    spool = Spool(str(path))
+    envelopes = [Envelope("order_event", user, {"symbol": "SBIN-EQ", "action": "BUY",
+                                                 "orderid": f"ORD{n}", "mode": "live"})
+                 for n, user in enumerate(("alice", "bob", "alice"))]
+    for envelope in envelopes:
+        assert spool.append(envelope, "orders", Priority.CRITICAL)
+    spool.mark_delivered([event.seq for event in spool.pending()[:2]])
+    return spool, envelopes
+
+
+def test_spool_status_and_replay_dry_run_read_a_spool_the_app_holds(cli_env, tmp_path):
+    """While another process holds the spool's lock, status shows depth and trail, and a dry-run
+    replay lists only delivered events in the window, sending nothing."""
+    path = tmp_path / "spool.db"
+    spool, envelopes = _spool_with_events(path)
+    try:
+        status = run("spool", "status", "--spool", str(path))
+        assert status.exit_code == 0, status.stderr
+        assert "pending events:     1" in status.output
+        assert "delivered (trail):  2 events" in status.output
+        dry = run("replay", "--spool", str(path), "--since", "1h", "--user", "alice",
+                  "--dry-run")
+        assert dry.exit_code == 0, dry.stderr
+        assert envelopes[0].event_id in dry.output
+        assert envelopes[1].event_id not in dry.output  # bob's
+        assert envelopes[2].event_id not in dry.output  # still pending
+        assert "would re-publish 1 event(s)" in dry.output
+        assert spool.status().depth == 1  # the app's spool is untouched
+    finally:
+        spool.close()
+
+
+def test_replay_with_an_unreachable_broker_exits_2(cli_env, tmp_path):
+    """A replay that cannot reach the broker fails fast with exit 2, naming the servers."""
+    path = tmp_path / "spool.db"
+    spool, _ = _spool_with_events(path)
+    spool.close()
+    servers = _unused_bootstrap()
+    cli_env(KAFKA_BOOTSTRAP_SERVERS=servers)
+    result = run("replay", "--spool", str(path), "--since", "1h", "--timeout", "1")
+    assert result.exit_code == 2, result.output
+    assert servers in result.stderr and "Traceback" not in result.stderr
