@@ -61,7 +61,12 @@ class EventSpec:
 
 
 NUMBER = ("number", "string")  # OpenAlgo sends quantities and prices both as numbers and strings
-_req = {"required": True}
+
+
+def required(name: str, type: str | tuple[str, ...] = "string", description: str = "") -> Field:
+    """A field every event of the type must carry."""
+    return Field(name, type, True, description)
+
 
 
 class Catalog(Mapping[str, EventSpec]):
@@ -107,8 +112,8 @@ CATALOG = Catalog(
             "order_event",
             "An order was placed (or a basket, split, options or multi-leg order completed).",
             (
-                Field("symbol", **_req), Field("action", **_req),
-                Field("orderid", **_req), Field("mode", **_req, description="live or analyze"),
+                required("symbol"), required("action"),
+                required("orderid"), required("mode", description="live or analyze"),
                 Field("broker"), Field("exchange"), Field("quantity", NUMBER),
                 Field("price", NUMBER), Field("price_type"), Field("product_type"),
                 Field("batch_order", "boolean"), Field("is_last_order", "boolean"),
@@ -118,14 +123,14 @@ CATALOG = Catalog(
         EventSpec(
             "analyzer_update",
             "A sandbox (analyze mode) request and its response.",
-            (Field("request", "object", **_req), Field("response", "object", **_req)),
+            (required("request", "object"), required("response", "object")),
             Priority.HIGH,
         ),
         EventSpec(
             "order_notification",
             "An informational order message, such as a smart order with nothing to do.",
             (
-                Field("symbol", **_req), Field("status", **_req), Field("message", **_req),
+                required("symbol"), required("status"), required("message"),
                 Field("notification_type"),
             ),
             Priority.MEDIUM,
@@ -135,7 +140,7 @@ CATALOG = Catalog(
             "The master contract download after a broker login finished (or made progress).",
             (
                 # OpenAlgo's own emit has no broker, so only status and message are required.
-                Field("status", **_req), Field("message", **_req), Field("broker"),
+                required("status"), required("message"), Field("broker"),
                 Field("symbols_count", "integer"), Field("download_time_seconds", "number"),
             ),
             Priority.LOW,
@@ -145,7 +150,7 @@ CATALOG = Catalog(
             "password_change",
             "A user's password was changed. Never carries the password itself.",
             (
-                Field("user", **_req), Field("status", **_req), Field("message", **_req),
+                required("user"), required("status"), required("message"),
                 Field("ip_address"), Field("user_agent"),
             ),
             Priority.LOW,
@@ -155,14 +160,14 @@ CATALOG = Catalog(
         EventSpec(
             "modify_order_event",
             "An order was modified.",
-            (Field("status", **_req), Field("orderid", **_req), Field("mode", **_req)),
+            (required("status"), required("orderid"), required("mode")),
             Priority.CRITICAL,
         ),
         EventSpec(
             "cancel_order_event",
             "An order (or all orders) was cancelled.",
             (
-                Field("status", **_req), Field("orderid", **_req), Field("mode", **_req),
+                required("status"), required("orderid"), required("mode"),
                 Field("batch_order", "boolean"), Field("is_last_order", "boolean"),
                 Field("canceled_count", "integer"), Field("failed_count", "integer"),
             ),
@@ -171,14 +176,14 @@ CATALOG = Catalog(
         EventSpec(
             "close_position_event",
             "A position was closed.",
-            (Field("status", **_req), Field("message", **_req), Field("mode", **_req)),
+            (required("status"), required("message"), required("mode")),
             Priority.CRITICAL,
         ),
         EventSpec(
             "gtt_event",
             "A GTT (good-till-triggered) order changed state.",
             (
-                Field("event", **_req), Field("symbol"), Field("exchange"),
+                required("event"), Field("symbol"), Field("exchange"),
                 Field("trigger_id", ("string", "integer")), Field("triggered_order_id"),
                 Field("mode"),
             ),
@@ -188,7 +193,7 @@ CATALOG = Catalog(
             "order_update",
             "The broker reported an order's new status.",
             (
-                Field("orderid", **_req), Field("order_status", **_req), Field("mode"),
+                required("orderid"), required("order_status"), Field("mode"),
                 Field("broker"), Field("symbol"), Field("exchange"), Field("action"),
                 Field("quantity", NUMBER), Field("price", NUMBER),
                 Field("filled_quantity", NUMBER), Field("pending_quantity", NUMBER),
@@ -199,13 +204,13 @@ CATALOG = Catalog(
         EventSpec(
             "force_logout",
             "A user's sessions are being ended (logout, expiry, password change).",
-            (Field("message", **_req),),
+            (required("message"),),
             Priority.MEDIUM,
         ),
         EventSpec(
             "active_sessions_update",
             "The list of a user's active sessions changed.",
-            (Field("count", "integer", **_req), Field("sessions", "array")),
+            (required("count", "integer"), Field("sessions", "array")),
             Priority.LOW,
         ),
         EventSpec(

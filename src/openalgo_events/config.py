@@ -11,7 +11,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from enum import Enum
+from enum import Enum, StrEnum
 from typing import Any
 
 from .errors import ConfigError
@@ -19,7 +19,7 @@ from .errors import ConfigError
 MASK = "********"
 
 
-class Mode(str, Enum):
+class Mode(StrEnum):
     """Where events go: the browser (today's behaviour), Kafka, or both."""
 
     SOCKETIO = "SOCKETIO"

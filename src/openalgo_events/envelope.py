@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from enum import Enum
 from functools import cached_property
@@ -25,7 +25,8 @@ from .errors import EventValidationError
 SCHEMA_VERSION = 1
 CLOUDEVENTS_SPEC_VERSION = "1.0"
 CONTENT_TYPE = "application/json"
-ENVELOPE_KEYS = ("event_id", "event_type", "timestamp", "user_id", "source", "schema_version", "data")
+ENVELOPE_KEYS = ("event_id", "event_type", "timestamp", "user_id", "source", "schema_version",
+                 "data")
 
 # Keys whose values are credentials. They never leave the process: nested ones are dropped,
 # and one passed directly as an event field is a caller bug, rejected at the call.
@@ -91,7 +92,7 @@ def new_event_id() -> str:
 
 def utc_timestamp(moment: datetime | None = None) -> str:
     """RFC 3339 in UTC with microseconds and ``Z``: ``2026-01-29T10:30:45.123456Z``."""
-    moment = datetime.now(timezone.utc) if moment is None else moment.astimezone(timezone.utc)
+    moment = datetime.now(UTC) if moment is None else moment.astimezone(UTC)
     return moment.isoformat(timespec="microseconds")[:-6] + "Z"
 
 
@@ -228,4 +229,4 @@ class Envelope:
 
 def parse_timestamp(text: str) -> datetime:
     """Read an envelope timestamp back into an aware UTC datetime."""
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(timezone.utc)
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)

@@ -144,7 +144,8 @@ class EventPublisher:
         try:
             new_mode = Mode(str(getattr(mode, "value", mode)).upper())
         except ValueError:
-            raise ConfigError([f"mode {mode!r} is not valid; use SOCKETIO, KAFKA or BOTH"]) from None
+            raise ConfigError(
+                [f"mode {mode!r} is not valid; use SOCKETIO, KAFKA or BOTH"]) from None
         if rollout_percent is not None and not 0 <= rollout_percent <= 100:
             raise ConfigError([f"rollout percent {rollout_percent} is not in 0..100"])
         return self.transport.switch(new_mode, rollout_percent)
@@ -178,7 +179,7 @@ class SocketIOEventPublisher(EventPublisher):
 class KafkaEventPublisher(EventPublisher):
     """The design's Kafka publisher; other settings come from the environment.
 
-    >>> publisher = KafkaEventPublisher("localhost:9092", "from_openalgo_order_events")  # doctest: +SKIP
+    >>> publisher = KafkaEventPublisher("localhost:9092")  # doctest: +SKIP
     """
 
     def __init__(self, bootstrap_servers: str, topic: str = "from_openalgo_order_events", *,

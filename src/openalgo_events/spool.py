@@ -187,9 +187,9 @@ class Spool:
                         [(k, v.decode()) for k, v in headers]]
                 try:
                     self._journal.write(encode(meta, value))
-                except OSError as exc:
+                except (OSError, ValueError) as exc:
                     raise SpoolError(f"spool journal {self._journal.current} cannot be written "
-                                     f"({exc.strerror}); free space or fix permissions") from exc
+                                     f"({exc}); free space or fix permissions") from exc
             self._next_seq += 1
             event = SpooledEvent(seq, topic, key, value, headers, event_id, created)
             self._fresh.append((event, event_type, user_id, int(priority)))
@@ -212,8 +212,6 @@ class Spool:
             batch = list(self._fresh)
             self._fresh.clear()
             released = self._journal.take_retired() if self._journal else []
-            if self._journal is not None:
-                self._journal.rotate_if_full()
         if batch:
             # One JSON parameter and one statement for the whole batch: sqlite3 releases the GIL
             # at every step, and a step per row would hand the GIL to the caller row by row.
@@ -332,12 +330,12 @@ class Spool:
 
     @property
     def depth(self) -> int:
-        return self._depth
+        return int(self._depth)
 
     @property
     def last_seq(self) -> int:
         """The newest appended event's sequence number."""
-        return self._next_seq - 1
+        return int(self._next_seq) - 1
 
     def close(self) -> None:
         self.ingest()

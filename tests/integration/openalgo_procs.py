@@ -10,9 +10,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import requests
-from tests.support import wait_for
 
 from openalgo_events.devbroker import free_port
+from tests.support import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = "tests.doubles.openalgo_app"

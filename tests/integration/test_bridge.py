@@ -9,6 +9,7 @@ from contextlib import ExitStack
 import pytest
 import requests
 import socketio
+
 from tests.integration.openalgo_procs import serve, threading_app
 from tests.support import create_topic, wait_for
 

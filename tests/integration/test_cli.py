@@ -13,11 +13,11 @@ import pytest
 from click.testing import CliRunner
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
-from tests.support import create_topic, read_topic
 
 from openalgo_events import KafkaEventPublisher, Settings
 from openalgo_events.cli import main
 from openalgo_events.spool import REPLAY_HEADER
+from tests.support import create_topic, read_topic
 
 pytestmark = pytest.mark.broker
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Producer
-from tests.support import create_topic, wait_for
 
 from openalgo_events import EventPublisher, KafkaEventPublisher, MemoryTransport, Settings
+from tests.support import create_topic, wait_for
 
 pytestmark = pytest.mark.broker
 DOC = Path(__file__).resolve().parents[2] / "docs" / "consumers.md"

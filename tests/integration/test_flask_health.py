@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 from flask import Flask
-from tests.support import wait_for
 
 from openalgo_events import Settings
 from openalgo_events.devbroker import DevBroker
 from openalgo_events.integrations.flask import OpenAlgoEvents
+from tests.support import wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 

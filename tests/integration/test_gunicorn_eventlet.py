@@ -9,10 +9,10 @@ import time
 
 import pytest
 import requests
-from tests.integration.openalgo_procs import gunicorn, serve
-from tests.support import create_topic, envelope_of, read_topic, wait_for
 
 from openalgo_events.devbroker import free_port
+from tests.integration.openalgo_procs import gunicorn, serve
+from tests.support import create_topic, envelope_of, read_topic, wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 PINGS = 200

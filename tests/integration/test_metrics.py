@@ -8,10 +8,10 @@ import pytest
 from flask import Flask
 from flask_socketio import SocketIO
 from prometheus_client.parser import text_string_to_metric_families
-from tests.support import create_topic, wait_for
 
 from openalgo_events import EventPublisherFactory, Settings
 from openalgo_events.integrations.flask import OpenAlgoEvents
+from tests.support import create_topic, wait_for
 
 pytestmark = pytest.mark.broker
 

@@ -12,12 +12,12 @@ import socketio
 from confluent_kafka import Consumer, TopicPartition
 from flask import Flask
 from flask_socketio import SocketIO
-from tests.support import create_topic, envelope_of, read_topic, wait_for
 from werkzeug.serving import make_server
 
 from openalgo_events import Settings
 from openalgo_events.devbroker import free_port
 from openalgo_events.integrations.flask import OpenAlgoEvents
+from tests.support import create_topic, envelope_of, read_topic, wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 

@@ -16,8 +16,6 @@ from typing import Any
 
 import pytest
 import requests
-from tests.sio_support import Listener
-from tests.support import create_topic, wait_for
 
 from openalgo_events import KafkaEventPublisher, Settings
 from openalgo_events.demo import DEMO_API_KEY, DemoServer, create_app, demo_state
@@ -25,6 +23,8 @@ from openalgo_events.demo.app import SOCKETIO_JS_VAR
 from openalgo_events.demo.orders import MATCHED
 from openalgo_events.devbroker import port_open
 from openalgo_events.testing import capture_events
+from tests.sio_support import Listener
+from tests.support import create_topic, wait_for
 
 USER = "demo-user"
 

@@ -6,11 +6,11 @@ import json
 
 import jsonschema
 import pytest
-from tests.doubles.events import sample_events, synthetic
-from tests.support import create_topic, read_topic
 
 from openalgo_events import KafkaEventPublisher, Settings, schema
 from openalgo_events.integrations.openalgo import TOPICS, convert
+from tests.doubles.events import sample_events, synthetic
+from tests.support import create_topic, read_topic
 
 pytestmark = pytest.mark.broker
 VALIDATOR = jsonschema.Draft202012Validator

@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask_socketio import SocketIO, join_room
-from tests.sio_support import Listener
 
 from openalgo_events import SocketIOEventPublisher
 from openalgo_events.demo import DemoServer
 from openalgo_events.transports.socketio import user_room
+from tests.sio_support import Listener
 
 TRANSPORTS = ["websocket", "polling"]
 

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from openalgo_events import CATALOG, EventPublisher, EventSpec, EventValidationError, Field, Priority
+from openalgo_events import (
+    CATALOG,
+    EventPublisher,
+    EventSpec,
+    EventValidationError,
+    Field,
+    Priority,
+)
 from openalgo_events.catalog import Catalog
 from openalgo_events.testing import MemoryTransport
 

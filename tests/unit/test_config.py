@@ -85,7 +85,7 @@ def test_secrets_are_masked_everywhere_config_is_shown():
 
 
 def test_librdkafka_pass_through_and_unknown_variable_warning():
-    """KAFKA_LIBRDKAFKA_* reaches librdkafka; a misspelled variable is reported with a suggestion."""
+    """KAFKA_LIBRDKAFKA_* reaches librdkafka; a misspelled variable is reported with a hint."""
     s = Settings.from_env({**KAFKA, "KAFKA_LIBRDKAFKA_SOCKET_KEEPALIVE_ENABLE": "true",
                            "KAFKA_BOOTSTRAP_SERVER": "x:1"})
     assert s.producer_config()["socket.keepalive.enable"] == "true"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 from enum import Enum
 
@@ -28,7 +28,8 @@ def test_event_ids_are_uuid7_and_sort_by_creation():
 
 def test_timestamp_is_rfc3339_utc_with_microseconds():
     """Timestamps are UTC, with microseconds and a Z suffix, and read back exactly."""
-    moment = datetime(2026, 1, 29, 16, 0, 45, 123456, tzinfo=timezone(timedelta(hours=5, minutes=30)))
+    ist = timezone(timedelta(hours=5, minutes=30))
+    moment = datetime(2026, 1, 29, 16, 0, 45, 123456, tzinfo=ist)
     text = utc_timestamp(moment)
     assert text == "2026-01-29T10:30:45.123456Z"
     assert parse_timestamp(text) == moment
@@ -38,7 +39,7 @@ def test_values_convert_deterministically():
     """Decimal, datetimes, dates, Enums and tuples become the same JSON every time."""
     data = {
         "price": Decimal("850.50"),
-        "at": datetime(2026, 1, 29, 10, 30, tzinfo=timezone.utc),
+        "at": datetime(2026, 1, 29, 10, 30, tzinfo=UTC),
         "naive": datetime(2026, 1, 29, 10, 30),
         "day": date(2026, 1, 29),
         "side": Side.BUY,
@@ -78,7 +79,7 @@ def test_nested_secrets_are_dropped():
 
 
 def test_kafka_value_key_and_cloudevents_headers():
-    """The value is compact JSON of the documented keys; key is the user; headers are CloudEvents."""
+    """The value is compact JSON of the documented keys, the key the user, headers CloudEvents."""
     env = Envelope("order_event", "alice", {"symbol": "SBIN"})
     value = json.loads(env.value)
     assert value == {"event_id": env.event_id, "event_type": "order_event",

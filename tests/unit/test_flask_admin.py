@@ -10,7 +10,6 @@ import pytest
 from click.testing import CliRunner
 from flask import Flask
 from flask_socketio import SocketIO
-from tests.support import wait_for
 from werkzeug.serving import make_server
 
 from openalgo_events import EventPublisher, EventPublisherFactory, Settings
@@ -20,6 +19,7 @@ from openalgo_events.devbroker import free_port
 from openalgo_events.integrations.flask import OpenAlgoEvents
 from openalgo_events.testing import MemoryTransport
 from openalgo_events.transports.routing import Route, RoutingTransport
+from tests.support import wait_for
 
 TOKEN = "s3cret-admin-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -6,11 +6,11 @@ import json
 from collections import defaultdict
 
 import pytest
-from tests.doubles.event_bus import EventBus
-from tests.doubles.events import FAKE_API_KEY, TOPIC_FIELDS, sample_events, synthetic
 
 from openalgo_events import EventPublisher, MemoryTransport
 from openalgo_events.integrations.openalgo import TOPICS, attach
+from tests.doubles.event_bus import EventBus
+from tests.doubles.events import FAKE_API_KEY, TOPIC_FIELDS, sample_events, synthetic
 
 # OPENALGO.md section 3, restated here so the test does not read the table it checks.
 LIVE = {

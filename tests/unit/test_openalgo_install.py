@@ -9,11 +9,11 @@ import types
 import pytest
 from flask import Flask
 from flask_socketio import SocketIO
-from tests.doubles.event_bus import EventBus
-from tests.doubles.events import TOPIC_FIELDS
 
 from openalgo_events.integrations import installation
 from openalgo_events.integrations.mirror import EmitMirror
+from tests.doubles.event_bus import EventBus
+from tests.doubles.events import TOPIC_FIELDS
 
 
 @pytest.fixture

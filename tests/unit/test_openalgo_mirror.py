@@ -7,12 +7,12 @@ import threading
 import pytest
 from flask import Flask
 from flask_socketio import SocketIO
-from tests.doubles.event_bus import EventBus
 
 from openalgo_events import ConfigError, EventPublisher, MemoryTransport
 from openalgo_events.integrations.mirror import mirror_emits, original_emit
 from openalgo_events.integrations.openalgo import attach
 from openalgo_events.publisher import SocketIOEventPublisher
+from tests.doubles.event_bus import EventBus
 
 
 @pytest.fixture

@@ -26,13 +26,15 @@ def test_typed_methods_build_the_designs_payloads(memory):
     p = EventPublisher(memory)
     p.publish_order_event("alice", "SBIN-EQ", "BUY", "ORD1", "live", broker="angel", quantity=1)
     p.publish_analyzer_update("alice", {"symbol": "X"}, {"status": "success"})
-    p.publish_order_notification("alice", "INFY", "info", "matched", notification_type="position_match")
+    p.publish_order_notification("alice", "INFY", "info", "matched",
+                                 notification_type="position_match")
     p.publish_master_contract_download("angel", "success", "done", symbols_count=5000)
     p.publish_password_change("bob", "success", "changed", ip_address="10.0.0.1")
     assert [(e.event_type, e.user_id, dict(e.data)) for e in memory.events] == [
         ("order_event", "alice", {"symbol": "SBIN-EQ", "action": "BUY", "orderid": "ORD1",
                                   "mode": "live", "broker": "angel", "quantity": 1}),
-        ("analyzer_update", "alice", {"request": {"symbol": "X"}, "response": {"status": "success"}}),
+        ("analyzer_update", "alice", {"request": {"symbol": "X"},
+                                      "response": {"status": "success"}}),
         ("order_notification", "alice", {"symbol": "INFY", "status": "info", "message": "matched",
                                          "notification_type": "position_match"}),
         ("master_contract_download", "admin", {"broker": "angel", "status": "success",
@@ -44,7 +46,7 @@ def test_typed_methods_build_the_designs_payloads(memory):
 
 
 def test_order_event_keeps_todays_key_order(memory):
-    """order_event's data starts with today's keys in today's order: symbol, action, orderid, mode."""
+    """order_event's data starts with today's keys, in today's order."""
     EventPublisher(memory).publish_order_event("a", "S", "BUY", "1", "live", price=1.5)
     assert list(memory.events[0].data) == ["symbol", "action", "orderid", "mode", "price"]
 

@@ -30,8 +30,8 @@ log = logging.getLogger("openalgo_events.kafka")
 BATCH = 1000
 MAX_IN_FLIGHT = 50_000
 PURGE_EVERY = 300.0  # seconds between trail-retention purges
-PROBE_EVERY = 5.0
-IDLE_WAIT = 0.05  # seconds the idle relay sleeps; it also wakes on a backlog  # seconds between reachability probes while the broker looks down
+PROBE_EVERY = 5.0  # seconds between reachability probes while the broker looks down
+IDLE_WAIT = 0.05  # seconds the idle relay sleeps; it also wakes on a backlog
 
 
 class _QuietLog:

@@ -110,9 +110,9 @@ class RoutingTransport:
     def health(self) -> dict[str, Any]:
         parts = {t.name: t.health() for t in self._each()}
         active = {t.name for t in self._each()
-                  if t is self.kafka and self.route.mode.uses_kafka
-                  or t is self.socketio and (self.route.mode.uses_socketio
-                                             or self.route.rollout_percent < 100)}
+                  if (t is self.kafka and self.route.mode.uses_kafka)
+                  or (t is self.socketio and (self.route.mode.uses_socketio
+                                             or self.route.rollout_percent < 100))}
         return {
             "mode": self.route.mode.value,
             "rollout_percent": self.route.rollout_percent,
