@@ -114,14 +114,15 @@ def test_replay_requeues_one_users_window_with_a_marker(tmp_path):
     spool.close()
 
 
-def test_retention_purges_only_old_delivered_rows():
+def test_retention_purges_only_old_delivered_rows(tmp_path):
     """Delivered rows past the retention are deleted; pending rows never are."""
-    spool = Spool(":memory:", retention_hours=1)
+    spool = Spool(str(tmp_path / "s.db"), retention_hours=1)
     spool.append(event(), "t", Priority.CRITICAL)
     spool.append(event(), "t", Priority.CRITICAL)
     spool.mark_delivered([spool.pending()[0].seq])
     assert spool.purge_expired(now=time.time() + 7200) == 1
     assert (spool.status().delivered, spool.status().depth) == (0, 1)
+    spool.close()
 
 
 def test_journaled_events_survive_a_crash_before_commit(tmp_path):
@@ -145,3 +146,12 @@ def test_journaled_events_survive_a_crash_before_commit(tmp_path):
     assert again.status().depth == 5
     again.close()
     assert not list(tmp_path.glob("s.db.journal.*"))  # everything committed, journal released
+
+
+def test_memory_spool_keeps_no_trail():
+    """Without a file there is no trail: delivered events leave memory at once."""
+    spool = Spool(":memory:")
+    spool.append(event(), "t", Priority.CRITICAL)
+    spool.mark_delivered([spool.pending()[0].seq])
+    assert (spool.status().delivered, spool.status().depth) == (0, 0)
+    assert spool.events() == []

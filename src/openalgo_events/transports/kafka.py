@@ -103,7 +103,10 @@ class KafkaTransport:
             # Produced here when it directly follows what was sent: librdkafka's produce never
             # waits on the network. Otherwise (backlog, recovery) the relay sends it in order.
             if not self._paused and event.seq == self._cursor + 1 and self._produce(event):
-                return  # the relay collects its delivery report on its next turn (<= 50 ms)
+                # Serve delivery reports here, like a plain producer loop: served on the relay
+                # thread, each report would wait for this thread to yield the GIL.
+                self._producer.poll(0)
+                return
         self._wake.set()
 
     def _priority(self, event_type: str) -> Priority:
