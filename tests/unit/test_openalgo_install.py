@@ -53,6 +53,24 @@ def test_both_mode_attaches_adapter_and_local_mirror(app_module, tmp_path):
     assert "emit" not in vars(app_module.socketio)
 
 
+def test_both_mode_publishes_only_the_rollout_share(app_module, tmp_path):
+    """With KAFKA_ROLLOUT_PERCENT in BOTH mode, only users in the share reach the Kafka spool."""
+    from openalgo_events.transports.routing import in_rollout
+
+    installed = installation.install(_env(tmp_path, ORDER_EVENT_MODE="BOTH",
+                                          KAFKA_ROLLOUT_PERCENT="30"))
+    try:
+        users = [f"user{i}" for i in range(200)]
+        for user in users:
+            installed.publisher.publish("force_logout", user, {"message": "bye"})
+        kafka = installed.publisher.transport.kafka
+        expected = sum(in_rollout(user, 30) for user in users)
+        assert kafka.spool.depth == expected
+        assert 0 < expected < len(users)
+    finally:
+        installed.close(0)
+
+
 def test_problems_are_logged_not_raised(app_module, tmp_path, caplog):
     """A bad bus path or invalid Kafka settings log an error and leave the app running."""
     assert installation.install(_env(tmp_path, ORDER_EVENT_MODE="BOTH",

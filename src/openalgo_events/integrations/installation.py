@@ -23,9 +23,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import Mode, Settings
+from ..envelope import Envelope
 from ..errors import ConfigError
 from ..publisher import EventPublisher, kafka_transport
 from ..stats import Stats
+from ..transports.routing import Route, RoutingTransport
 from .bridge import KafkaSocketIOBridge
 from .mirror import EmitMirror, mirror_emits
 from .openalgo import Attachment, attach
@@ -74,6 +76,25 @@ current: Installation | None = None
 """The process's installation, once ``install`` has run."""
 
 
+class Discard:
+    """Where the events of users outside the rollout share go: nowhere (OpenAlgo's own
+    Socket.IO emits already reach their browsers)."""
+
+    name = "none"
+
+    def publish(self, envelope: Envelope) -> None:
+        pass
+
+    def flush(self, timeout: float = 0) -> int:
+        return 0
+
+    def close(self, timeout: float = 0) -> int:
+        return 0
+
+    def health(self) -> dict[str, Any]:
+        return {"transport": self.name, "healthy": True}
+
+
 def resolve(spec: str) -> Any:
     """The object named ``module:attribute`` (or ``module.attribute``)."""
     module_name, sep, attribute = spec.partition(":")
@@ -117,12 +138,17 @@ def install(environ: Mapping[str, str] | None = None) -> Installation | None:
     resolver: Callable[[str], str | None] | None = (
         _optional(env[ENV_USER_RESOLVER], ENV_USER_RESOLVER) if env.get(ENV_USER_RESOLVER)
         else None)
-    if settings.rollout_percent < 100:
-        log.warning("KAFKA_ROLLOUT_PERCENT=%d is not applied by the zero-edit integration: "
-                    "every user's events are published", settings.rollout_percent)
-
     stats = Stats()
-    publisher = EventPublisher(kafka_transport(settings, stats), source=settings.source,
+    transport = kafka_transport(settings, stats)
+    if settings.rollout_percent < 100:
+        if settings.mode is Mode.KAFKA:
+            log.warning("KAFKA_ROLLOUT_PERCENT=%d is not applied in KAFKA mode, where the bridge "
+                        "makes every browser emit; use BOTH for a gradual rollout",
+                        settings.rollout_percent)
+        else:  # BOTH: OpenAlgo still emits to every browser; only the share goes to Kafka too
+            transport = RoutingTransport(Route(Mode.KAFKA, settings.rollout_percent),
+                                         socketio=Discard(), kafka=transport)
+    publisher = EventPublisher(transport, source=settings.source,
                                max_message_bytes=settings.max_message_bytes, stats=stats)
     attachment = attach(bus, publisher, user_resolver=resolver,
                         default_user=settings.default_user)
