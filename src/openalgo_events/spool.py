@@ -211,21 +211,24 @@ class Spool:
 
     # -- the relay ----------------------------------------------------------------------------
     def ingest(self) -> list[SpooledEvent]:
-        """Commit queued records to SQLite in one transaction; return them, oldest first."""
-        with self._lock:
-            batch = list(self._fresh)
-            self._fresh.clear()
-            released = self._journal.take_retired() if self._journal else []
-        if batch:
-            # One JSON parameter and one statement for the whole batch: sqlite3 releases the GIL
-            # at every step, and a step per row would hand the GIL to the caller row by row.
-            rows = compact_json([
-                (e.seq, e.event_id, event_type, user_id, priority, e.created, e.topic,
-                 e.key.decode(), e.value.decode(), [(k, v.decode()) for k, v in e.headers])
-                for e, event_type, user_id, priority in batch])
-            with self._db_lock:
-                self._db.execute(_INSERT_JSON, (rows,))
-            self.committed_seq = batch[-1][0].seq
+        """Commit queued records to SQLite in one transaction; return them, oldest first.
+
+        Drained and inserted under the database lock, so that once any ``ingest`` call returns,
+        everything appended before it is in SQLite (a delivery mark cannot overtake its row).
+        """
+        with self._db_lock:
+            with self._lock:
+                batch = list(self._fresh)
+                self._fresh.clear()
+                released = self._journal.take_retired() if self._journal else []
+            if batch:
+                # One JSON parameter, one statement per batch: sqlite3 releases the GIL at
+                # every step, and a step per row would hand the GIL to the caller row by row.
+                self._db.execute(_INSERT_JSON, (compact_json([
+                    (e.seq, e.event_id, event_type, user_id, priority, e.created, e.topic,
+                     e.key.decode(), e.value.decode(), [(k, v.decode()) for k, v in e.headers])
+                    for e, event_type, user_id, priority in batch]),))
+                self.committed_seq = batch[-1][0].seq
         Journal.remove(released)  # every record of these segments is committed now
         return [event for event, *_ in batch]
 

@@ -155,3 +155,30 @@ def test_memory_spool_keeps_no_trail():
     spool.mark_delivered([spool.pending()[0].seq])
     assert (spool.status().delivered, spool.status().depth) == (0, 0)
     assert spool.events() == []
+
+
+def test_ingest_returns_only_when_everything_appended_before_is_committed(tmp_path):
+    """While another thread ingests, an ingest call still returns only once every earlier append
+    is in SQLite: a delivery mark can never reach a row before the row exists."""
+    import threading
+
+    spool = Spool(str(tmp_path / "s.db"))
+    stop = threading.Event()
+
+    def writer() -> None:
+        while not stop.is_set():
+            for _ in range(50):
+                spool.append(event(), "t", Priority.CRITICAL)
+            spool.ingest()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        for _ in range(300):
+            appended = spool.last_seq
+            spool.ingest()
+            assert spool.committed_seq >= appended
+    finally:
+        stop.set()
+        thread.join()
+        spool.close()

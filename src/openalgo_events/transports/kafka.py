@@ -31,6 +31,7 @@ BATCH = 1000
 MAX_IN_FLIGHT = 50_000
 PURGE_EVERY = 300.0  # seconds between trail-retention purges
 PROBE_EVERY = 5.0  # seconds between reachability probes while the broker looks down
+CALLER_POLL_AT = 1000  # events in flight from which callers serve delivery reports
 IDLE_WAIT = 0.05  # seconds the idle relay sleeps; it also wakes on a backlog
 
 
@@ -103,9 +104,11 @@ class KafkaTransport:
             # Produced here when it directly follows what was sent: librdkafka's produce never
             # waits on the network. Otherwise (backlog, recovery) the relay sends it in order.
             if not self._paused and event.seq == self._cursor + 1 and self._produce(event):
-                # Serve delivery reports here, like a plain producer loop: served on the relay
-                # thread, each report would wait for this thread to yield the GIL.
-                self._producer.poll(0)
+                if len(self._in_flight) >= CALLER_POLL_AT:
+                    # A caller publishing flat out serves delivery reports itself, like a plain
+                    # producer loop: served on the relay, each report would wait for the GIL.
+                    # (Not on every call: poll releases the GIL, costly among many threads.)
+                    self._producer.poll(0)
                 return
         self._wake.set()
 
