@@ -79,3 +79,29 @@ def test_per_user_order_across_partitions(kafka_bootstrap, topic, tmp_path):
     assert seen == expected
     assert all(len(p) == 1 for p in partitions.values())
     assert len(set().union(*partitions.values())) > 1
+
+
+def test_concurrent_callers_keep_each_users_order(kafka_bootstrap, topic, tmp_path):
+    """Eight threads publishing at once (one user each, as request threads do): every event
+    arrives once, and each user's events in the order that user's thread published them."""
+    import threading
+
+    create_topic(kafka_bootstrap, topic, partitions=3)
+    publisher = _publisher(kafka_bootstrap, topic, tmp_path)
+    published: dict[str, list[str]] = {}
+
+    def caller(user: str) -> None:
+        published[user] = [publisher.publish_order_event(user, "SBIN", "BUY", str(i),
+                                                         "live").event_id for i in range(500)]
+
+    threads = [threading.Thread(target=caller, args=(f"user{n}",)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert publisher.close(20) == 0
+    seen = defaultdict(list)
+    for msg in sorted(read_topic(kafka_bootstrap, topic, 4000),
+                      key=lambda m: (m.partition(), m.offset())):
+        seen[msg.key().decode()].append(json.loads(msg.value())["event_id"])
+    assert seen == published

@@ -31,6 +31,7 @@ BATCH = 1000
 MAX_IN_FLIGHT = 50_000
 PURGE_EVERY = 300.0  # seconds between trail-retention purges
 PROBE_EVERY = 5.0  # seconds between reachability probes while the broker looks down
+MAX_WAITING = 1000  # events parked for their predecessor's thread; past that the relay sends
 CALLER_POLL_AT = 1000  # events in flight from which callers serve delivery reports
 IDLE_WAIT = 0.05  # seconds the idle relay sleeps; it also wakes on a backlog
 
@@ -83,6 +84,7 @@ class KafkaTransport:
         self._produce_lock = new_lock()  # guards the producer swap, the cursor and _paused
         self._paused = False  # while the producer is being rebuilt
         self._cursor = 0
+        self._waiting: dict[int, SpooledEvent] = {}  # seq -> event whose predecessor is on its way
         self._in_flight: dict[int, float] = {}
         self._delivered: list[int] = []
         self._failed: list[tuple[int, Any, str]] = []
@@ -101,16 +103,26 @@ class KafkaTransport:
         if event is None:
             return  # shed by the overflow policy (counted and logged by the spool)
         with self._produce_lock:
-            # Produced here when it directly follows what was sent: librdkafka's produce never
-            # waits on the network. Otherwise (backlog, recovery) the relay sends it in order.
-            if not self._paused and event.seq == self._cursor + 1 and self._produce(event):
-                if len(self._in_flight) >= CALLER_POLL_AT:
+            # Produced here, in spool order: librdkafka's produce never waits on the network.
+            # An event whose predecessor another thread is still publishing waits for that
+            # thread to send it next; a backlog (outage, recovery) is the relay's to send.
+            if self._paused:
+                handed_over = False
+            elif event.seq == self._cursor + 1:
+                handed_over = self._produce(event)
+                while handed_over and self._cursor + 1 in self._waiting:
+                    handed_over = self._produce(self._waiting.pop(self._cursor + 1))
+                if handed_over and len(self._in_flight) >= CALLER_POLL_AT:
                     # A caller publishing flat out serves delivery reports itself, like a plain
                     # producer loop: served on the relay, each report would wait for the GIL.
                     # (Not on every call: poll releases the GIL, costly among many threads.)
                     self._producer.poll(0)
-                return
-        self._wake.set()
+            else:
+                handed_over = len(self._waiting) < MAX_WAITING
+                if handed_over:
+                    self._waiting[event.seq] = event
+        if not handed_over:
+            self._wake.set()
 
     def _priority(self, event_type: str) -> Priority:
         spec = self._catalog.get(event_type)
@@ -219,6 +231,8 @@ class KafkaTransport:
                 sent += 1
             if len(backlog) < BATCH:  # everything committed is now delivered or in flight
                 self._cursor = max(self._cursor, self.spool.committed_seq)
+            for seq in [seq for seq in self._waiting if seq <= self._cursor]:
+                del self._waiting[seq]  # sent from the spool meanwhile
             return sent
 
     def _produce(self, event: SpooledEvent) -> bool:
@@ -315,5 +329,6 @@ class KafkaTransport:
             self._producer = producer
             self._cursor = 0
             self._in_flight.clear()
+            self._waiting.clear()  # everything pending is resent from the spool
             self._paused = False
         self._last_progress = time.monotonic()
