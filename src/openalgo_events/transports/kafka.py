@@ -1,8 +1,11 @@
 """Kafka, through confluent-kafka (librdkafka), with no event lost.
 
-``publish`` writes the envelope to the spool and wakes the relay; it never touches the
-network. The relay, a real OS thread (so it never starves an eventlet worker), sends pending
-events in spool order and marks them delivered only on the broker's delivery report.
+``publish`` writes the envelope to the spool's journal, then hands it to librdkafka's local
+queue in spool order (``produce`` never waits on the network); an event whose predecessor is
+still being published by another thread is sent by that thread, right after it. The relay, a
+real OS thread (so it never starves an eventlet worker), commits the journal to SQLite, sends
+whatever callers could not (a backlog after an outage or a restart), and marks events
+delivered only on the broker's delivery report.
 
 Recovery is one mechanism: on a failed delivery, a fatal producer error, or no delivery
 progress for ``stall_timeout`` seconds while events are in flight, the relay discards the
