@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
+from functools import cached_property
 from typing import Any
 
 from .errors import EventValidationError
@@ -44,7 +45,7 @@ class EventSpec:
     system_user: str | None = None  # e.g. "admin" for master_contract_download
     forbidden: frozenset[str] = field(default_factory=frozenset)
 
-    @property
+    @cached_property
     def required(self) -> tuple[str, ...]:
         return tuple(f.name for f in self.fields if f.required)
 

@@ -6,6 +6,7 @@ imports nothing optional.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,12 +27,7 @@ class Histogram:
     count: int = 0
 
     def observe(self, seconds: float) -> None:
-        for i, bound in enumerate(BUCKETS):
-            if seconds <= bound:
-                self.counts[i] += 1
-                break
-        else:
-            self.counts[-1] += 1
+        self.counts[bisect_left(BUCKETS, seconds)] += 1  # the first bound >= seconds
         self.total += seconds
         self.count += 1
 
