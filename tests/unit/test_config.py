@@ -118,3 +118,14 @@ def test_sample_env_documents_every_variable_with_its_default():
     text = sample_env()
     for var in VARIABLES:
         assert f"{var.name} = '{var.default}'" in text
+
+
+def test_a_property_librdkafka_refuses_stops_start_up():
+    """A pass-through property librdkafka does not know fails when the publisher is built, with
+    a ConfigError naming where it came from."""
+    from openalgo_events import KafkaEventPublisher
+
+    settings = Settings.from_env({**KAFKA, "KAFKA_SPOOL_PATH": ":memory:",
+                                  "KAFKA_LIBRDKAFKA_NO_SUCH_PROPERTY": "1"})
+    with pytest.raises(ConfigError, match="KAFKA_LIBRDKAFKA_"):
+        KafkaEventPublisher("127.0.0.1:9", settings=settings)

@@ -19,12 +19,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 from .._threads import new_event, new_lock, real_sleep, start_thread, wait_until
 from ..catalog import CATALOG, Catalog, Priority
 from ..envelope import Envelope
-from ..errors import require
+from ..errors import ConfigError, require
 from ..spool import Spool, SpooledEvent
 from ..stats import Stats
 
@@ -68,7 +68,7 @@ class KafkaTransport:
         catalog: Catalog = CATALOG,
         stats: Stats | None = None,
     ) -> None:
-        self._ck: Any = require("confluent_kafka", "kafka")
+        self._ck: Any = cast(Any, require("confluent_kafka", "kafka"))
         self.topic = topic
         self.stats = stats or Stats()
         self.spool = spool or Spool(":memory:", stats=self.stats)
@@ -81,7 +81,7 @@ class KafkaTransport:
         self._stopping = False
         self._stop_deadline = 0.0
         self._thread: Any = None
-        # Relay state, touched only by the relay thread (and read by health()).
+        # Relay state: the producer, cursor and in-flight map change under the produce lock.
         self._producer: Any = None
         self._generation = 0
         self._produce_lock = new_lock()  # guards the producer swap, the cursor and _paused
@@ -98,6 +98,11 @@ class KafkaTransport:
         self.last_error: str | None = None
         self.last_delivery: float | None = None
         self.rebuilds = 0
+        try:
+            self._producer = self._ck.Producer(self._config)  # no I/O yet: the relay warms it up
+        except self._ck.KafkaException as exc:
+            raise ConfigError([f"librdkafka refused the producer settings ({exc}); check the "
+                               "KAFKA_* and KAFKA_LIBRDKAFKA_* variables"]) from exc
         self._thread = start_thread(self._run, "openalgo-events-kafka-relay")
 
     # -- caller side ----------------------------------------------------------------------
@@ -177,7 +182,6 @@ class KafkaTransport:
 
     # -- relay thread -------------------------------------------------------------------------
     def _run(self) -> None:
-        self._producer = self._ck.Producer(self._config)
         self._warm()
         self._last_purge = self._last_probe = time.monotonic()
         while not (self._stopping and (self.spool.depth == 0
@@ -221,7 +225,7 @@ class KafkaTransport:
 
         Once the cursor reaches the newest spooled event, callers produce directly again.
         """
-        if self._cursor >= self.spool.last_seq:
+        if self._cursor >= self.spool.last_seq and not self._waiting:
             return 0  # callers produced everything themselves (a stale read waits one turn)
         with self._produce_lock:
             if len(self._in_flight) >= MAX_IN_FLIGHT:
@@ -236,6 +240,9 @@ class KafkaTransport:
                 self._cursor = max(self._cursor, self.spool.committed_seq)
             for seq in [seq for seq in self._waiting if seq <= self._cursor]:
                 del self._waiting[seq]  # sent from the spool meanwhile
+            while self._cursor + 1 in self._waiting and self._produce(
+                    self._waiting.pop(self._cursor + 1)):
+                sent += 1  # parked after the spool read, sent next in order
             return sent
 
     def _produce(self, event: SpooledEvent) -> bool:
