@@ -110,6 +110,7 @@ class KafkaTransport:
         event = self.spool.append(envelope, self.topic, self._priority(envelope.event_type))
         if event is None:
             return  # shed by the overflow policy (counted and logged by the spool)
+        self.stats.incr("published", event_type=envelope.event_type, transport=self.name)
         with self._produce_lock:
             # Produced here, in spool order: librdkafka's produce never waits on the network.
             # An event whose predecessor another thread is still publishing waits for that

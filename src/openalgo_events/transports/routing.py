@@ -89,14 +89,9 @@ class RoutingTransport:
         return (self.socketio,)  # type: ignore[return-value]
 
     def publish(self, envelope: Envelope) -> None:
-        self.send(envelope)
-
-    def send(self, envelope: Envelope) -> tuple[Transport, ...]:
-        """Publish on the route in force now (read once); return where the envelope went."""
-        targets = self.targets(envelope.user_id, self.route)
-        for transport in targets:
+        """Publish on the route in force now, read once."""
+        for transport in self.targets(envelope.user_id, self.route):
             transport.publish(envelope)
-        return targets
 
     def _each(self) -> list[Transport]:
         return [t for t in (self.socketio, self.kafka) if t is not None]

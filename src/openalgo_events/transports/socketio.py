@@ -64,6 +64,7 @@ class SocketIOTransport:
         queue = self._queue or self._start()
         self._idle.clear()
         queue.put(envelope)
+        self.stats.incr("published", event_type=envelope.event_type, transport=self.name)
 
     def _run(self, queue: Any) -> None:
         while True:
