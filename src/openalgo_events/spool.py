@@ -50,8 +50,6 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_pending ON events(seq) WHERE delivered IS NULL;
 CREATE INDEX IF NOT EXISTS events_by_user ON events(user_id, created);
 """
-_INSERT = ("INSERT OR IGNORE INTO events (seq, event_id, event_type, user_id, priority, created,"
-           " topic, key, value, headers) VALUES (?,?,?,?,?,?,?,?,?,?)")
 _INSERT_JSON = (
     "INSERT OR IGNORE INTO events (seq, event_id, event_type, user_id, priority, created, topic,"
     " key, value, headers) SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3,"
@@ -114,7 +112,7 @@ class Spool:
         self.stats = stats or Stats()
         self._lock = new_lock()  # guards the counters, the queue and the journal
         self._db_lock = new_lock()  # guards the SQLite connection
-        self._fresh: deque[tuple[SpooledEvent, str, str, int]] = deque()
+        self._fresh: deque[tuple[SpooledEvent, list[Any]]] = deque()  # with its journal row
         self._lock_file: IO[str] | None = None
         self._journal: Journal | None = None
         self._last_over_limit_log = 0.0
@@ -150,14 +148,10 @@ class Spool:
     def _recover(self) -> None:
         """Move what an earlier run journaled but did not commit into SQLite."""
         assert self._journal is not None
-        rows = [(meta[0], meta[1], meta[2], meta[3], meta[4], meta[5], meta[6],
-                 meta[3].encode() if meta[7] is None else meta[7].encode(), value,
-                 json.dumps(meta[8]))
+        rows = [_sql_row(meta, value)
                 for meta, value in self._journal.recover(older_than=self._journal.current)]
         if rows:
-            with self._db:
-                self._db.execute("BEGIN")
-                self._db.executemany(_INSERT, rows)
+            self._db.execute(_INSERT_JSON, (compact_json(rows),))
             log.warning("recovered %d journaled events into spool %s", len(rows), self.path)
         Journal.remove([s for s in self._journal.segments() if s != self._journal.current])
 
@@ -185,18 +179,18 @@ class Spool:
                     return None
                 self._log_over_limit()
             seq, created = self._next_seq, time.time()
+            # The row SQLite will hold, but the value: journaled now, committed by ingest.
+            row = [seq, event_id, event_type, user_id, int(priority), created, topic,
+                   key.decode(), [(k, v.decode()) for k, v in headers]]
             if self._journal is not None:
-                meta = [seq, event_id, event_type, user_id, int(priority), created, topic,
-                        None if key == user_id.encode() else key.decode(),
-                        [(k, v.decode()) for k, v in headers]]
                 try:
-                    self._journal.write(encode(meta, value))
+                    self._journal.write(encode(row, value))
                 except (OSError, ValueError) as exc:
                     raise SpoolError(f"spool journal {self._journal.current} cannot be written "
                                      f"({exc}); free space or fix permissions") from exc
             self._next_seq += 1
             event = SpooledEvent(seq, topic, key, value, headers, event_id, created)
-            self._fresh.append((event, event_type, user_id, int(priority)))
+            self._fresh.append((event, row))
             self._depth += 1
             self._pending_bytes += len(value)
         return event
@@ -224,13 +218,11 @@ class Spool:
             if batch:
                 # One JSON parameter, one statement per batch: sqlite3 releases the GIL at
                 # every step, and a step per row would hand the GIL to the caller row by row.
-                self._db.execute(_INSERT_JSON, (compact_json([
-                    (e.seq, e.event_id, event_type, user_id, priority, e.created, e.topic,
-                     e.key.decode(), e.value.decode(), [(k, v.decode()) for k, v in e.headers])
-                    for e, event_type, user_id, priority in batch]),))
+                self._db.execute(_INSERT_JSON, (compact_json(
+                    [_sql_row(row, event.value) for event, row in batch]),))
                 self.committed_seq = batch[-1][0].seq
         Journal.remove(released)  # every record of these segments is committed now
-        return [event for event, *_ in batch]
+        return [event for event, _ in batch]
 
     def pending(self, after_seq: int = 0, limit: int = 1000) -> list[SpooledEvent]:
         """Pending events after ``after_seq``, oldest first."""
@@ -281,25 +273,6 @@ class Spool:
                 return removed
 
     # -- the trail ------------------------------------------------------------------------------
-    def _select(self, columns: str, user_id: str | None, since: float | None,
-                until: float | None, event_types: Iterable[str] | None,
-                delivered_only: bool) -> list[Any]:
-        where = ["created >= ?", "created <= ?"]
-        params: list[object] = [since or 0.0, until or time.time()]
-        if delivered_only:
-            where.append("delivered IS NOT NULL")
-        if user_id is not None:
-            where.append("user_id = ?")
-            params.append(user_id)
-        types = list(event_types or ())
-        if types:
-            where.append(f"event_type IN ({','.join('?' * len(types))})")
-            params.extend(types)
-        with self._db_lock:
-            return self._db.execute(
-                f"SELECT {columns} FROM events WHERE {' AND '.join(where)} ORDER BY seq", params
-            ).fetchall()
-
     def replay(self, *, user_id: str | None = None, since: float | None = None,
                until: float | None = None, topic: str | None = None,
                event_types: Iterable[str] | None = None, dry_run: bool = False) -> int:
@@ -308,8 +281,19 @@ class Spool:
         The copies keep their event id (so consumers can tell it is the same event) and carry
         an ``openalgo_replay`` header. Returns how many events match.
         """
-        rows = self._select("topic, key, value, headers, event_id, event_type, user_id, priority",
-                            user_id, since, until, event_types, delivered_only=True)
+        where = ["delivered IS NOT NULL", "created >= ?", "created <= ?"]
+        params: list[object] = [since or 0.0, until or time.time()]
+        if user_id is not None:
+            where.append("user_id = ?")
+            params.append(user_id)
+        types = list(event_types or ())
+        if types:
+            where.append(f"event_type IN ({','.join('?' * len(types))})")
+            params.extend(types)
+        with self._db_lock:
+            rows = self._db.execute(
+                "SELECT topic, key, value, headers, event_id, event_type, user_id, priority "
+                f"FROM events WHERE {' AND '.join(where)} ORDER BY seq", params).fetchall()
         if not dry_run:
             for old_topic, key, value, headers, event_id, event_type, user, priority in rows:
                 marked = [(k, v.encode()) for k, v in json.loads(headers)]
@@ -317,13 +301,6 @@ class Spool:
                 self._append(value, key, marked, topic or old_topic, Priority(priority),
                              event_id, event_type, user)
         return len(rows)
-
-    def events(self, *, user_id: str | None = None, since: float | None = None,
-               until: float | None = None) -> list[tuple[float, bool, bytes]]:
-        """(created, delivered?, value) of committed events, oldest first: for inspection."""
-        rows = self._select("created, delivered IS NOT NULL, value", user_id, since, until,
-                            None, delivered_only=False)
-        return [(created, bool(done), value) for created, done, value in rows]
 
     # -- health ---------------------------------------------------------------------------------
     def status(self) -> SpoolStatus:
@@ -361,6 +338,11 @@ class Spool:
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None
+
+
+def _sql_row(row: list[Any], value: bytes) -> list[Any]:
+    """A journal row with its value, in the column order of ``_INSERT_JSON``."""
+    return [*row[:8], value.decode(), row[8]]
 
 
 def uncommitted(path: str, committed_seq: int) -> list[tuple[int, float, int]]:

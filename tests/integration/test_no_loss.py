@@ -18,6 +18,8 @@ import sys
 import textwrap
 import time
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -166,6 +168,18 @@ def test_kill_9_with_events_pending_loses_nothing(tmp_path, topic):
     assert len(published) == 2100
 
 
+@contextmanager
+def broker_appears(port: int, topic: str, ids: set[str]) -> Iterator[DevBroker]:
+    """Start a broker on ``port``; enter once every event in ``ids`` is on ``topic``."""
+    with DevBroker(port) as broker:
+        collector = TopicCollector(broker.bootstrap_servers, topic)
+        try:
+            wait_for(lambda: ids <= set(collector.event_ids()), 60, message="delivery")
+        finally:
+            collector.stop()
+        yield broker
+
+
 def test_broker_absent_at_start_up(tmp_path, topic):
     """With no broker at start-up the publisher starts, accepts events, reports itself unhealthy,
     and delivers everything once a broker appears."""
@@ -177,12 +191,7 @@ def test_broker_absent_at_start_up(tmp_path, topic):
         health = wait_for(lambda: (h := publisher.health()) and h["broker_reachable"] is False
                           and h, 15, message="health to report the broker unreachable")
         assert health["healthy"] is False and health["spool_depth"] == 50
-        with DevBroker(port) as broker:
-            collector = TopicCollector(broker.bootstrap_servers, topic)
-            try:
-                wait_for(lambda: ids <= set(collector.event_ids()), 60, message="delivery")
-            finally:
-                collector.stop()
+        with broker_appears(port, topic, ids):
             wait_for(lambda: publisher.health()["healthy"], 15, message="healthy again")
     finally:
         publisher.close(1)
@@ -201,11 +210,7 @@ def test_spool_full_sheds_low_priority_and_delivers_every_critical_event(tmp_pat
             publisher.publish_master_contract_download("angel", "success", "done")
         shed = publisher.stats.count("shed", event_type="master_contract_download")
         assert shed == 20
-        with DevBroker(port) as broker:
-            collector = TopicCollector(broker.bootstrap_servers, topic)
-            try:
-                wait_for(lambda: orders <= set(collector.event_ids()), 60, message="delivery")
-            finally:
-                collector.stop()
+        with broker_appears(port, topic, orders):
+            pass
     finally:
         publisher.close(1)

@@ -96,7 +96,6 @@ class KafkaTransport:
         self._last_progress = self._last_purge = self._last_probe = time.monotonic()
         self.broker_up: bool | None = None
         self.last_error: str | None = None
-        self.last_delivery: float | None = None
         self.rebuilds = 0
         try:
             self._producer = self._ck.Producer(self._config)  # no I/O yet: the relay warms it up
@@ -284,7 +283,6 @@ class KafkaTransport:
             for event_type, count in self.spool.mark_delivered(done).items():
                 self.stats.incr("delivered", count, event_type=event_type, transport=self.name)
             self._last_progress = time.monotonic()
-            self.last_delivery = now
             self.broker_up = True
             self._backoff = 0.5
         if self._failed:
