@@ -20,7 +20,7 @@ import zlib
 from collections.abc import Iterator
 from typing import Any
 
-from .envelope import compact_json
+from .envelope import json_bytes
 
 _HEADER = struct.Struct("<II")  # payload length, CRC-32 of the payload
 SEGMENT_BYTES = 16 * 1024 * 1024
@@ -28,7 +28,7 @@ SEGMENT_BYTES = 16 * 1024 * 1024
 
 def encode(meta: list[Any], value: bytes) -> bytes:
     """One frame: header, JSON metadata, a newline, the raw value."""
-    payload = compact_json(meta).encode() + b"\n" + value
+    payload = json_bytes(meta) + b"\n" + value
     return _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
 
 

@@ -9,16 +9,18 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import threading
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from enum import Enum
-from functools import cached_property
 from typing import Any
+
+import orjson
 
 from .errors import EventValidationError
 
@@ -40,44 +42,40 @@ SECRET_KEYS = frozenset(
 )
 
 _PLAIN = frozenset({str, int, bool, type(None)})
-# One encoder, built once: json.dumps with non-default options builds a new one per call.
-compact_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_stdlib_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def json_bytes(value: Any) -> bytes:
+    """Compact UTF-8 JSON of plain JSON values, by orjson (the publish path's largest cost
+    otherwise); integers past 64 bits, which orjson refuses, go through the standard library."""
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return _stdlib_json(value).encode()
+
+
+def compact_json(value: Any) -> str:
+    """``json_bytes`` as text (what SQLite's JSON functions read)."""
+    return json_bytes(value).decode()
+
+
 _id_lock = threading.Lock()
 _id_last_ms = 0
 _id_counter = 0
-# Random bits for ids come from a pool refilled 4 KiB at a time: os.urandom releases the GIL,
-# and on the publish path every release lets the relay thread take over the caller.
-_RANDOM_POOL_SIZE = 4096
-_random_pool = b""
-_random_used = 0
+# The random part of ids needs uniqueness, not secrecy: a generator seeded from the OS CSPRNG
+# (once per process, again in a forked child) costs a tenth of os.urandom per id.
+_id_random = random.Random(os.urandom(32))
+os.register_at_fork(after_in_child=lambda: _id_random.seed(os.urandom(32)))
 
 
-def _reset_random_pool() -> None:
-    """A forked child must not reuse its parent's pool (it would repeat the parent's ids)."""
-    global _random_pool, _random_used
-    _random_pool, _random_used = b"", 0
-
-
-os.register_at_fork(after_in_child=_reset_random_pool)
-
-
-def _random_bits(nbytes: int) -> int:
-    """``nbytes`` bytes from the OS CSPRNG, as an int; call with ``_id_lock`` held."""
-    global _random_pool, _random_used
-    if _random_used + nbytes > len(_random_pool):
-        _random_pool, _random_used = os.urandom(_RANDOM_POOL_SIZE), 0
-    start, _random_used = _random_used, _random_used + nbytes
-    return int.from_bytes(_random_pool[start:_random_used], "big")
-
-
-def new_event_id() -> str:
+def new_event_id(now_ns: int | None = None) -> str:
     """A UUIDv7 (RFC 9562): ids sort by creation time, monotonic within this process."""
     global _id_last_ms, _id_counter
     with _id_lock:
-        ms = time.time_ns() // 1_000_000
+        ms = (time.time_ns() if now_ns is None else now_ns) // 1_000_000
         if ms > _id_last_ms:
             _id_last_ms = ms
-            _id_counter = _random_bits(2) & 0x7FF
+            _id_counter = _id_random.getrandbits(11)
         else:
             _id_counter += 1
             if _id_counter > 0xFFF:  # 4096 ids in one millisecond: borrow the next one
@@ -85,15 +83,32 @@ def new_event_id() -> str:
                 _id_counter = 0
             ms = _id_last_ms
         counter = _id_counter
-        rand_b = _random_bits(8) & ((1 << 62) - 1)
-    h = f"{(ms << 80) | (0x7 << 76) | (counter << 64) | (0b10 << 62) | rand_b:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+        rand_b = _id_random.getrandbits(64)
+    # unix_ts_ms (48 bits) | ver 7 + counter (16) | variant 0b10 + 14 random bits | 48 random bits
+    return (f"{ms >> 16 & 0xFFFFFFFF:08x}-{ms & 0xFFFF:04x}-{0x7000 | counter:04x}-"
+            f"{0x8000 | rand_b >> 50 & 0x3FFF:04x}-{rand_b & 0xFFFFFFFFFFFF:012x}")
 
 
 def utc_timestamp(moment: datetime | None = None) -> str:
     """RFC 3339 in UTC with microseconds and ``Z``: ``2026-01-29T10:30:45.123456Z``."""
-    moment = datetime.now(UTC) if moment is None else moment.astimezone(UTC)
-    return moment.isoformat(timespec="microseconds")[:-6] + "Z"
+    if moment is None:
+        return ns_timestamp(time.time_ns())
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
+
+
+_second_prefix = (-1, "")  # (unix second, its "YYYY-MM-DDTHH:MM:SS"), replaced as one value
+
+
+def ns_timestamp(now_ns: int) -> str:
+    """``utc_timestamp`` of a ``time.time_ns()`` reading; the date part is formatted once a
+    second."""
+    global _second_prefix
+    second, micros = divmod(now_ns // 1000, 1_000_000)
+    cached_second, prefix = _second_prefix
+    if second != cached_second:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _second_prefix = (second, prefix)
+    return f"{prefix}.{micros:06d}Z"
 
 
 def to_json_value(value: Any, event_type: str, path: str) -> Any:
@@ -144,7 +159,7 @@ def to_json_value(value: Any, event_type: str, path: str) -> Any:
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Envelope:
     """One event, as every transport sends it.
 
@@ -157,10 +172,27 @@ class Envelope:
     user_id: str
     data: Mapping[str, Any]
     source: str = "openalgo"
-    event_id: str = field(default_factory=new_event_id)
-    timestamp: str = field(default_factory=utc_timestamp)
+    event_id: str = ""
+    timestamp: str = ""
     schema_version: int = SCHEMA_VERSION
     sequence: int | None = None  # per-user sequence stamped by the OpenAlgo bus adapter
+
+    def __init__(self, event_type: str, user_id: str, data: Mapping[str, Any],
+                 source: str = "openalgo", event_id: str | None = None,
+                 timestamp: str | None = None, schema_version: int = SCHEMA_VERSION,
+                 sequence: int | None = None) -> None:
+        """A new event gets a fresh id and the current time, from one clock reading.
+
+        Written out because a frozen dataclass's generated ``__init__`` makes one
+        ``object.__setattr__`` call per field, on every publish.
+        """
+        if event_id is None or timestamp is None:
+            now = time.time_ns()
+            event_id = new_event_id(now) if event_id is None else event_id
+            timestamp = ns_timestamp(now) if timestamp is None else timestamp
+        self.__dict__.update(event_type=event_type, user_id=user_id, data=data, source=source,
+                             event_id=event_id, timestamp=timestamp,
+                             schema_version=schema_version, sequence=sequence)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -176,10 +208,13 @@ class Envelope:
             out["sequence"] = self.sequence
         return out
 
-    @cached_property
+    @property
     def value(self) -> bytes:
         """The Kafka value: compact UTF-8 JSON, computed once."""
-        return compact_json(self.to_dict()).encode()
+        cached: bytes | None = self.__dict__.get("_value")
+        if cached is None:
+            cached = self.__dict__["_value"] = json_bytes(self.to_dict())
+        return cached
 
     @property
     def key(self) -> bytes:
@@ -188,14 +223,7 @@ class Envelope:
 
     def headers(self) -> list[tuple[str, bytes]]:
         """CloudEvents binary-mode attributes for the Kafka record."""
-        return [
-            ("ce_specversion", CLOUDEVENTS_SPEC_VERSION.encode()),
-            ("ce_id", self.event_id.encode()),
-            ("ce_type", self.event_type.encode()),
-            ("ce_source", self.source.encode()),
-            ("ce_time", self.timestamp.encode()),
-            ("content-type", CONTENT_TYPE.encode()),
-        ]
+        return cloudevents_headers(self.event_id, self.event_type, self.source, self.timestamp)
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> Envelope:
@@ -225,6 +253,29 @@ class Envelope:
             schema_version=int(doc.get("schema_version", SCHEMA_VERSION)),
             sequence=sequence if isinstance(sequence, int) else None,
         )
+
+
+def cloudevents_headers(event_id: str, event_type: str, source: str,
+                        timestamp: str) -> list[tuple[str, bytes]]:
+    return [
+        ("ce_specversion", _SPEC_VERSION),
+        ("ce_id", event_id.encode()),
+        ("ce_type", event_type.encode()),
+        ("ce_source", source.encode()),
+        ("ce_time", timestamp.encode()),
+        ("content-type", _CONTENT_TYPE),
+    ]
+
+
+def headers_of(value: bytes) -> list[tuple[str, bytes]]:
+    """The CloudEvents headers of a stored Kafka value (the spool keeps only the value)."""
+    doc = orjson.loads(value)
+    return cloudevents_headers(str(doc.get("event_id", "")), str(doc.get("event_type", "")),
+                               str(doc.get("source", "")), str(doc.get("timestamp", "")))
+
+
+_SPEC_VERSION = CLOUDEVENTS_SPEC_VERSION.encode()
+_CONTENT_TYPE = CONTENT_TYPE.encode()
 
 
 def parse_timestamp(text: str) -> datetime:

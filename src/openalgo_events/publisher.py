@@ -25,6 +25,7 @@ from .transports.routing import Route, RoutingTransport
 from .transports.socketio import SocketIOTransport
 
 log = logging.getLogger("openalgo_events")
+_PUBLISH_LATENCY = Stats.key("publish_latency")
 
 
 class EventPublisher:
@@ -59,7 +60,9 @@ class EventPublisher:
         ``data`` and keyword ``fields`` are merged. Raises ``EventValidationError`` for an
         unknown type, a missing field, a secret, a non-JSON value or an oversized message.
         """
-        envelope = self.build(event_type, user_id, {**(data or {}), **fields})
+        # build() copies what it keeps (to_json_value), so a dict alone needs no merged copy
+        merged = {**(data or {}), **fields} if fields else data or {}
+        envelope = self.build(event_type, user_id, merged)
         self.send(envelope)
         return envelope
 
@@ -72,7 +75,7 @@ class EventPublisher:
             raise EventValidationError(event_type, "user_id", "must be a non-empty string")
         spec.check(data)
         envelope = Envelope(event_type, user, to_json_value(data, event_type, "data"),
-                            source=self.source, sequence=sequence)
+                            self.source, sequence=sequence)
         size = len(envelope.value)
         if size > self.max_message_bytes:
             raise EventValidationError(
@@ -95,7 +98,7 @@ class EventPublisher:
             log.exception("could not publish %s event %s for user %s", envelope.event_type,
                           envelope.event_id, envelope.user_id)
             return
-        self.stats.observe("publish_latency", time.perf_counter() - started)
+        self.stats.observe_all(_PUBLISH_LATENCY, (time.perf_counter() - started,))
         log.debug("published %s event %s for user %s", envelope.event_type, envelope.event_id,
                   envelope.user_id)
 

@@ -22,12 +22,12 @@ import time
 from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 from ._journal import Journal, encode, read_segments, segment_paths
 from ._threads import new_lock
 from .catalog import Priority
-from .envelope import Envelope, compact_json
+from .envelope import Envelope, compact_json, headers_of
 from .errors import SpoolError
 from .stats import Stats
 
@@ -44,23 +44,24 @@ CREATE TABLE IF NOT EXISTS events (
     topic TEXT NOT NULL,
     key BLOB NOT NULL,
     value BLOB NOT NULL,
-    headers TEXT NOT NULL,
+    extra_headers TEXT,
     delivered REAL
 );
 CREATE INDEX IF NOT EXISTS events_pending ON events(seq) WHERE delivered IS NULL;
 CREATE INDEX IF NOT EXISTS events_by_user ON events(user_id, created);
 """
-_INSERT_JSON = (
+# A batch is two parameters: a JSON array of rows (each ending with its value's offset and
+# length) and the values laid end to end, cut out with substr (values are not re-escaped).
+_INSERT_BATCH = (
     "INSERT OR IGNORE INTO events (seq, event_id, event_type, user_id, priority, created, topic,"
-    " key, value, headers) SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3,"
-    " value ->> 4, value ->> 5, value ->> 6, CAST(value ->> 7 AS BLOB),"
-    " CAST(value ->> 8 AS BLOB), value -> 9 FROM json_each(?)")
+    " key, extra_headers, value) SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3,"
+    " value ->> 4, value ->> 5, value ->> 6, CAST(value ->> 7 AS BLOB), value ->> 8,"
+    " substr(?2, value ->> 9, value ->> 10) FROM json_each(?1)")
 REPLAY_HEADER = "openalgo_replay"
 INGEST_BATCH = 1000  # queued records a caller commits itself when the relay falls behind
 
 
-@dataclass(frozen=True)
-class SpooledEvent:
+class SpooledEvent(NamedTuple):
     """A record ready to produce."""
 
     seq: int
@@ -148,10 +149,9 @@ class Spool:
     def _recover(self) -> None:
         """Move what an earlier run journaled but did not commit into SQLite."""
         assert self._journal is not None
-        rows = [_sql_row(meta, value)
-                for meta, value in self._journal.recover(older_than=self._journal.current)]
+        rows = list(self._journal.recover(older_than=self._journal.current))
         if rows:
-            self._db.execute(_INSERT_JSON, (compact_json(rows),))
+            self._insert(rows)
             log.warning("recovered %d journaled events into spool %s", len(rows), self.path)
         Journal.remove([s for s in self._journal.segments() if s != self._journal.current])
 
@@ -159,16 +159,18 @@ class Spool:
     def append(self, envelope: Envelope, topic: str, priority: Priority,
                extra_headers: Iterable[tuple[str, bytes]] = ()) -> SpooledEvent | None:
         """Store one event as pending; None when it was shed under the overflow policy."""
-        headers = [*envelope.headers(), *extra_headers]
-        event = self._append(envelope.value, envelope.key, headers, topic, priority,
-                             envelope.event_id, envelope.event_type, envelope.user_id)
+        extra = list(extra_headers)
+        headers = envelope.headers()
+        event = self._append(envelope.value, envelope.key, headers + extra if extra else headers,
+                             extra, topic, priority, envelope.event_id, envelope.event_type,
+                             envelope.user_id)
         if len(self._fresh) >= INGEST_BATCH:
             self.ingest()  # a caller outrunning the relay commits its own batch: memory stays flat
         return event
 
-    def _append(self, value: bytes, key: bytes, headers: list[tuple[str, bytes]], topic: str,
-                priority: Priority, event_id: str, event_type: str,
-                user_id: str) -> SpooledEvent | None:
+    def _append(self, value: bytes, key: bytes, headers: list[tuple[str, bytes]],
+                extra_headers: list[tuple[str, bytes]], topic: str, priority: Priority,
+                event_id: str, event_type: str, user_id: str) -> SpooledEvent | None:
         with self._lock:
             if self._pending_bytes + len(value) > self.max_bytes:
                 if priority < Priority.HIGH:
@@ -179,9 +181,10 @@ class Spool:
                     return None
                 self._log_over_limit()
             seq, created = self._next_seq, time.time()
-            # The row SQLite will hold, but the value: journaled now, committed by ingest.
+            # The row SQLite will hold, but the value: journaled now, committed by ingest. Of the
+            # headers only those beyond the CloudEvents ones, which the value implies, are kept.
             row = [seq, event_id, event_type, user_id, int(priority), created, topic,
-                   key.decode(), [(k, v.decode()) for k, v in headers]]
+                   key.decode(), _headers_text(extra_headers)]
             if self._journal is not None:
                 try:
                     self._journal.write(encode(row, value))
@@ -216,27 +219,33 @@ class Spool:
                 self._fresh.clear()
                 released = self._journal.take_retired() if self._journal else []
             if batch:
-                # One JSON parameter, one statement per batch: sqlite3 releases the GIL at
-                # every step, and a step per row would hand the GIL to the caller row by row.
-                self._db.execute(_INSERT_JSON, (compact_json(
-                    [_sql_row(row, event.value) for event, row in batch]),))
+                self._insert([(row, event.value) for event, row in batch])
                 self.committed_seq = batch[-1][0].seq
         Journal.remove(released)  # every record of these segments is committed now
         return [event for event, _ in batch]
+
+    def _insert(self, rows: list[tuple[list[Any], bytes]]) -> None:
+        """One statement per batch: sqlite3 releases the GIL at every step, and a step per row
+        would hand the GIL to the caller row by row."""
+        meta, offset = [], 1
+        for row, value in rows:
+            meta.append([*row, offset, len(value)])
+            offset += len(value)
+        self._db.execute(_INSERT_BATCH, (compact_json(meta), b"".join(v for _, v in rows)))
 
     def pending(self, after_seq: int = 0, limit: int = 1000) -> list[SpooledEvent]:
         """Pending events after ``after_seq``, oldest first."""
         self.ingest()
         with self._db_lock:
             rows = self._db.execute(
-                "SELECT seq, topic, key, value, headers, event_id, created FROM events "
+                "SELECT seq, topic, key, value, extra_headers, event_id, created FROM events "
                 "WHERE delivered IS NULL AND seq > ? ORDER BY seq LIMIT ?",
                 (after_seq, limit),
             ).fetchall()
         return [
-            SpooledEvent(seq, topic, key, value,
-                         [(k, v.encode()) for k, v in json.loads(headers)], event_id, created)
-            for seq, topic, key, value, headers, event_id, created in rows
+            SpooledEvent(seq, topic, key, value, [*headers_of(value), *stored_headers(extra)],
+                         event_id, created)
+            for seq, topic, key, value, extra, event_id, created in rows
         ]
 
     def mark_delivered(self, seqs: Iterable[int]) -> Counter[str]:
@@ -292,14 +301,13 @@ class Spool:
             params.extend(types)
         with self._db_lock:
             rows = self._db.execute(
-                "SELECT topic, key, value, headers, event_id, event_type, user_id, priority "
+                "SELECT topic, key, value, extra_headers, event_id, event_type, user_id, priority "
                 f"FROM events WHERE {' AND '.join(where)} ORDER BY seq", params).fetchall()
         if not dry_run:
-            for old_topic, key, value, headers, event_id, event_type, user, priority in rows:
-                marked = [(k, v.encode()) for k, v in json.loads(headers)]
-                marked.append((REPLAY_HEADER, b"1"))
-                self._append(value, key, marked, topic or old_topic, Priority(priority),
-                             event_id, event_type, user)
+            for old_topic, key, value, extra, event_id, event_type, user, priority in rows:
+                marked = [*stored_headers(extra), (REPLAY_HEADER, b"1")]
+                self._append(value, key, [*headers_of(value), *marked], marked, topic or old_topic,
+                             Priority(priority), event_id, event_type, user)
         return len(rows)
 
     # -- health ---------------------------------------------------------------------------------
@@ -315,6 +323,11 @@ class Spool:
                 oldest = (self._fresh[0][0].created,)
             return SpoolStatus(self.path, self._depth, self._pending_bytes, self.max_bytes,
                                time.time() - oldest[0] if oldest else None, delivered, self._shed)
+
+    @property
+    def queued(self) -> int:
+        """Records appended but not yet committed to SQLite."""
+        return len(self._fresh)
 
     @property
     def depth(self) -> int:
@@ -340,9 +353,13 @@ class Spool:
             self._lock_file = None
 
 
-def _sql_row(row: list[Any], value: bytes) -> list[Any]:
-    """A journal row with its value, in the column order of ``_INSERT_JSON``."""
-    return [*row[:8], value.decode(), row[8]]
+def _headers_text(headers: list[tuple[str, bytes]]) -> str | None:
+    return compact_json([(k, v.decode()) for k, v in headers]) if headers else None
+
+
+def stored_headers(text: str | None) -> list[tuple[str, bytes]]:
+    """The extra headers of a stored row (the CloudEvents ones come from ``headers_of``)."""
+    return [(k, v.encode()) for k, v in json.loads(text)] if text else []
 
 
 def uncommitted(path: str, committed_seq: int) -> list[tuple[int, float, int]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,7 @@ BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1
            0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 Labels = tuple[tuple[str, str], ...]
+Key = tuple[str, Labels]
 
 
 @dataclass
@@ -41,21 +43,31 @@ class Stats:
 
     def __init__(self) -> None:
         self._lock = new_lock()
-        self._counters: Counter[tuple[str, Labels]] = Counter()
-        self._histograms: dict[tuple[str, Labels], Histogram] = {}
+        self._counters: Counter[Key] = Counter()
+        self._histograms: dict[Key, Histogram] = {}
+
+    @staticmethod
+    def key(name: str, **labels: str) -> Key:
+        """The key of ``name`` with ``labels``: a caller counting per event keeps its keys."""
+        return name, tuple(sorted(labels.items()))
 
     def incr(self, name: str, amount: int = 1, **labels: str) -> None:
-        key = (name, tuple(sorted(labels.items())))
+        self.add(self.key(name, **labels), amount)
+
+    def add(self, key: Key, amount: int = 1) -> None:
         with self._lock:
             self._counters[key] += amount
 
     def observe(self, name: str, seconds: float, **labels: str) -> None:
-        key = (name, tuple(sorted(labels.items())))
+        self.observe_all(self.key(name, **labels), (seconds,))
+
+    def observe_all(self, key: Key, values: Iterable[float]) -> None:
         with self._lock:
             hist = self._histograms.get(key)
             if hist is None:
                 hist = self._histograms[key] = Histogram()
-            hist.observe(seconds)
+            for seconds in values:
+                hist.observe(seconds)
 
     def count(self, name: str, **labels: str) -> int:
         """Sum of ``name`` over every label set that includes ``labels``."""

@@ -7,7 +7,6 @@ its key, value and headers (so its event id) and gains the ``openalgo_replay: 1`
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import time
@@ -17,8 +16,9 @@ from pathlib import Path
 from types import TracebackType
 
 from ..config import Settings
+from ..envelope import headers_of
 from ..errors import OpenAlgoEventsError, SpoolError
-from ..spool import REPLAY_HEADER, _explain, uncommitted
+from ..spool import REPLAY_HEADER, _explain, stored_headers, uncommitted
 from .broker import client_config, cluster_metadata, kafka, unreachable
 
 
@@ -103,12 +103,13 @@ class Trail:
             where.append(f"event_type IN ({','.join('?' * len(types))})")
             params.extend(types)
         rows = self._db.execute(
-            "SELECT seq, event_id, event_type, user_id, created, topic, key, value, headers "
-            f"FROM events WHERE {' AND '.join(where)} ORDER BY seq", params).fetchall()
+            "SELECT seq, event_id, event_type, user_id, created, topic, key, value, "
+            f"extra_headers FROM events WHERE {' AND '.join(where)} ORDER BY seq",
+            params).fetchall()
         return [
             TrailEvent(seq, event_id, event_type, user, created, topic, bytes(key), bytes(value),
-                       [(k, v.encode()) for k, v in json.loads(headers)])
-            for seq, event_id, event_type, user, created, topic, key, value, headers in rows
+                       [*headers_of(bytes(value)), *stored_headers(extra)])
+            for seq, event_id, event_type, user, created, topic, key, value, extra in rows
         ]
 
     def close(self) -> None:

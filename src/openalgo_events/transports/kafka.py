@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
+from itertools import repeat
 from typing import Any, cast
 
 from .._threads import new_event, new_lock, real_sleep, start_thread, wait_until
@@ -26,16 +27,18 @@ from ..catalog import CATALOG, Catalog, Priority
 from ..envelope import Envelope
 from ..errors import ConfigError, require
 from ..spool import Spool, SpooledEvent
-from ..stats import Stats
+from ..stats import Key, Stats
 
 log = logging.getLogger("openalgo_events.kafka")
+_DELIVERY_LATENCY = Stats.key("delivery_latency")
 
 BATCH = 1000
 MAX_IN_FLIGHT = 50_000
 PURGE_EVERY = 300.0  # seconds between trail-retention purges
 PROBE_EVERY = 5.0  # seconds between reachability probes while the broker looks down
 MAX_WAITING = 1000  # events parked for their predecessor's thread; past that the relay sends
-CALLER_POLL_AT = 1000  # events in flight from which callers serve delivery reports
+CALLER_POLL_AT = 1000  # events in flight from which callers serve delivery reports,
+POLL_EVERY = 32  # every this many events
 IDLE_WAIT = 0.05  # seconds the idle relay sleeps; it also wakes on a backlog
 
 
@@ -92,6 +95,7 @@ class KafkaTransport:
         self._delivered: list[int] = []
         self._failed: list[tuple[int, Any, str]] = []
         self._rebuild_reason: str | None = None
+        self._published_keys: dict[str, Key] = {}  # per event type, built once
         self._backoff = 0.5
         self._last_progress = self._last_purge = self._last_probe = time.monotonic()
         self.broker_up: bool | None = None
@@ -109,7 +113,11 @@ class KafkaTransport:
         event = self.spool.append(envelope, self.topic, self._priority(envelope.event_type))
         if event is None:
             return  # shed by the overflow policy (counted and logged by the spool)
-        self.stats.incr("published", event_type=envelope.event_type, transport=self.name)
+        key = self._published_keys.get(envelope.event_type)
+        if key is None:
+            key = self._published_keys[envelope.event_type] = Stats.key(
+                "published", event_type=envelope.event_type, transport=self.name)
+        self.stats.add(key)
         with self._produce_lock:
             # Produced here, in spool order: librdkafka's produce never waits on the network.
             # An event whose predecessor another thread is still publishing waits for that
@@ -120,7 +128,8 @@ class KafkaTransport:
                 handed_over = self._produce(event)
                 while handed_over and self._cursor + 1 in self._waiting:
                     handed_over = self._produce(self._waiting.pop(self._cursor + 1))
-                if handed_over and len(self._in_flight) >= CALLER_POLL_AT:
+                if handed_over and not event.seq % POLL_EVERY and (
+                        len(self._in_flight) >= CALLER_POLL_AT):
                     # A caller publishing flat out serves delivery reports itself, like a plain
                     # producer loop: served on the relay, each report would wait for the GIL.
                     # (Not on every call: poll releases the GIL, costly among many threads.)
@@ -275,11 +284,10 @@ class KafkaTransport:
         if self._delivered:
             done, self._delivered = self._delivered, []
             self.spool.ingest()  # a directly produced event may be delivered before it is ingested
-            now = time.time()
-            for seq in done:
-                created = self._in_flight.pop(seq, None)
-                if created is not None:
-                    self.stats.observe("delivery_latency", now - created)
+            now, in_flight = time.time(), self._in_flight
+            self.stats.observe_all(_DELIVERY_LATENCY, [
+                now - created for created in map(in_flight.pop, done, repeat(None))
+                if created is not None])
             for event_type, count in self.spool.mark_delivered(done).items():
                 self.stats.incr("delivered", count, event_type=event_type, transport=self.name)
             self._last_progress = time.monotonic()
