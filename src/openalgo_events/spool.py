@@ -58,7 +58,7 @@ _INSERT_BATCH = (
     " value ->> 4, value ->> 5, value ->> 6, CAST(value ->> 7 AS BLOB), value ->> 8,"
     " substr(?2, value ->> 9, value ->> 10) FROM json_each(?1)")
 REPLAY_HEADER = "openalgo_replay"
-INGEST_BATCH = 1000  # queued records a caller commits itself when the relay falls behind
+INGEST_BATCH = 4000  # queued records a caller commits itself when the relay falls behind
 
 
 class SpooledEvent(NamedTuple):
