@@ -96,6 +96,9 @@ class Catalog(Mapping[str, EventSpec]):
     def __getitem__(self, name: str) -> EventSpec:
         return self._specs[name]
 
+    def get(self, name: str, default: Any = None) -> Any:  # a dict lookup, not Mapping's
+        return self._specs.get(name, default)
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._specs)
 

@@ -70,7 +70,7 @@ os.register_at_fork(after_in_child=lambda: _id_random.seed(os.urandom(32)))
 
 def new_event_id(now_ns: int | None = None) -> str:
     """A UUIDv7 (RFC 9562): ids sort by creation time, monotonic within this process."""
-    global _id_last_ms, _id_counter
+    global _id_last_ms, _id_counter, _id_prefix
     with _id_lock:
         ms = (time.time_ns() if now_ns is None else now_ns) // 1_000_000
         if ms > _id_last_ms:
@@ -83,10 +83,16 @@ def new_event_id(now_ns: int | None = None) -> str:
                 _id_counter = 0
             ms = _id_last_ms
         counter = _id_counter
-        rand_b = _id_random.getrandbits(64)
-    # unix_ts_ms (48 bits) | ver 7 + counter (16) | variant 0b10 + 14 random bits | 48 random bits
-    return (f"{ms >> 16 & 0xFFFFFFFF:08x}-{ms & 0xFFFF:04x}-{0x7000 | counter:04x}-"
-            f"{0x8000 | rand_b >> 50 & 0x3FFF:04x}-{rand_b & 0xFFFFFFFFFFFF:012x}")
+        if _id_prefix[0] != ms:  # the 48-bit millisecond part, formatted once per millisecond
+            _id_prefix = (ms, f"{ms >> 16 & 0xFFFFFFFF:08x}-{ms & 0xFFFF:04x}-")
+        prefix = _id_prefix[1]
+    # ver 7 + 12-bit counter | variant 0b10 + 14 random bits | 48 random bits
+    rand = f"{_id_random.getrandbits(64):016x}"
+    return f"{prefix}{0x7000 | counter:04x}-{_VARIANT[rand[0]]}{rand[1:4]}-{rand[4:]}"
+
+
+_id_prefix = (-1, "")
+_VARIANT = {digit: "89ab"[int(digit, 16) >> 2] for digit in "0123456789abcdef"}
 
 
 def utc_timestamp(moment: datetime | None = None) -> str:
@@ -119,24 +125,12 @@ def to_json_value(value: Any, event_type: str, path: str) -> Any:
     """
     if type(value) in _PLAIN or isinstance(value, str | bool | int):
         return value
+    if type(value) is dict or isinstance(value, Mapping):
+        return _json_object(value, event_type, path)
     if isinstance(value, float):
         if not math.isfinite(value):
             raise EventValidationError(event_type, path, f"{value} is not valid in JSON")
         return value
-    if isinstance(value, Mapping):
-        out: dict[str, Any] = {}
-        for key, item in value.items():
-            if type(item) in _PLAIN and type(key) is str and key.lower() not in SECRET_KEYS:
-                out[key] = item
-                continue
-            if not isinstance(key, str):
-                raise EventValidationError(
-                    event_type, f"{path}[{key!r}]", "keys must be strings to be JSON"
-                )
-            if key.lower() in SECRET_KEYS:
-                continue
-            out[key] = to_json_value(item, event_type, f"{path}.{key}")
-        return out
     if isinstance(value, list | tuple):
         return [to_json_value(item, event_type, f"{path}[{i}]") for i, item in enumerate(value)]
     if isinstance(value, Enum):
@@ -157,6 +151,22 @@ def to_json_value(value: Any, event_type: str, path: str) -> Any:
         f"a {type(value).__name__} is not JSON-serializable; pass a str, number, bool, None, "
         "dict, list, tuple, Decimal, datetime, date, Enum or UUID",
     )
+
+
+def _json_object(value: Mapping[Any, Any], event_type: str, path: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        if type(item) in _PLAIN and type(key) is str and key.lower() not in SECRET_KEYS:
+            out[key] = item
+            continue
+        if not isinstance(key, str):
+            raise EventValidationError(
+                event_type, f"{path}[{key!r}]", "keys must be strings to be JSON"
+            )
+        if key.lower() in SECRET_KEYS:
+            continue
+        out[key] = to_json_value(item, event_type, f"{path}.{key}")
+    return out
 
 
 @dataclass(frozen=True, init=False)

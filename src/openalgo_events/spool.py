@@ -159,7 +159,7 @@ class Spool:
     def append(self, envelope: Envelope, topic: str, priority: Priority,
                extra_headers: Iterable[tuple[str, bytes]] = ()) -> SpooledEvent | None:
         """Store one event as pending; None when it was shed under the overflow policy."""
-        extra = list(extra_headers)
+        extra = list(extra_headers) if extra_headers else []
         headers = envelope.headers()
         event = self._append(envelope.value, envelope.key, headers + extra if extra else headers,
                              extra, topic, priority, envelope.event_id, envelope.event_type,

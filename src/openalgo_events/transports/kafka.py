@@ -95,7 +95,7 @@ class KafkaTransport:
         self._delivered: list[int] = []
         self._failed: list[tuple[int, Any, str]] = []
         self._rebuild_reason: str | None = None
-        self._published_keys: dict[str, Key] = {}  # per event type, built once
+        self._per_type: dict[str, tuple[Priority, Key]] = {}
         self._backoff = 0.5
         self._last_progress = self._last_purge = self._last_probe = time.monotonic()
         self.broker_up: bool | None = None
@@ -110,14 +110,11 @@ class KafkaTransport:
 
     # -- caller side ----------------------------------------------------------------------
     def publish(self, envelope: Envelope) -> None:
-        event = self.spool.append(envelope, self.topic, self._priority(envelope.event_type))
+        per_type = self._per_type.get(envelope.event_type) or self._learn(envelope.event_type)
+        event = self.spool.append(envelope, self.topic, per_type[0])
         if event is None:
             return  # shed by the overflow policy (counted and logged by the spool)
-        key = self._published_keys.get(envelope.event_type)
-        if key is None:
-            key = self._published_keys[envelope.event_type] = Stats.key(
-                "published", event_type=envelope.event_type, transport=self.name)
-        self.stats.add(key)
+        self.stats.add(per_type[1])
         with self._produce_lock:
             # Produced here, in spool order: librdkafka's produce never waits on the network.
             # An event whose predecessor another thread is still publishing waits for that
@@ -141,9 +138,13 @@ class KafkaTransport:
         if not handed_over:
             self._wake.set()
 
-    def _priority(self, event_type: str) -> Priority:
+    def _learn(self, event_type: str) -> tuple[Priority, Key]:
+        """An event type's priority and "published" counter key, looked up once."""
         spec = self._catalog.get(event_type)
-        return spec.priority if spec else Priority.HIGH
+        found = self._per_type[event_type] = (
+            spec.priority if spec else Priority.HIGH,
+            Stats.key("published", event_type=event_type, transport=self.name))
+        return found
 
     def flush(self, timeout: float = 5.0) -> int:
         self._wake.set()
