@@ -1,16 +1,19 @@
-"""An order endpoint, with order events on (KAFKA mode, durable spool) or off.
+"""An order endpoint, with order events on (KAFKA mode, durable spool), raw or off.
 
-    python -m bench.order_server EVENTS(on|off) PORT BOOTSTRAP TOPIC WORKDIR BROKER_DELAY_MS
+    python -m bench.order_server EVENTS(on|raw|off) PORT BOOTSTRAP TOPIC WORKDIR BROKER_DELAY_MS
 
 ``POST /api/v1/placeorder`` validates the order as OpenAlgo's placeorder does (required keys,
 a positive integer quantity), waits BROKER_DELAY_MS to stand for the broker's REST call,
 assigns an order id and, with events on, calls ``publish_order_event`` with the send time in
-the data. Served by Werkzeug's threaded server (a thread per request).
+the data. ``raw`` sends the same event with a plain confluent-kafka producer (no spool, no
+envelope checks): what the Kafka client and the broker cost the endpoint by themselves. Served
+by Werkzeug's threaded server (a thread per request).
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
 import sys
@@ -21,6 +24,27 @@ from flask import Flask, jsonify, request
 from werkzeug.serving import make_server
 
 REQUIRED = ("symbol", "exchange", "action", "quantity", "pricetype", "product")
+
+
+class PlainProducer:
+    """The same order_event, produced with confluent-kafka directly (produce + poll(0))."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        from confluent_kafka import Producer
+
+        self.topic = topic
+        self.producer = Producer({"bootstrap.servers": bootstrap, "acks": "all",
+                                  "enable.idempotence": True, "linger.ms": 10,
+                                  "compression.type": "none"})
+        self.producer.list_topics(topic, timeout=10)  # connected before the first order
+
+    def publish_order_event(self, user_id: str, symbol: str, action: str, orderid: str,
+                            mode: str, **data: Any) -> None:
+        message = {"event_type": "order_event", "timestamp": time.time(), "user_id": user_id,
+                   "source": "openalgo", "data": {"symbol": symbol, "action": action,
+                                                  "orderid": orderid, "mode": mode, **data}}
+        self.producer.produce(self.topic, json.dumps(message).encode(), user_id.encode())
+        self.producer.poll(0)
 
 
 def create_app(publisher: Any, broker_delay: float) -> Flask:
@@ -60,6 +84,8 @@ def main(events: str, port: int, bootstrap: str, topic: str, workdir: str,
             "KAFKA_PRODUCER_LINGER_MS": "10", "KAFKA_PRODUCER_COMPRESSION": "none",
         })
         publisher = KafkaEventPublisher(bootstrap, topic, settings=settings)
+    elif events == "raw":
+        publisher = PlainProducer(bootstrap, topic)
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     server = make_server("127.0.0.1", port, create_app(publisher, broker_delay_ms / 1000),
                          threaded=True)

@@ -244,7 +244,7 @@ def orders_family(plan: Plan, bootstrap: str, tmp: Path, results: Results) -> No
 
     for rep in range(plan.repeats):
         for delay in plan.broker_delays_ms:
-            for events in ("off", "on"):
+            for events in ("off", "raw", "on"):
                 log(f"orders: broker {delay:g} ms, events {events} "
                     f"(repeat {rep + 1}/{plan.repeats})")
                 orders_run(plan, bootstrap, tmp, results, delay, events, free_port())
@@ -256,7 +256,7 @@ def orders_run(plan: Plan, bootstrap: str, tmp: Path, results: Results, delay: f
     topic = topic_name(f"orders-{events}")
     work = Path(tempfile.mkdtemp(prefix=f"orders-{events}-", dir=tmp))
     consumer = None
-    if events == "on":
+    if events != "off":
         create_topic(bootstrap, topic)
         consumer = spawn("consumer", bootstrap, topic, "load",
                          str(plan.order_rounds * concurrency), str(work / "ready"),
