@@ -2,6 +2,9 @@
 
     python -m bench.kafka_bench VARIANT BOOTSTRAP TOPIC PACED_COUNT MAX_COUNT WORKDIR OUT_FILE
 
+``raw_envelope`` is the raw loop sending openalgo-events' envelope: with ``raw``, ``oae_memory``
+and ``oae_spool`` it splits the cost into client, envelope, publisher and spool.
+
 Phases, all on one topic: 20 warm-up events (connection and metadata, confirmed); PACED_COUNT
 events at 100/s (caller time; a separate consumer process records end-to-end); MAX_COUNT events
 in a tight loop, then wait until every one is confirmed delivered (caller time at max rate and
@@ -32,7 +35,7 @@ from .common import (
     write_json,
 )
 
-VARIANTS = ("reference", "raw", "oae_spool", "oae_memory")
+VARIANTS = ("reference", "raw", "raw_envelope", "oae_spool", "oae_memory")
 LINGER_MS = 10
 BATCH_BYTES = 16384
 
@@ -109,6 +112,30 @@ class Raw:
         self.producer.flush(5)
 
 
+class RawEnvelope(Raw):
+    """The raw producer loop sending openalgo-events' validated envelope (value, key, headers):
+    the envelope's share of the cost, without the spool and the relay."""
+
+    def __init__(self, bootstrap: str, topic: str, workdir: str) -> None:
+        from openalgo_events.publisher import EventPublisher
+        from openalgo_events.testing import MemoryTransport
+
+        super().__init__(bootstrap, topic, workdir)
+        self.builder = EventPublisher(MemoryTransport())
+
+    def publish(self, data: dict[str, Any]) -> None:
+        envelope = self.builder.build("order_event", USER, data)
+        while True:
+            try:
+                self.producer.produce(self.topic, envelope.value, envelope.key,
+                                      headers=envelope.headers(), on_delivery=self._on_delivery)
+                break
+            except BufferError:
+                self.producer.poll(0.05)
+        self.producer.poll(0)
+        self.sent += 1
+
+
 class OpenAlgoEvents:
     """openalgo-events KAFKA mode: ``KafkaEventPublisher.publish_order_event``."""
 
@@ -146,6 +173,8 @@ def build(variant: str, bootstrap: str, topic: str, workdir: str) -> Any:
         return Reference(bootstrap, topic, workdir)
     if variant == "raw":
         return Raw(bootstrap, topic, workdir)
+    if variant == "raw_envelope":
+        return RawEnvelope(bootstrap, topic, workdir)
     return OpenAlgoEvents(bootstrap, topic, workdir, spool=variant == "oae_spool")
 
 
@@ -163,11 +192,14 @@ def main(variant: str, bootstrap: str, topic: str, paced_count: int, max_count: 
     payloads = [order_data(i, "max") for i in range(max_count)]  # built before the clock starts
     io_before = io_counters()
     disk_before = pub.spool_bytes() if isinstance(pub, OpenAlgoEvents) else 0
+    cpu_before, caller_before = time.process_time(), time.thread_time()
     started = time.perf_counter()
     max_ns = tight(max_count, lambda i: pub.publish(payloads[i]))
     publish_seconds = time.perf_counter() - started
+    caller_cpu = time.thread_time() - caller_before
     max_ok = pub.confirm(60)
     confirmed_seconds = time.perf_counter() - started
+    process_cpu = time.process_time() - cpu_before
     io_after = io_counters()
     disk_after = pub.spool_bytes() if isinstance(pub, OpenAlgoEvents) else 0
     memory_end = memory_kb()
@@ -179,6 +211,10 @@ def main(variant: str, bootstrap: str, topic: str, paced_count: int, max_count: 
         "caller_paced": summary_us(paced_ns), "caller_max": summary_us(max_ns),
         "publish_rate": max_count / publish_seconds,
         "throughput": max_count / confirmed_seconds if max_ok else 0.0,
+        # CPU per event: of the calling thread while it publishes, and of the whole process
+        # (relay and librdkafka threads included) until every event is confirmed
+        "caller_cpu_us": caller_cpu / max_count * 1e6,
+        "process_cpu_us": process_cpu / max_count * 1e6,
         "memory_start": memory_start, "memory_end": memory_end,
         "wchar_per_event": (io_after["wchar"] - io_before["wchar"]) / max_count,
         "write_bytes_per_event": (io_after["write_bytes"] - io_before["write_bytes"]) / max_count,

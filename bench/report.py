@@ -15,7 +15,9 @@ if TYPE_CHECKING:
 Summary = dict[str, dict[str, dict[str, Any]]]
 
 KAFKA_NAMES = {"reference": "design reference (kafka-python 2.0.2)",
-               "raw": "raw confluent-kafka", "oae_memory": "openalgo-events, no spool",
+               "raw": "raw confluent-kafka",
+               "raw_envelope": "raw confluent-kafka, openalgo-events envelope",
+               "oae_memory": "openalgo-events, no spool",
                "oae_spool": "openalgo-events, spool"}
 KAFKA_ROWS = [
     ("kafka.caller_paced.p50_us", "caller time per publish at 100/s, p50 (µs)"),
@@ -27,6 +29,8 @@ KAFKA_ROWS = [
     ("kafka.e2e.p99_ms", "end-to-end at 100/s, p99 (ms)"),
     ("kafka.publish_rate_eps", "publish calls per second, tight loop"),
     ("kafka.throughput_eps", "throughput with delivery confirmed (events/s)"),
+    ("kafka.caller_cpu_us", "CPU of the calling thread per event, max rate (µs)"),
+    ("kafka.process_cpu_us", "CPU of the whole process per event, max rate (µs)"),
     ("kafka.peak_rss_mb", "peak RSS of the publishing process (MB)"),
     ("kafka.rss_mb", "RSS after the run (MB)"),
 ]

@@ -143,6 +143,9 @@ def record_kafka(variant: str, run: dict[str, Any], consumed: dict[str, Any],
     add("kafka.e2e.received_fraction", variant, len(lat) / consumed["expected"])
     add("kafka.throughput_eps", variant, run["throughput"])
     add("kafka.publish_rate_eps", variant, run["publish_rate"])
+    if "caller_cpu_us" in run:
+        add("kafka.caller_cpu_us", variant, run["caller_cpu_us"])
+        add("kafka.process_cpu_us", variant, run["process_cpu_us"])
     add("kafka.confirmed", variant, 1.0 if run["confirmed"] else 0.0)
     add("kafka.rss_mb", variant, run["memory_end"]["rss_kb"] / 1024)
     add("kafka.peak_rss_mb", variant, run["memory_end"]["hwm_kb"] / 1024)
