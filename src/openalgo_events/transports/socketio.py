@@ -12,7 +12,7 @@ from typing import Any
 
 from .._threads import new_lock
 from ..envelope import Envelope
-from ..stats import Stats
+from ..stats import Key, Stats
 
 log = logging.getLogger("openalgo_events.socketio")
 _STOP = object()
@@ -45,6 +45,7 @@ class SocketIOTransport:
         self._start_lock = new_lock()
         self._idle: Any = None
         self._emitted = 0
+        self._published_keys: dict[str, Key] = {}  # per event type, built once
         self._failed = 0
 
     def _start(self) -> Any:
@@ -62,9 +63,14 @@ class SocketIOTransport:
 
     def publish(self, envelope: Envelope) -> None:
         queue = self._queue or self._start()
-        self._idle.clear()
+        if self._idle.is_set():  # a lock-free read; clearing takes the event's lock
+            self._idle.clear()
         queue.put(envelope)
-        self.stats.incr("published", event_type=envelope.event_type, transport=self.name)
+        key = self._published_keys.get(envelope.event_type)
+        if key is None:
+            key = self._published_keys[envelope.event_type] = Stats.key(
+                "published", event_type=envelope.event_type, transport=self.name)
+        self.stats.add(key)
 
     def _run(self, queue: Any) -> None:
         while True:
