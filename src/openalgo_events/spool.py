@@ -113,7 +113,7 @@ class Spool:
         self.stats = stats or Stats()
         self._lock = new_lock()  # guards the counters, the queue and the journal
         self._db_lock = new_lock()  # guards the SQLite connection
-        self._fresh: deque[tuple[SpooledEvent, list[Any]]] = deque()  # with its journal row
+        self._fresh: deque[tuple[list[Any], bytes]] = deque()  # journaled rows and their values
         self._lock_file: IO[str] | None = None
         self._journal: Journal | None = None
         self._last_over_limit_log = 0.0
@@ -193,7 +193,7 @@ class Spool:
                                      f"({exc}); free space or fix permissions") from exc
             self._next_seq += 1
             event = SpooledEvent(seq, topic, key, value, headers, event_id, created)
-            self._fresh.append((event, row))
+            self._fresh.append((row, value))
             self._depth += 1
             self._pending_bytes += len(value)
         return event
@@ -207,8 +207,8 @@ class Spool:
                       self.path, self._pending_bytes, self.max_bytes)
 
     # -- the relay ----------------------------------------------------------------------------
-    def ingest(self) -> list[SpooledEvent]:
-        """Commit queued records to SQLite in one transaction; return them, oldest first.
+    def ingest(self) -> int:
+        """Commit queued records to SQLite in one transaction; return how many.
 
         Drained and inserted under the database lock, so that once any ``ingest`` call returns,
         everything appended before it is in SQLite (a delivery mark cannot overtake its row).
@@ -219,10 +219,10 @@ class Spool:
                 self._fresh.clear()
                 released = self._journal.take_retired() if self._journal else []
             if batch:
-                self._insert([(row, event.value) for event, row in batch])
-                self.committed_seq = batch[-1][0].seq
+                self._insert(batch)
+                self.committed_seq = batch[-1][0][0]
         Journal.remove(released)  # every record of these segments is committed now
-        return [event for event, _ in batch]
+        return len(batch)
 
     def _insert(self, rows: list[tuple[list[Any], bytes]]) -> None:
         """One statement per batch: sqlite3 releases the GIL at every step, and a step per row
@@ -320,7 +320,7 @@ class Spool:
                 "SELECT count(*) FROM events WHERE delivered IS NOT NULL").fetchone()[0]
         with self._lock:
             if oldest is None and self._fresh:
-                oldest = (self._fresh[0][0].created,)
+                oldest = (self._fresh[0][0][5],)  # the row's created
             return SpoolStatus(self.path, self._depth, self._pending_bytes, self.max_bytes,
                                time.time() - oldest[0] if oldest else None, delivered, self._shed)
 
