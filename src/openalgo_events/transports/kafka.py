@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from itertools import repeat
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from .._threads import new_event, new_lock, real_sleep, start_thread, wait_until
 from ..catalog import CATALOG, Catalog, Priority
@@ -31,6 +32,7 @@ from ..stats import Key, Stats
 
 log = logging.getLogger("openalgo_events.kafka")
 _DELIVERY_LATENCY = Stats.key("delivery_latency")
+T = TypeVar("T")
 
 BATCH = 1000
 MAX_IN_FLIGHT = 50_000
@@ -44,6 +46,11 @@ IDLE_WAIT = 0.05  # seconds the idle relay sleeps; it also wakes on a backlog
 # durable, so committing rows and delivery marks in batches costs no safety, only a fixed
 # ~0.15 ms per commit paid less often (a crash may resend the last batch's events: duplicates).
 COMMIT_EVERY = 0.1
+
+
+def _drain(queue: deque[T]) -> list[T]:
+    """What ``queue`` holds now, oldest first; items appended meanwhile stay for next time."""
+    return [queue.popleft() for _ in range(len(queue))]
 
 
 class _QuietLog:
@@ -96,9 +103,11 @@ class KafkaTransport:
         self._cursor = 0
         self._waiting: dict[int, SpooledEvent] = {}  # seq -> event whose predecessor is on its way
         self._in_flight: dict[int, float] = {}
-        self._delivered: list[int] = []  # reports collected by poll, on any thread
+        # Reports collected by poll, on any thread: deques, appended and drained one item at a
+        # time, so a report arriving while the relay drains is never dropped.
+        self._delivered: deque[int] = deque()
         self._to_mark: list[int] = []  # delivered, to be marked in SQLite at the next commit
-        self._failed: list[tuple[int, Any, str]] = []
+        self._failed: deque[tuple[int, Any, str]] = deque()
         self._rebuild_reason: str | None = None
         self._per_type: dict[str, tuple[Priority, Key]] = {}
         self._backoff = 0.5
@@ -293,7 +302,7 @@ class KafkaTransport:
         """Record delivery reports collected by the last poll; mark them in SQLite when a
         commit is due (at once when nothing else is in flight, so ``flush`` returns promptly)."""
         if self._delivered:
-            done, self._delivered = self._delivered, []
+            done = _drain(self._delivered)
             self._to_mark += done
             now, in_flight = time.time(), self._in_flight
             self.stats.observe_all(_DELIVERY_LATENCY, [
@@ -310,7 +319,7 @@ class KafkaTransport:
                 self.stats.incr("delivered", count, event_type=event_type, transport=self.name)
             self._last_commit = time.monotonic()
         if self._failed:
-            failed, self._failed = self._failed, []
+            failed = _drain(self._failed)
             for seq, err, event_id in failed:
                 self.stats.incr("failed", transport=self.name)
                 log.error("delivery of event %s (spool #%d) failed: %s; it stays in the spool "
