@@ -123,14 +123,19 @@ def to_json_value(value: Any, event_type: str, path: str) -> Any:
     Decimal becomes its exact string, an aware datetime UTC RFC 3339 (a naive one its ISO form,
     unchanged), date ISO, Enum its value, tuple a list; nested secret keys are dropped.
     """
-    if type(value) in _PLAIN or isinstance(value, str | bool | int):
+    kind = type(value)  # the common types first, by identity: isinstance on an ABC is slow
+    if kind in _PLAIN:
         return value
-    if type(value) is dict or isinstance(value, Mapping):
+    if kind is float:
+        return _finite(value, event_type, path)
+    if kind is dict:
         return _json_object(value, event_type, path)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise EventValidationError(event_type, path, f"{value} is not valid in JSON")
+    if isinstance(value, str | bool | int):
         return value
+    if isinstance(value, float):
+        return _finite(value, event_type, path)
+    if isinstance(value, Mapping):
+        return _json_object(value, event_type, path)
     if isinstance(value, list | tuple):
         return [to_json_value(item, event_type, f"{path}[{i}]") for i, item in enumerate(value)]
     if isinstance(value, Enum):
@@ -153,20 +158,40 @@ def to_json_value(value: Any, event_type: str, path: str) -> Any:
     )
 
 
+def _finite(value: float, event_type: str, path: str) -> float:
+    if not math.isfinite(value):
+        raise EventValidationError(event_type, path, f"{value} is not valid in JSON")
+    return value
+
+
 def _json_object(value: Mapping[Any, Any], event_type: str, path: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, item in value.items():
-        if type(item) in _PLAIN and type(key) is str and key.lower() not in SECRET_KEYS:
+        secret = _secret_keys_seen.get(key) if type(key) is str else None
+        if secret is None:
+            if not isinstance(key, str):
+                raise EventValidationError(
+                    event_type, f"{path}[{key!r}]", "keys must be strings to be JSON"
+                )
+            secret = _is_secret(key)
+        if secret:
+            continue
+        kind = type(item)
+        if kind in _PLAIN or (kind is float and math.isfinite(item)):
             out[key] = item
-            continue
-        if not isinstance(key, str):
-            raise EventValidationError(
-                event_type, f"{path}[{key!r}]", "keys must be strings to be JSON"
-            )
-        if key.lower() in SECRET_KEYS:
-            continue
-        out[key] = to_json_value(item, event_type, f"{path}.{key}")
+        else:
+            out[key] = to_json_value(item, event_type, f"{path}.{key}")
     return out
+
+
+_secret_keys_seen: dict[str, bool] = {}  # the same few keys come with every event
+
+
+def _is_secret(key: str) -> bool:
+    found = key.lower() in SECRET_KEYS
+    if len(_secret_keys_seen) < 4096:  # bounded: keys built from data are not cached forever
+        _secret_keys_seen[key] = found
+    return found
 
 
 @dataclass(frozen=True, init=False)

@@ -73,9 +73,10 @@ def test_unserializable_values_name_the_field(value, path):
 def test_nested_secrets_are_dropped():
     """Credentials nested in request data never survive conversion, whatever their case."""
     data = {"request": {"apikey": "k", "APIKEY": "k", "symbol": "SBIN", "inner": {"password": "p"}}}
-    assert to_json_value(data, "analyzer_update", "data") == {
-        "request": {"symbol": "SBIN", "inner": {}}
-    }
+    for _ in range(2):  # the second time the keys' verdicts come from the cache
+        assert to_json_value(data, "analyzer_update", "data") == {
+            "request": {"symbol": "SBIN", "inner": {}}
+        }
 
 
 def test_kafka_value_key_and_cloudevents_headers():
