@@ -10,6 +10,7 @@ from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from ._threads import new_lock
@@ -68,6 +69,13 @@ class Stats:
                 hist = self._histograms[key] = Histogram()
             for seconds in values:
                 hist.observe(seconds)
+
+    @staticmethod
+    @lru_cache(maxsize=4096)
+    def event_key(name: str, event_type: str, transport: str) -> Key:
+        """``key(name, event_type=..., transport=...)``, built once per combination: transports
+        count every event they accept."""
+        return Stats.key(name, event_type=event_type, transport=transport)
 
     def count(self, name: str, **labels: str) -> int:
         """Sum of ``name`` over every label set that includes ``labels``."""

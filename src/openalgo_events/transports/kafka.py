@@ -28,7 +28,7 @@ from ..catalog import CATALOG, Catalog, Priority
 from ..envelope import Envelope
 from ..errors import ConfigError, require
 from ..spool import Spool, SpooledEvent
-from ..stats import Key, Stats
+from ..stats import Stats
 
 log = logging.getLogger("openalgo_events.kafka")
 _DELIVERY_LATENCY = Stats.key("delivery_latency")
@@ -109,7 +109,6 @@ class KafkaTransport:
         self._to_mark: list[int] = []  # delivered, to be marked in SQLite at the next commit
         self._failed: deque[tuple[int, Any, str]] = deque()
         self._rebuild_reason: str | None = None
-        self._per_type: dict[str, tuple[Priority, Key]] = {}
         self._backoff = 0.5
         self._last_progress = self._last_purge = self._last_probe = time.monotonic()
         self._last_commit = 0.0
@@ -125,11 +124,10 @@ class KafkaTransport:
 
     # -- caller side ----------------------------------------------------------------------
     def publish(self, envelope: Envelope) -> None:
-        per_type = self._per_type.get(envelope.event_type) or self._learn(envelope.event_type)
-        event = self.spool.append(envelope, self.topic, per_type[0])
+        event = self.spool.append(envelope, self.topic, self._priority(envelope.event_type))
         if event is None:
             return  # shed by the overflow policy (counted and logged by the spool)
-        self.stats.add(per_type[1])
+        self.stats.add(Stats.event_key("published", envelope.event_type, self.name))
         with self._produce_lock:
             # Produced here, in spool order: librdkafka's produce never waits on the network.
             # An event whose predecessor another thread is still publishing waits for that
@@ -153,13 +151,9 @@ class KafkaTransport:
         if not handed_over:
             self._wake.set()
 
-    def _learn(self, event_type: str) -> tuple[Priority, Key]:
-        """An event type's priority and "published" counter key, looked up once."""
+    def _priority(self, event_type: str) -> Priority:
         spec = self._catalog.get(event_type)
-        found = self._per_type[event_type] = (
-            spec.priority if spec else Priority.HIGH,
-            Stats.key("published", event_type=event_type, transport=self.name))
-        return found
+        return spec.priority if spec else Priority.HIGH
 
     def flush(self, timeout: float = 5.0) -> int:
         self._wake.set()

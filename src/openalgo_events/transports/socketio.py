@@ -12,7 +12,7 @@ from typing import Any
 
 from .._threads import new_lock
 from ..envelope import Envelope
-from ..stats import Key, Stats
+from ..stats import Stats
 
 log = logging.getLogger("openalgo_events.socketio")
 _STOP = object()
@@ -45,7 +45,6 @@ class SocketIOTransport:
         self._start_lock = new_lock()
         self._idle: Any = None
         self._emitted = 0
-        self._published_keys: dict[str, Key] = {}  # per event type, built once
         self._failed = 0
 
     def _start(self) -> Any:
@@ -66,11 +65,7 @@ class SocketIOTransport:
         if self._idle.is_set():  # a lock-free read; clearing takes the event's lock
             self._idle.clear()
         queue.put(envelope)
-        key = self._published_keys.get(envelope.event_type)
-        if key is None:
-            key = self._published_keys[envelope.event_type] = Stats.key(
-                "published", event_type=envelope.event_type, transport=self.name)
-        self.stats.add(key)
+        self.stats.add(Stats.event_key("published", envelope.event_type, self.name))
 
     def _run(self, queue: Any) -> None:
         while True:
