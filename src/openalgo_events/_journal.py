@@ -20,15 +20,13 @@ import zlib
 from collections.abc import Iterator
 from typing import Any
 
-from .envelope import json_bytes
-
 _HEADER = struct.Struct("<II")  # payload length, CRC-32 of the payload
 SEGMENT_BYTES = 4 * 1024 * 1024  # mapped pages count in RSS: small segments, deleted once committed
 
 
-def encode(meta: list[Any], value: bytes) -> bytes:
-    """One frame: header, JSON metadata, a newline, the raw value."""
-    payload = json_bytes(meta) + b"\n" + value
+def encode(meta: bytes, value: bytes) -> bytes:
+    """One frame: header, the metadata (a JSON array), a newline, the raw value."""
+    payload = meta + b"\n" + value
     return _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
 
 
@@ -109,8 +107,13 @@ class Journal:
         self._open(max(SEGMENT_BYTES, needed))
 
     def take_retired(self) -> list[str]:
+        """Full segments, handed over to be deleted once their records are committed."""
         retired, self._retired = self._retired, []
         return retired
+
+    def give_back(self, retired: list[str]) -> None:
+        """Segments taken for a commit that failed: kept until the next one."""
+        self._retired[:0] = retired
 
     @staticmethod
     def remove(paths: list[str]) -> None:

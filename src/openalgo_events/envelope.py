@@ -86,13 +86,13 @@ def new_event_id(now_ns: int | None = None) -> str:
         if _id_prefix[0] != ms:  # the 48-bit millisecond part, formatted once per millisecond
             _id_prefix = (ms, f"{ms >> 16 & 0xFFFFFFFF:08x}-{ms & 0xFFFF:04x}-")
         prefix = _id_prefix[1]
-    # ver 7 + 12-bit counter | variant 0b10 + 14 random bits | 48 random bits
-    rand = f"{_id_random.getrandbits(64):016x}"
-    return f"{prefix}{0x7000 | counter:04x}-{_VARIANT[rand[0]]}{rand[1:4]}-{rand[4:]}"
+    # ver 7 + 12-bit counter | variant 0b10 + 14 random bits | 48 random bits, as 20 hex digits
+    tail = ((0x7000 | counter) << 64 | 0x8000 << 48 | _id_random.getrandbits(62)).to_bytes(
+        10, "big").hex()
+    return f"{prefix}{tail[:4]}-{tail[4:8]}-{tail[8:]}"
 
 
 _id_prefix = (-1, "")
-_VARIANT = {digit: "89ab"[int(digit, 16) >> 2] for digit in "0123456789abcdef"}
 
 
 def utc_timestamp(moment: datetime | None = None) -> str:

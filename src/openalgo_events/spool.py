@@ -1,11 +1,12 @@
 """The durable local spool: every Kafka-bound event is on disk before ``publish`` returns.
 
 Two layers. ``append`` (the caller's path) writes one framed record to an append-only journal
-and queues it in memory: one write() call, so a process crash (kill -9) loses nothing. The
-relay calls ``ingest`` to move queued records into SQLite (WAL mode) in one transaction per
-batch, and journal segments are deleted once what they hold is committed. A SQLite row is
-pending until the broker's delivery report marks it delivered; delivered rows stay as the
-replayable trail until the retention runs out.
+and queues it in memory: a copy into a mapped file, so a process crash (kill -9) loses nothing.
+The relay calls ``mark_delivered`` to move queued records into SQLite (WAL mode) together with
+the delivery reports collected meanwhile, in one transaction per batch, and journal segments
+are deleted once what they hold is committed. A SQLite row is pending until the broker's
+delivery report marks it delivered (a record reported before its commit is inserted delivered);
+delivered rows stay as the replayable trail until the retention runs out.
 
 ``sync="NORMAL"`` survives a process crash but not a power loss (the kernel may not have
 written the journal yet); ``"FULL"`` fsyncs every record and every commit and survives both,
@@ -22,12 +23,12 @@ import time
 from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import IO, Any, NamedTuple
+from typing import IO, NamedTuple
 
 from ._journal import Journal, encode, read_segments, segment_paths
 from ._threads import new_lock
 from .catalog import Priority
-from .envelope import Envelope, compact_json, headers_of
+from .envelope import Envelope, compact_json, headers_of, json_bytes
 from .errors import SpoolError
 from .stats import Stats
 
@@ -50,15 +51,18 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_pending ON events(seq) WHERE delivered IS NULL;
 CREATE INDEX IF NOT EXISTS events_by_user ON events(user_id, created);
 """
-# A batch is two parameters: a JSON array of rows (each ending with its value's offset and
-# length) and the values laid end to end, cut out with substr (values are not re-escaped).
+# A batch is a JSON array of rows (as journaled, each ending with its value's length) and the
+# values laid end to end, cut out with substr at offsets summed by SQLite (values are not
+# re-escaped, and no row is encoded twice); rows whose seq is in the JSON array ?3 are inserted
+# delivered at ?4.
 _INSERT_BATCH = (
     "INSERT OR IGNORE INTO events (seq, event_id, event_type, user_id, priority, created, topic,"
-    " key, extra_headers, value) SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3,"
-    " value ->> 4, value ->> 5, value ->> 6, CAST(value ->> 7 AS BLOB), value ->> 8,"
-    " substr(?2, value ->> 9, value ->> 10) FROM json_each(?1)")
+    " key, extra_headers, value, delivered) SELECT r ->> 0, r ->> 1, r ->> 2, r ->> 3, r ->> 4,"
+    " r ->> 5, r ->> 6, CAST(r ->> 7 AS BLOB), r ->> 8, substr(?2, 1 + sum(r ->> 9) OVER (ORDER"
+    " BY i) - (r ->> 9), r ->> 9), CASE WHEN r ->> 0 IN (SELECT value FROM json_each(?3)) THEN ?4"
+    " END FROM (SELECT key AS i, value AS r FROM json_each(?1))")
 REPLAY_HEADER = "openalgo_replay"
-INGEST_BATCH = 4000  # queued records a caller commits itself when the relay falls behind
+INGEST_BATCH = 16_000  # queued records a caller commits itself when the relay falls behind
 
 
 class SpooledEvent(NamedTuple):
@@ -113,7 +117,8 @@ class Spool:
         self.stats = stats or Stats()
         self._lock = new_lock()  # guards the counters, the queue and the journal
         self._db_lock = new_lock()  # guards the SQLite connection
-        self._fresh: deque[tuple[list[Any], bytes]] = deque()  # journaled rows and their values
+        # journaled, not yet committed: (seq, the row as JSON, the value)
+        self._fresh: deque[tuple[int, bytes, bytes]] = deque()
         self._lock_file: IO[str] | None = None
         self._journal: Journal | None = None
         self._last_over_limit_log = 0.0
@@ -149,28 +154,27 @@ class Spool:
     def _recover(self) -> None:
         """Move what an earlier run journaled but did not commit into SQLite."""
         assert self._journal is not None
-        rows = list(self._journal.recover(older_than=self._journal.current))
-        if rows:
-            self._insert(rows)
-            log.warning("recovered %d journaled events into spool %s", len(rows), self.path)
+        self._fresh.extend((meta[0], json_bytes([*meta[:9], len(value)]), value)
+                           for meta, value in self._journal.recover(self._journal.current))
+        recovered = self.ingest()
+        if recovered:
+            log.warning("recovered %d journaled events into spool %s", recovered, self.path)
         Journal.remove([s for s in self._journal.segments() if s != self._journal.current])
 
     # -- the publish path ------------------------------------------------------------------
     def append(self, envelope: Envelope, topic: str, priority: Priority,
-               extra_headers: Iterable[tuple[str, bytes]] = ()) -> SpooledEvent | None:
-        """Store one event as pending; None when it was shed under the overflow policy."""
-        extra = list(extra_headers) if extra_headers else []
-        headers = envelope.headers()
-        event = self._append(envelope.value, envelope.key, headers + extra if extra else headers,
-                             extra, topic, priority, envelope.event_id, envelope.event_type,
-                             envelope.user_id)
+               extra_headers: Iterable[tuple[str, bytes]] = ()) -> int | None:
+        """Store one event as pending; its sequence number, or None when it was shed under the
+        overflow policy."""
+        seq = self._append(envelope.value, envelope.key, list(extra_headers), topic, priority,
+                           envelope.event_id, envelope.event_type, envelope.user_id)
         if len(self._fresh) >= INGEST_BATCH:
             self.ingest()  # a caller outrunning the relay commits its own batch: memory stays flat
-        return event
+        return seq
 
-    def _append(self, value: bytes, key: bytes, headers: list[tuple[str, bytes]],
-                extra_headers: list[tuple[str, bytes]], topic: str, priority: Priority,
-                event_id: str, event_type: str, user_id: str) -> SpooledEvent | None:
+    def _append(self, value: bytes, key: bytes, extra_headers: list[tuple[str, bytes]],
+                topic: str, priority: Priority, event_id: str, event_type: str,
+                user_id: str) -> int | None:
         with self._lock:
             if self._pending_bytes + len(value) > self.max_bytes:
                 if priority < Priority.HIGH:
@@ -180,23 +184,22 @@ class Spool:
                                 self.max_bytes, event_type, event_id, priority.name)
                     return None
                 self._log_over_limit()
-            seq, created = self._next_seq, time.time()
+            seq: int = self._next_seq
             # The row SQLite will hold, but the value: journaled now, committed by ingest. Of the
             # headers only those beyond the CloudEvents ones, which the value implies, are kept.
-            row = [seq, event_id, event_type, user_id, int(priority), created, topic,
-                   key.decode(), _headers_text(extra_headers)]
+            row = json_bytes([seq, event_id, event_type, user_id, int(priority), time.time(),
+                              topic, key.decode(), _headers_text(extra_headers), len(value)])
             if self._journal is not None:
                 try:
                     self._journal.write(encode(row, value))
                 except (OSError, ValueError) as exc:
                     raise SpoolError(f"spool journal {self._journal.current} cannot be written "
                                      f"({exc}); free space or fix permissions") from exc
-            self._next_seq += 1
-            event = SpooledEvent(seq, topic, key, value, headers, event_id, created)
-            self._fresh.append((row, value))
+            self._next_seq = seq + 1
+            self._fresh.append((seq, row, value))
             self._depth += 1
             self._pending_bytes += len(value)
-        return event
+        return seq
 
     def _log_over_limit(self) -> None:
         now = time.monotonic()
@@ -214,24 +217,33 @@ class Spool:
         everything appended before it is in SQLite (a delivery mark cannot overtake its row).
         """
         with self._db_lock:
-            with self._lock:
-                batch = list(self._fresh)
-                self._fresh.clear()
-                released = self._journal.take_retired() if self._journal else []
-            if batch:
-                self._insert(batch)
-                self.committed_seq = batch[-1][0][0]
+            count, released = self._ingest("[]", None)
         Journal.remove(released)  # every record of these segments is committed now
-        return len(batch)
+        return count
 
-    def _insert(self, rows: list[tuple[list[Any], bytes]]) -> None:
-        """One statement per batch: sqlite3 releases the GIL at every step, and a step per row
-        would hand the GIL to the caller row by row."""
-        meta, offset = [], 1
-        for row, value in rows:
-            meta.append([*row, offset, len(value)])
-            offset += len(value)
-        self._db.execute(_INSERT_BATCH, (compact_json(meta), b"".join(v for _, v in rows)))
+    def _ingest(self, delivered: str, now: float | None) -> tuple[int, list[str]]:
+        """Insert the queued records (under the database lock); those whose seq is in the JSON
+        array ``delivered`` are inserted delivered at ``now``. Returns how many, and the journal
+        segments that may go once this is committed."""
+        with self._lock:
+            batch = list(self._fresh)
+            self._fresh.clear()
+            released = self._journal.take_retired() if self._journal else []
+        if batch:
+            try:
+                # One statement per batch: sqlite3 releases the GIL at every step, and a step
+                # per row would hand the GIL to the caller row by row.
+                self._db.execute(_INSERT_BATCH, (
+                    b"[" + b",".join([row for _, row, _ in batch]) + b"]",
+                    b"".join([value for _, _, value in batch]), delivered, now))
+            except BaseException:
+                with self._lock:  # still journaled: queued again for the next attempt
+                    self._fresh.extendleft(reversed(batch))
+                    if self._journal is not None:
+                        self._journal.give_back(released)
+                raise
+            self.committed_seq = batch[-1][0]
+        return len(batch), released
 
     def pending(self, after_seq: int = 0, limit: int = 1000) -> list[SpooledEvent]:
         """Pending events after ``after_seq``, oldest first."""
@@ -249,23 +261,41 @@ class Spool:
         ]
 
     def mark_delivered(self, seqs: Iterable[int]) -> Counter[str]:
-        """Mark committed rows delivered; returns how many of each event type were still
-        pending (a resent duplicate counts nothing)."""
-        batch = compact_json(list(seqs))
-        where = ("seq IN (SELECT value FROM json_each(?)) AND delivered IS NULL")
-        with self._db_lock:  # a few statements per batch, not a step per row (see ingest)
-            rows = self._db.execute(
-                f"SELECT event_type, count(*), sum(length(value)) FROM events WHERE {where} "
-                "GROUP BY event_type", (batch,)).fetchall()
-            if self.path == ":memory:":  # no durability, so no trail to keep for replay
-                self._db.execute(f"DELETE FROM events WHERE {where}", (batch,))
-            else:
-                self._db.execute(f"UPDATE events SET delivered = ? WHERE {where}",
-                                 (time.time(), batch))
+        """Commit queued records, then mark ``seqs`` delivered, in one transaction; returns how
+        many of each event type were still pending (a resent duplicate counts nothing).
+
+        A queued record already reported delivered is inserted delivered: one write of its row,
+        not an insert and then an update.
+        """
+        seqs = list(seqs)
+        if not seqs and not self._fresh:
+            return Counter()
+        batch, now = compact_json(seqs), time.time()
+        marked = "seq IN (SELECT value FROM json_each(?1))"
+        where = f"{marked} AND (delivered IS NULL OR delivered = ?2)"  # pending until now
+        with self._db_lock:  # a few statements per batch, not a step per row (see _ingest)
+            self._db.execute("BEGIN")
+            try:
+                _, released = self._ingest(batch, now)
+                rows = self._db.execute(
+                    "SELECT event_type, count(*), sum(length(value)), count(*) FILTER (WHERE "
+                    f"delivered IS NULL) FROM events WHERE {where} GROUP BY event_type",
+                    (batch, now)).fetchall()
+                if self.path == ":memory:":  # no durability, so no trail to keep for replay
+                    self._db.execute(f"DELETE FROM events WHERE {where}", (batch, now))
+                elif any(unmarked for *_, unmarked in rows):
+                    self._db.execute(f"UPDATE events SET delivered = ?2 WHERE {marked} AND "
+                                     "delivered IS NULL", (batch, now))
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+        Journal.remove(released)
         with self._lock:
-            self._depth -= sum(count for _, count, _ in rows)
-            self._pending_bytes -= sum(size for _, _, size in rows)
-        return Counter({event_type: count for event_type, count, _ in rows})
+            self._depth -= sum(count for _, count, _, _ in rows)
+            self._pending_bytes -= sum(size for _, _, size, _ in rows)
+        return Counter({event_type: count for event_type, count, _, _ in rows})
 
     def purge_expired(self, now: float | None = None) -> int:
         """Delete delivered rows older than the retention, in small batches."""
@@ -306,7 +336,7 @@ class Spool:
         if not dry_run:
             for old_topic, key, value, extra, event_id, event_type, user, priority in rows:
                 marked = [*stored_headers(extra), (REPLAY_HEADER, b"1")]
-                self._append(value, key, [*headers_of(value), *marked], marked, topic or old_topic,
+                self._append(value, key, marked, topic or old_topic,
                              Priority(priority), event_id, event_type, user)
         return len(rows)
 
@@ -320,7 +350,7 @@ class Spool:
                 "SELECT count(*) FROM events WHERE delivered IS NOT NULL").fetchone()[0]
         with self._lock:
             if oldest is None and self._fresh:
-                oldest = (self._fresh[0][0][5],)  # the row's created
+                oldest = (json.loads(self._fresh[0][1])[5],)  # the row's created
             return SpoolStatus(self.path, self._depth, self._pending_bytes, self.max_bytes,
                                time.time() - oldest[0] if oldest else None, delivered, self._shed)
 

@@ -35,6 +35,20 @@ def test_pending_until_delivered_then_kept_as_trail(tmp_path):
     spool.close()
 
 
+def test_a_record_reported_delivered_before_its_commit_is_written_delivered(tmp_path):
+    """Queued records and delivery marks commit together: a record whose report came first is
+    inserted delivered; the rest stay pending; a resent report counts nothing."""
+    spool = Spool(str(tmp_path / "s.db"))
+    seqs = [spool.append(event(), "t", Priority.CRITICAL) for _ in range(3)]
+    assert spool.queued == 3
+    assert spool.mark_delivered(seqs[:2]) == {"order_event": 2}
+    assert spool.queued == 0 and spool.depth == 1
+    assert [r.seq for r in spool.pending()] == seqs[2:]
+    assert spool.mark_delivered(seqs) == {"order_event": 1}
+    assert spool.status().delivered == 3 and spool.depth == 0
+    spool.close()
+
+
 def test_pending_events_survive_a_restart(tmp_path):
     """What was pending when the process stopped is pending again when it starts."""
     path = str(tmp_path / "s.db")

@@ -27,7 +27,7 @@ from .._threads import new_event, new_lock, real_sleep, start_thread, wait_until
 from ..catalog import CATALOG, Catalog, Priority
 from ..envelope import Envelope
 from ..errors import ConfigError, require
-from ..spool import Spool, SpooledEvent
+from ..spool import Spool
 from ..stats import Stats
 
 log = logging.getLogger("openalgo_events.kafka")
@@ -46,6 +46,9 @@ IDLE_WAIT = 0.05  # seconds the idle relay sleeps; it also wakes on a backlog
 # durable, so committing rows and delivery marks in batches costs no safety, only a fixed
 # ~0.15 ms per commit paid less often (a crash may resend the last batch's events: duplicates).
 COMMIT_EVERY = 0.1
+# Queued records or delivery marks that make a commit due sooner. Not smaller: a record whose
+# delivery report came before its commit is written once, delivered, instead of twice.
+COMMIT_AT = 3000
 
 
 def _drain(queue: deque[T]) -> list[T]:
@@ -101,7 +104,12 @@ class KafkaTransport:
         self._produce_lock = new_lock()  # guards the producer swap, the cursor and _paused
         self._paused = False  # while the producer is being rebuilt
         self._cursor = 0
-        self._waiting: dict[int, SpooledEvent] = {}  # seq -> event whose predecessor is on its way
+        # Set when there may be events callers could not produce (at start, after a rebuild, a
+        # full queue): the relay then reads them from the spool, until it has caught up.
+        self._behind = True
+        self._cursor_seen = -1  # the cursor at the relay's last turn
+        # seq -> an event (SpooledEvent's fields) whose predecessor is on its way
+        self._waiting: dict[int, tuple[Any, ...]] = {}
         self._in_flight: dict[int, float] = {}
         # Reports collected by poll, on any thread: deques, appended and drained one item at a
         # time, so a report arriving while the relay drains is never dropped.
@@ -124,21 +132,23 @@ class KafkaTransport:
 
     # -- caller side ----------------------------------------------------------------------
     def publish(self, envelope: Envelope) -> None:
-        event = self.spool.append(envelope, self.topic, self._priority(envelope.event_type))
-        if event is None:
+        seq = self.spool.append(envelope, self.topic, self._priority(envelope.event_type))
+        if seq is None:
             return  # shed by the overflow policy (counted and logged by the spool)
         self.stats.add(Stats.event_key("published", envelope.event_type, self.name))
+        event = (seq, self.topic, envelope.key, envelope.value, envelope.headers(),
+                 envelope.event_id, time.time())  # the fields of a SpooledEvent
         with self._produce_lock:
             # Produced here, in spool order: librdkafka's produce never waits on the network.
             # An event whose predecessor another thread is still publishing waits for that
             # thread to send it next; a backlog (outage, recovery) is the relay's to send.
             if self._paused:
                 handed_over = False
-            elif event.seq == self._cursor + 1:
-                handed_over = self._produce(event)
+            elif seq == self._cursor + 1:
+                handed_over = self._produce(*event)
                 while handed_over and self._cursor + 1 in self._waiting:
-                    handed_over = self._produce(self._waiting.pop(self._cursor + 1))
-                if handed_over and not event.seq % POLL_EVERY and (
+                    handed_over = self._produce(*self._waiting.pop(self._cursor + 1))
+                if handed_over and not seq % POLL_EVERY and (
                         len(self._in_flight) >= CALLER_POLL_AT):
                     # A caller publishing flat out serves delivery reports itself, like a plain
                     # producer loop: served on the relay, each report would wait for the GIL.
@@ -147,8 +157,9 @@ class KafkaTransport:
             else:
                 handed_over = len(self._waiting) < MAX_WAITING
                 if handed_over:
-                    self._waiting[event.seq] = event
+                    self._waiting[seq] = event
         if not handed_over:
+            self._behind = True
             self._wake.set()
 
     def _priority(self, event_type: str) -> Priority:
@@ -222,14 +233,13 @@ class KafkaTransport:
         if self._rebuild_reason:
             self._rebuild()
         self._wake.clear()
-        now = time.monotonic()
-        if self.spool.queued >= BATCH or now - self._last_commit >= COMMIT_EVERY:
-            self.spool.ingest()  # commit what callers journaled, one statement per batch
-            self._last_commit = now
         sent = self._send_pending()
         self._producer.poll(0)
         self._settle()
         now = time.monotonic()
+        queued = self.spool.queued  # journaled by callers, not yet in SQLite
+        if queued and (queued >= COMMIT_AT or now - self._last_commit >= COMMIT_EVERY):
+            self._commit()
         if self._in_flight and now - self._last_progress > self._stall_timeout:
             self._rebuild_reason = (f"no delivery report for {now - self._last_progress:.0f}s "
                                     f"with {len(self._in_flight)} events in flight")
@@ -247,32 +257,40 @@ class KafkaTransport:
 
         Once the cursor reaches the newest spooled event, callers produce directly again.
         """
-        if self._cursor >= self.spool.last_seq and not self._waiting:
-            return 0  # callers produced everything themselves (a stale read waits one turn)
+        if self._cursor == self._cursor_seen and (self._waiting
+                                                  or self.spool.last_seq > self._cursor):
+            # Spooled events nobody is producing: parked ones whose predecessor never came, or
+            # ones not appended through publish (a replay). Sent from here.
+            self._behind = True
+        self._cursor_seen = self._cursor
+        if not self._behind:
+            return 0  # callers produced everything themselves
         with self._produce_lock:
             if len(self._in_flight) >= MAX_IN_FLIGHT:
                 return 0
             sent = 0
             backlog = self.spool.pending(self._cursor, BATCH)
             for event in backlog:
-                if not self._produce(event):
+                if not self._produce(*event):
                     return sent
                 sent += 1
             if len(backlog) < BATCH:  # everything committed is now delivered or in flight
                 self._cursor = max(self._cursor, self.spool.committed_seq)
+                self._behind = False
             for seq in [seq for seq in self._waiting if seq <= self._cursor]:
                 del self._waiting[seq]  # sent from the spool meanwhile
             while self._cursor + 1 in self._waiting and self._produce(
-                    self._waiting.pop(self._cursor + 1)):
+                    *self._waiting.pop(self._cursor + 1)):
                 sent += 1  # parked after the spool read, sent next in order
             return sent
 
-    def _produce(self, event: SpooledEvent) -> bool:
-        """Hand one event to librdkafka (under the produce lock); False when it must wait."""
+    def _produce(self, seq: int, topic: str, key: bytes, value: bytes,
+                 headers: list[tuple[str, bytes]], event_id: str, created: float) -> bool:
+        """Hand one event (a SpooledEvent's fields) to librdkafka, under the produce lock; False
+        when it must wait."""
         try:
-            self._producer.produce(event.topic, event.value, event.key, headers=event.headers,
-                                   on_delivery=self._callback(event.seq, self._generation,
-                                                              event.event_id))
+            self._producer.produce(topic, value, key, headers=headers,
+                                   on_delivery=self._callback(seq, self._generation, event_id))
         except BufferError:
             return False  # librdkafka's queue is full: the relay catches up from the cursor
         except Exception as exc:  # a librdkafka refusal (e.g. config): rebuild and retry
@@ -280,8 +298,8 @@ class KafkaTransport:
             return False
         if not self._in_flight:  # the stall clock starts with the first event in flight
             self._last_progress = time.monotonic()
-        self._cursor = event.seq
-        self._in_flight[event.seq] = event.created
+        self._cursor = seq
+        self._in_flight[seq] = created
         return True
 
     def _callback(self, seq: int, gen: int, event_id: str) -> Callable[[Any, Any], None]:
@@ -305,13 +323,9 @@ class KafkaTransport:
             self._last_progress = time.monotonic()
             self.broker_up = True
             self._backoff = 0.5
-        if self._to_mark and (commit or not self._in_flight or len(self._to_mark) >= BATCH
+        if self._to_mark and (commit or not self._in_flight or len(self._to_mark) >= COMMIT_AT
                               or time.monotonic() - self._last_commit >= COMMIT_EVERY):
-            marks, self._to_mark = self._to_mark, []
-            self.spool.ingest()  # a directly produced event may be delivered before it is ingested
-            for event_type, count in self.spool.mark_delivered(marks).items():
-                self.stats.incr("delivered", count, event_type=event_type, transport=self.name)
-            self._last_commit = time.monotonic()
+            self._commit()
         if self._failed:
             failed = _drain(self._failed)
             for seq, err, event_id in failed:
@@ -320,6 +334,18 @@ class KafkaTransport:
                           "and is resent", event_id, seq, err)
             self.last_error = str(failed[-1][1])
             self._rebuild_reason = f"delivery failed: {failed[-1][1]}"
+
+    def _commit(self) -> None:
+        """Commit journaled records and delivery marks to SQLite, in one transaction."""
+        marks, self._to_mark = self._to_mark, []
+        try:
+            counts = self.spool.mark_delivered(marks)
+        except BaseException:
+            self._to_mark[:0] = marks  # kept for the next attempt
+            raise
+        for event_type, count in counts.items():
+            self.stats.incr("delivered", count, event_type=event_type, transport=self.name)
+        self._last_commit = time.monotonic()
 
     def _on_error(self, err: Any) -> None:
         """librdkafka's error callback (runs inside poll, on the relay thread)."""
@@ -364,6 +390,7 @@ class KafkaTransport:
         with self._produce_lock:
             self._producer = producer
             self._cursor = 0
+            self._behind = True
             self._in_flight.clear()
             self._waiting.clear()  # everything pending is resent from the spool
             self._paused = False
