@@ -97,7 +97,7 @@ class Spool:
 
     >>> spool = Spool(":memory:")
     >>> spool.append(Envelope("order_event", "alice", {}), "topic", Priority.CRITICAL)
-    True
+    1
     >>> spool.status().depth
     1
     """
