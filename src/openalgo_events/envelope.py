@@ -52,15 +52,19 @@ def json_bytes(value: Any) -> bytes:
     Copied out of orjson's result, which keeps its whole working buffer: a few kilobytes for
     every value the spool holds in memory, by the thousand under load.
     """
-    try:
-        return memoryview(orjson.dumps(value)).tobytes()
-    except orjson.JSONEncodeError:
-        return _stdlib_json(value).encode()
+    return memoryview(_dumps(value)).tobytes()
 
 
 def compact_json(value: Any) -> str:
     """``json_bytes`` as text (what SQLite's JSON functions read)."""
-    return json_bytes(value).decode()
+    return _dumps(value).decode()
+
+
+def _dumps(value: Any) -> bytes:
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return _stdlib_json(value).encode()
 
 
 _id_lock = threading.Lock()

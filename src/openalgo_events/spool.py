@@ -21,7 +21,7 @@ import os
 import sqlite3
 import time
 from collections import Counter, deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import IO, NamedTuple
 
@@ -162,17 +162,16 @@ class Spool:
         Journal.remove([s for s in self._journal.segments() if s != self._journal.current])
 
     # -- the publish path ------------------------------------------------------------------
-    def append(self, envelope: Envelope, topic: str, priority: Priority,
-               extra_headers: Iterable[tuple[str, bytes]] = ()) -> int | None:
+    def append(self, envelope: Envelope, topic: str, priority: Priority) -> int | None:
         """Store one event as pending; its sequence number, or None when it was shed under the
         overflow policy."""
-        seq = self._append(envelope.value, envelope.key, list(extra_headers), topic, priority,
+        seq = self._append(envelope.value, envelope.key, (), topic, priority,
                            envelope.event_id, envelope.event_type, envelope.user_id)
         if len(self._fresh) >= INGEST_BATCH:
             self.ingest()  # a caller outrunning the relay commits its own batch: memory stays flat
         return seq
 
-    def _append(self, value: bytes, key: bytes, extra_headers: list[tuple[str, bytes]],
+    def _append(self, value: bytes, key: bytes, extra_headers: Sequence[tuple[str, bytes]],
                 topic: str, priority: Priority, event_id: str, event_type: str,
                 user_id: str) -> int | None:
         with self._lock:
@@ -255,8 +254,7 @@ class Spool:
                 (after_seq, limit),
             ).fetchall()
         return [
-            SpooledEvent(seq, topic, key, value, [*headers_of(value), *stored_headers(extra)],
-                         event_id, created)
+            SpooledEvent(seq, topic, key, value, record_headers(value, extra), event_id, created)
             for seq, topic, key, value, extra, event_id, created in rows
         ]
 
@@ -383,13 +381,18 @@ class Spool:
             self._lock_file = None
 
 
-def _headers_text(headers: list[tuple[str, bytes]]) -> str | None:
+def _headers_text(headers: Sequence[tuple[str, bytes]]) -> str | None:
     return compact_json([(k, v.decode()) for k, v in headers]) if headers else None
 
 
 def stored_headers(text: str | None) -> list[tuple[str, bytes]]:
     """The extra headers of a stored row (the CloudEvents ones come from ``headers_of``)."""
     return [(k, v.encode()) for k, v in json.loads(text)] if text else []
+
+
+def record_headers(value: bytes, extra: str | None) -> list[tuple[str, bytes]]:
+    """Every header of a stored row: the CloudEvents ones its value implies, then its own."""
+    return [*headers_of(value), *stored_headers(extra)]
 
 
 def uncommitted(path: str, committed_seq: int) -> list[tuple[int, float, int]]:

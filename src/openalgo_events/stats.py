@@ -31,9 +31,6 @@ class Histogram:
     total: float = 0.0
     count: int = 0
 
-    def observe(self, seconds: float) -> None:
-        self.observe_all((seconds,))
-
     def observe_all(self, values: Sequence[float]) -> None:
         # bisect_left: the first bound >= the value; counted per bucket at C speed
         for bucket, n in Counter(map(bisect_left, repeat(BUCKETS), values)).items():
@@ -76,9 +73,6 @@ class Stats:
         self._counted.append(key)
         if len(self._counted) >= FOLD_AT:
             self._fold()
-
-    def observe(self, name: str, seconds: float, **labels: str) -> None:
-        self.observe_all(self.key(name, **labels), (seconds,))
 
     def observe_all(self, key: Key, values: Sequence[float]) -> None:
         queue = self._observed.get(key)

@@ -41,7 +41,9 @@ def test_a_record_reported_delivered_before_its_commit_is_written_delivered(tmp_
     spool = Spool(str(tmp_path / "s.db"))
     seqs = [spool.append(event(), "t", Priority.CRITICAL) for _ in range(3)]
     assert spool.queued == 3
+    changes = spool._db.total_changes
     assert spool.mark_delivered(seqs[:2]) == {"order_event": 2}
+    assert spool._db.total_changes - changes == 3  # three inserts, no update
     assert spool.queued == 0 and spool.depth == 1
     assert [r.seq for r in spool.pending()] == seqs[2:]
     assert spool.mark_delivered(seqs) == {"order_event": 1}

@@ -16,9 +16,8 @@ from pathlib import Path
 from types import TracebackType
 
 from ..config import Settings
-from ..envelope import headers_of
 from ..errors import OpenAlgoEventsError, SpoolError
-from ..spool import REPLAY_HEADER, _explain, stored_headers, uncommitted
+from ..spool import REPLAY_HEADER, _explain, record_headers, uncommitted
 from .broker import client_config, cluster_metadata, kafka, unreachable
 
 
@@ -108,7 +107,7 @@ class Trail:
             params).fetchall()
         return [
             TrailEvent(seq, event_id, event_type, user, created, topic, bytes(key), bytes(value),
-                       [*headers_of(bytes(value)), *stored_headers(extra)])
+                       record_headers(bytes(value), extra))
             for seq, event_id, event_type, user, created, topic, key, value, extra in rows
         ]
 

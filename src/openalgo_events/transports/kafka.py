@@ -237,9 +237,6 @@ class KafkaTransport:
         self._producer.poll(0)
         self._settle()
         now = time.monotonic()
-        queued = self.spool.queued  # journaled by callers, not yet in SQLite
-        if queued and (queued >= COMMIT_AT or now - self._last_commit >= COMMIT_EVERY):
-            self._commit()
         if self._in_flight and now - self._last_progress > self._stall_timeout:
             self._rebuild_reason = (f"no delivery report for {now - self._last_progress:.0f}s "
                                     f"with {len(self._in_flight)} events in flight")
@@ -311,8 +308,9 @@ class KafkaTransport:
         return on_delivery
 
     def _settle(self, commit: bool = False) -> None:
-        """Record delivery reports collected by the last poll; mark them in SQLite when a
-        commit is due (at once when nothing else is in flight, so ``flush`` returns promptly)."""
+        """Record delivery reports collected by the last poll; commit them with the records
+        callers journaled when a commit is due (reports at once when nothing else is in flight,
+        so ``flush`` returns promptly)."""
         if self._delivered:
             done = _drain(self._delivered)
             self._to_mark += done
@@ -323,8 +321,10 @@ class KafkaTransport:
             self._last_progress = time.monotonic()
             self.broker_up = True
             self._backoff = 0.5
-        if self._to_mark and (commit or not self._in_flight or len(self._to_mark) >= COMMIT_AT
-                              or time.monotonic() - self._last_commit >= COMMIT_EVERY):
+        queued, marks = self.spool.queued, len(self._to_mark)
+        if (queued or marks) and (commit or (marks and not self._in_flight)
+                                  or max(queued, marks) >= COMMIT_AT
+                                  or time.monotonic() - self._last_commit >= COMMIT_EVERY):
             self._commit()
         if self._failed:
             failed = _drain(self._failed)
