@@ -155,11 +155,11 @@ class Spool:
         """Move what an earlier run journaled but did not commit into SQLite."""
         assert self._journal is not None
         self._fresh.extend((meta[0], json_bytes([*meta[:9], len(value)]), value)
-                           for meta, value in self._journal.recover(self._journal.current))
+                           for meta, value in self._journal.recover())
         recovered = self.ingest()
         if recovered:
             log.warning("recovered %d journaled events into spool %s", recovered, self.path)
-        Journal.remove([s for s in self._journal.segments() if s != self._journal.current])
+        Journal.remove(self._journal.earlier())  # their records are committed now
 
     # -- the publish path ------------------------------------------------------------------
     def append(self, envelope: Envelope, topic: str, priority: Priority) -> int | None:
@@ -217,8 +217,14 @@ class Spool:
         """
         with self._db_lock:
             count, released = self._ingest("[]", None)
-        Journal.remove(released)  # every record of these segments is committed now
+        self._tidy_journal(released)
         return count
+
+    def _tidy_journal(self, released: list[str]) -> None:
+        """After a commit: delete the segments it emptied, and have the next one ready."""
+        if self._journal is not None:
+            Journal.remove(released)  # every record of these segments is committed now
+            self._journal.prepare()
 
     def _ingest(self, delivered: str, now: float | None) -> tuple[int, list[str]]:
         """Insert the queued records (under the database lock); those whose seq is in the JSON
@@ -289,7 +295,7 @@ class Spool:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 raise
-        Journal.remove(released)
+        self._tidy_journal(released)
         with self._lock:
             self._depth -= sum(count for _, count, _, _ in rows)
             self._pending_bytes -= sum(size for _, _, size, _ in rows)

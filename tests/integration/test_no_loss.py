@@ -214,3 +214,21 @@ def test_spool_full_sheds_low_priority_and_delivers_every_critical_event(tmp_pat
             pass
     finally:
         publisher.close(1)
+
+
+def test_a_failed_delivery_is_logged_with_its_event_id_and_resent(tmp_path, topic, caplog):
+    """A delivery report with an error (here librdkafka's message timeout, the broker being absent)
+    logs the event's id and spool number; the event stays in the spool and arrives later."""
+    port = free_port()
+    publisher = KafkaEventPublisher(f"127.0.0.1:{port}", topic, settings=settings(
+        tmp_path, KAFKA_LIBRDKAFKA_MESSAGE_TIMEOUT_MS="1000"))
+    try:
+        event_id = publisher.publish_order_event("alice", "SBIN", "BUY", "1", "live").event_id
+        wait_for(lambda: any(f"delivery of event {event_id} (spool #1) failed" in r.getMessage()
+                             for r in caplog.records), 15, message="the failure to be logged")
+        assert publisher.stats.count("failed", transport="kafka") >= 1
+        assert publisher.health()["spool_depth"] == 1
+        with broker_appears(port, topic, {event_id}):
+            pass
+    finally:
+        publisher.close(1)

@@ -164,6 +164,30 @@ def test_journaled_events_survive_a_crash_before_commit(tmp_path):
     assert not list(tmp_path.glob("s.db.journal.*"))  # everything committed, journal released
 
 
+def test_records_written_into_prepared_segments_survive_crashes(tmp_path, monkeypatch):
+    """Commits have the next journal segment ready; records written into it after a rotation
+    survive a crash, and so does a spare segment prepared at start-up, when the earlier run's
+    segments are deleted."""
+    from openalgo_events import _journal
+
+    monkeypatch.setattr(_journal, "SEGMENT_BYTES", 4096)  # a few records per segment
+    path = str(tmp_path / "s.db")
+    spool = Spool(path)
+    for run in range(2):
+        for i in range(30):
+            spool.append(event(size=200), "t", Priority.CRITICAL)
+            if i in (9, 19):
+                spool.ingest()  # commits prepare the next segment
+        journal = spool._journal
+        assert journal.current != journal.segments()[0]  # the last ten span a rotation
+        spool._lock_file.close()  # kill -9: the last ten records were never committed
+        spool = Spool(path)
+        assert spool.status().depth == 30 * (run + 1)
+    assert [r.seq for r in spool.pending(limit=100)] == list(range(1, 61))
+    spool.close()
+    assert not list(tmp_path.glob("s.db.journal.*"))
+
+
 def test_memory_spool_keeps_no_trail():
     """Without a file there is no trail: delivered events leave memory at once."""
     spool = Spool(":memory:")

@@ -16,10 +16,11 @@ publish order (their first appearances).
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from itertools import repeat
 from typing import Any, TypeVar, cast
 
@@ -42,6 +43,7 @@ MAX_WAITING = 1000  # events parked for their predecessor's thread; past that th
 CALLER_POLL_AT = 1000  # events in flight from which callers serve delivery reports,
 POLL_EVERY = 32  # every this many events
 IDLE_WAIT = 0.05  # seconds the idle relay sleeps; it also wakes on a backlog
+FLUSH_TURN = 0.005  # seconds of each relay turn spent in librdkafka's flush while one is asked
 # Seconds between SQLite commits while events stream in. The journal already makes each event
 # durable, so committing rows and delivery marks in batches costs no safety, only a fixed
 # ~0.15 ms per commit paid less often (a crash may resend the last batch's events: duplicates).
@@ -54,6 +56,36 @@ COMMIT_AT = 3000
 def _drain(queue: deque[T]) -> list[T]:
     """What ``queue`` holds now, oldest first; items appended meanwhile stay for next time."""
     return [queue.popleft() for _ in range(len(queue))]
+
+
+def _report_type(transport: KafkaTransport, generation: int) -> type[int]:
+    """The delivery callback type for one producer's events.
+
+    Each event's callback is its spool sequence number, an instance of this ``int`` subclass:
+    with thousands of events in flight, closures would be objects for the garbage collector to
+    track and scan; these are not.
+    """
+    delivered, failed = transport._delivered.append, transport._failed.append
+
+    class DeliveryReport(int):
+        __slots__ = ()
+
+        def __call__(self, err: Any, msg: Any) -> None:
+            if err is None:
+                delivered(self)
+            elif generation == transport._generation:  # else purged from a replaced producer
+                failed((self, err, msg))
+
+    return DeliveryReport
+
+
+def _event_id(msg: Any) -> str:
+    """The event id of a message whose delivery failed, read from its value (a delivery report
+    carries no headers)."""
+    try:
+        return str(json.loads(msg.value())["event_id"])
+    except (TypeError, ValueError, KeyError):
+        return "?"
 
 
 class _QuietLog:
@@ -97,6 +129,7 @@ class KafkaTransport:
         self._wake = new_event()
         self._stopping = False
         self._stop_deadline = 0.0
+        self._flushes = 0  # flush calls waiting: the relay then sends without lingering
         self._thread: Any = None
         # Relay state: the producer, cursor and in-flight map change under the produce lock.
         self._producer: Any = None
@@ -115,8 +148,9 @@ class KafkaTransport:
         # time, so a report arriving while the relay drains is never dropped.
         self._delivered: deque[int] = deque()
         self._to_mark: list[int] = []  # delivered, to be marked in SQLite at the next commit
-        self._failed: deque[tuple[int, Any, str]] = deque()
+        self._failed: deque[tuple[int, Any, Any]] = deque()  # seq, error, message
         self._rebuild_reason: str | None = None
+        self._report = _report_type(self, 0)
         self._backoff = 0.5
         self._last_progress = self._last_purge = self._last_probe = time.monotonic()
         self._last_commit = 0.0
@@ -167,8 +201,14 @@ class KafkaTransport:
         return spec.priority if spec else Priority.HIGH
 
     def flush(self, timeout: float = 5.0) -> int:
+        with self._produce_lock:
+            self._flushes += 1
         self._wake.set()
-        wait_until(lambda: self.spool.depth == 0, timeout)
+        try:
+            wait_until(lambda: self.spool.depth == 0, timeout, step=0.001)
+        finally:
+            with self._produce_lock:
+                self._flushes -= 1
         return self.spool.depth
 
     def close(self, timeout: float = 5.0) -> int:
@@ -234,7 +274,12 @@ class KafkaTransport:
             self._rebuild()
         self._wake.clear()
         sent = self._send_pending()
-        self._producer.poll(0)
+        flushing = bool(self._in_flight) and bool(self._flushes or self._stopping)
+        if flushing:
+            # librdkafka sends at once, ignoring linger.ms, while a flush call is running
+            self._producer.flush(FLUSH_TURN)
+        else:
+            self._producer.poll(0)
         self._settle()
         now = time.monotonic()
         if self._in_flight and now - self._last_progress > self._stall_timeout:
@@ -246,7 +291,7 @@ class KafkaTransport:
         if not self._in_flight and self.broker_up is False and now - self._last_probe > PROBE_EVERY:
             self._last_probe = now
             self._warm()
-        if not sent:
+        if not (sent or flushing):
             self._wake.wait(0.005 if self._in_flight else IDLE_WAIT)
 
     def _send_pending(self) -> int:
@@ -282,12 +327,12 @@ class KafkaTransport:
             return sent
 
     def _produce(self, seq: int, topic: str, key: bytes, value: bytes,
-                 headers: list[tuple[str, bytes]], event_id: str, created: float) -> bool:
+                 headers: list[tuple[str, bytes]], _event_id: str, created: float) -> bool:
         """Hand one event (a SpooledEvent's fields) to librdkafka, under the produce lock; False
         when it must wait."""
         try:
             self._producer.produce(topic, value, key, headers=headers,
-                                   on_delivery=self._callback(seq, self._generation, event_id))
+                                   on_delivery=self._report(seq))
         except BufferError:
             return False  # librdkafka's queue is full: the relay catches up from the cursor
         except Exception as exc:  # a librdkafka refusal (e.g. config): rebuild and retry
@@ -298,14 +343,6 @@ class KafkaTransport:
         self._cursor = seq
         self._in_flight[seq] = created
         return True
-
-    def _callback(self, seq: int, gen: int, event_id: str) -> Callable[[Any, Any], None]:
-        def on_delivery(err: Any, _msg: Any) -> None:
-            if err is None:
-                self._delivered.append(seq)
-            elif gen == self._generation:
-                self._failed.append((seq, err, event_id))
-        return on_delivery
 
     def _settle(self, commit: bool = False) -> None:
         """Record delivery reports collected by the last poll; commit them with the records
@@ -328,10 +365,10 @@ class KafkaTransport:
             self._commit()
         if self._failed:
             failed = _drain(self._failed)
-            for seq, err, event_id in failed:
+            for seq, err, msg in failed:
                 self.stats.incr("failed", transport=self.name)
                 log.error("delivery of event %s (spool #%d) failed: %s; it stays in the spool "
-                          "and is resent", event_id, seq, err)
+                          "and is resent", _event_id(msg), seq, err)
             self.last_error = str(failed[-1][1])
             self._rebuild_reason = f"delivery failed: {failed[-1][1]}"
 
@@ -377,6 +414,7 @@ class KafkaTransport:
         with self._produce_lock:
             self._paused = True
             self._generation += 1  # reports of the old producer's purged messages: not failures
+            self._report = _report_type(self, self._generation)
             old = self._producer
             old.purge(in_queue=True, in_flight=True, blocking=False)
         old.poll(0)
