@@ -48,9 +48,10 @@ FLUSH_TURN = 0.005  # seconds of each relay turn spent in librdkafka's flush whi
 # durable, so committing rows and delivery marks in batches costs no safety, only a fixed
 # ~0.15 ms per commit paid less often (a crash may resend the last batch's events: duplicates).
 COMMIT_EVERY = 0.1
-# Queued records or delivery marks that make a commit due sooner. Not smaller: a record whose
-# delivery report came before its commit is written once, delivered, instead of twice.
-COMMIT_AT = 3000
+# Queued records or delivery marks that make a commit due sooner. Larger batches write more
+# records once (delivered already) instead of twice, but a commit of thousands of rows holds the
+# relay for tens of milliseconds, and at max rate 1,000 measured faster than 3,000 (bench/README).
+COMMIT_AT = 1000
 
 
 def _drain(queue: deque[T]) -> list[T]:
@@ -166,12 +167,12 @@ class KafkaTransport:
 
     # -- caller side ----------------------------------------------------------------------
     def publish(self, envelope: Envelope) -> None:
-        seq = self.spool.append(envelope, self.topic, self._priority(envelope.event_type))
+        event_type = envelope.event_type
+        seq = self.spool.append(envelope, self.topic, self._priority(event_type))
         if seq is None:
             return  # shed by the overflow policy (counted and logged by the spool)
-        self.stats.add(Stats.event_key("published", envelope.event_type, self.name))
-        event = (seq, self.topic, envelope.key, envelope.value, envelope.headers(),
-                 envelope.event_id, time.time())  # the fields of a SpooledEvent
+        self.stats.add(Stats.event_key("published", event_type, self.name))
+        key, value, headers, created = envelope.key, envelope.value, envelope.headers(), time.time()
         with self._produce_lock:
             # Produced here, in spool order: librdkafka's produce never waits on the network.
             # An event whose predecessor another thread is still publishing waits for that
@@ -179,7 +180,8 @@ class KafkaTransport:
             if self._paused:
                 handed_over = False
             elif seq == self._cursor + 1:
-                handed_over = self._produce(*event)
+                handed_over = self._produce(seq, self.topic, key, value, headers,
+                                            envelope.event_id, created)
                 while handed_over and self._cursor + 1 in self._waiting:
                     handed_over = self._produce(*self._waiting.pop(self._cursor + 1))
                 if handed_over and not seq % POLL_EVERY and (
@@ -190,8 +192,9 @@ class KafkaTransport:
                     self._producer.poll(0)
             else:
                 handed_over = len(self._waiting) < MAX_WAITING
-                if handed_over:
-                    self._waiting[seq] = event
+                if handed_over:  # the fields of a SpooledEvent
+                    self._waiting[seq] = (seq, self.topic, key, value, headers,
+                                          envelope.event_id, created)
         if not handed_over:
             self._behind = True
             self._wake.set()
