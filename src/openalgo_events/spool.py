@@ -373,8 +373,8 @@ class Spool:
         return int(self._next_seq) - 1
 
     def close(self) -> None:
-        self.ingest()
         with self._db_lock:
+            self._ingest("[]", None)  # not ingest(): no next segment is prepared, all go below
             self._db.close()
         if self._journal is not None:
             self._journal.close()

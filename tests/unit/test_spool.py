@@ -178,6 +178,8 @@ def test_records_written_into_prepared_segments_survive_crashes(tmp_path, monkey
             spool.append(event(size=200), "t", Priority.CRITICAL)
             if i in (9, 19):
                 spool.ingest()  # commits prepare the next segment
+                journal = spool._journal
+                assert journal.segments()[-1] == f"{journal.prefix}{journal._number + 1}"
         journal = spool._journal
         assert journal.current != journal.segments()[0]  # the last ten span a rotation
         spool._lock_file.close()  # kill -9: the last ten records were never committed

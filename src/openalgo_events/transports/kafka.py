@@ -142,7 +142,7 @@ class KafkaTransport:
         # full queue): the relay then reads them from the spool, until it has caught up.
         self._behind = True
         self._cursor_seen = -1  # the cursor at the relay's last turn
-        # seq -> an event (SpooledEvent's fields) whose predecessor is on its way
+        # seq -> an event (``_produce``'s arguments) whose predecessor is on its way
         self._waiting: dict[int, tuple[Any, ...]] = {}
         self._in_flight: dict[int, float] = {}
         # Reports collected by poll, on any thread: deques, appended and drained one item at a
@@ -180,8 +180,7 @@ class KafkaTransport:
             if self._paused:
                 handed_over = False
             elif seq == self._cursor + 1:
-                handed_over = self._produce(seq, self.topic, key, value, headers,
-                                            envelope.event_id, created)
+                handed_over = self._produce(seq, self.topic, key, value, headers, created)
                 while handed_over and self._cursor + 1 in self._waiting:
                     handed_over = self._produce(*self._waiting.pop(self._cursor + 1))
                 if handed_over and not seq % POLL_EVERY and (
@@ -192,9 +191,8 @@ class KafkaTransport:
                     self._producer.poll(0)
             else:
                 handed_over = len(self._waiting) < MAX_WAITING
-                if handed_over:  # the fields of a SpooledEvent
-                    self._waiting[seq] = (seq, self.topic, key, value, headers,
-                                          envelope.event_id, created)
+                if handed_over:
+                    self._waiting[seq] = (seq, self.topic, key, value, headers, created)
         if not handed_over:
             self._behind = True
             self._wake.set()
@@ -315,8 +313,8 @@ class KafkaTransport:
                 return 0
             sent = 0
             backlog = self.spool.pending(self._cursor, BATCH)
-            for event in backlog:
-                if not self._produce(*event):
+            for e in backlog:
+                if not self._produce(e.seq, e.topic, e.key, e.value, e.headers, e.created):
                     return sent
                 sent += 1
             if len(backlog) < BATCH:  # everything committed is now delivered or in flight
@@ -330,9 +328,8 @@ class KafkaTransport:
             return sent
 
     def _produce(self, seq: int, topic: str, key: bytes, value: bytes,
-                 headers: list[tuple[str, bytes]], _event_id: str, created: float) -> bool:
-        """Hand one event (a SpooledEvent's fields) to librdkafka, under the produce lock; False
-        when it must wait."""
+                 headers: list[tuple[str, bytes]], created: float) -> bool:
+        """Hand one event to librdkafka, under the produce lock; False when it must wait."""
         try:
             self._producer.produce(topic, value, key, headers=headers,
                                    on_delivery=self._report(seq))
