@@ -8,6 +8,7 @@ import eventlet
 
 eventlet.monkey_patch()
 
+import os  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -38,7 +39,7 @@ def main(bootstrap: str, topic: str, state: str, port: str) -> None:
     def on_term(*_: object) -> None:
         consumer.stop()
         print(f"worst_tick={worst[0]:.4f}", flush=True)
-        sys.exit(0)
+        os._exit(0)  # SystemExit raised in a signal handler can be swallowed by eventlet's hub
 
     signal.signal(signal.SIGTERM, on_term)
     eventlet.spawn(ticker)

@@ -86,7 +86,12 @@ def test_acknowledgement_reaches_the_browser_from_an_eventlet_app(kafka_bootstra
         client.disconnect()
     finally:
         server.send_signal(signal.SIGTERM)
-        out, _ = server.communicate(timeout=20)
+        try:
+            out, _ = server.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()  # no stray app left for the next test
+            server.communicate()
+            raise
     assert received[0]["orderid"] == "ORD1" and received[0]["status"] == "acknowledged"
     worst = float(out.split("worst_tick=")[1])
     assert worst < 0.25, f"the eventlet hub stalled for {worst:.3f}s"
