@@ -154,7 +154,7 @@ class EventPublisher:
     def close(self, timeout: float = 5.0) -> int:
         """Flush and release; return how many events were left undelivered (and where)."""
         left = self.transport.close(timeout)
-        log.info("event publisher closed; %d events undelivered", left)
+        log.info("event publisher closed; %s events undelivered", left)
         return left
 
     def health(self) -> dict[str, Any]:
@@ -213,7 +213,7 @@ def build_publisher(settings: Settings, socketio: Any = None) -> EventPublisher:
                               kafka_factory=factory)
     for warning in settings.warnings:
         log.warning("%s", warning)
-    log.info("order events: mode %s, rollout %d%%%s", settings.mode.value,
+    log.info("order events: mode %s, rollout %s%%%s", settings.mode.value,
              settings.rollout_percent,
              f", topic {settings.order_events_topic}" if settings.mode.uses_kafka else "")
     return EventPublisher(router, source=settings.source,

@@ -148,7 +148,7 @@ class Spool:
         self._next_seq = last + 1
         self.committed_seq = last  # every seq up to here is in SQLite
         if self._depth:
-            log.warning("spool %s holds %d undelivered events from an earlier run; sending them",
+            log.warning("spool %s holds %s undelivered events from an earlier run; sending them",
                         path, self._depth)
 
     def _recover(self) -> None:
@@ -158,7 +158,7 @@ class Spool:
                            for meta, value in self._journal.recover())
         recovered = self.ingest()
         if recovered:
-            log.warning("recovered %d journaled events into spool %s", recovered, self.path)
+            log.warning("recovered %s journaled events into spool %s", recovered, self.path)
         Journal.remove(self._journal.earlier())  # their records are committed now
 
     # -- the publish path ------------------------------------------------------------------
@@ -179,7 +179,7 @@ class Spool:
                 if priority < Priority.HIGH:
                     self._shed += 1
                     self.stats.incr("shed", event_type=event_type)
-                    log.warning("spool over its limit of %d bytes: shed %s event %s (priority %s)",
+                    log.warning("spool over its limit of %s bytes: shed %s event %s (priority %s)",
                                 self.max_bytes, event_type, event_id, priority.name)
                     return None
                 self._log_over_limit()
@@ -204,7 +204,7 @@ class Spool:
         now = time.monotonic()
         if now - self._last_over_limit_log > 60:
             self._last_over_limit_log = now
-            log.error("spool %s is over its limit (%d pending bytes > %d): HIGH and CRITICAL "
+            log.error("spool %s is over its limit (%s pending bytes > %s): HIGH and CRITICAL "
                       "events are still kept; LOW and MEDIUM ones are shed until Kafka catches up",
                       self.path, self._pending_bytes, self.max_bytes)
 

@@ -98,7 +98,7 @@ class KafkaTap:
                                                            max(low, high - BACKLOG)))
                 consumer.assign(partitions)
                 self.ready.set()
-                log.info("demo Kafka tap reading %s (%d partitions)", self.topic, len(partitions))
+                log.info("demo Kafka tap reading %s (%s partitions)", self.topic, len(partitions))
                 return True
             real_sleep(0.5)
         return False

@@ -218,7 +218,7 @@ class EsbConsumer:
                 done = self._process(msg)
             except Exception as exc:  # our own failure (e.g. the state file): read it again
                 self._broker_error(f"processing offset {msg.offset()} failed: {exc}")
-                log.exception("inbound message at %s[%d]@%d not processed; it is read again",
+                log.exception("inbound message at %s[%s]@%s not processed; it is read again",
                               msg.topic(), msg.partition(), msg.offset())
                 self._rewind(consumer, batch[index:])
                 self._stop.wait(1.0)
@@ -281,7 +281,7 @@ class EsbConsumer:
                 return exc
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"
-                log.warning("handler of %s event %s failed (attempt %d of %d): %s",
+                log.warning("handler of %s event %s failed (attempt %s of %s): %s",
                             envelope.event_type, envelope.event_id, attempt, attempts, error)
             if attempt < attempts:
                 if self._stop.wait(delay):
@@ -315,14 +315,14 @@ class EsbConsumer:
                 value = None  # keep the headers and key; the broker refuses the value itself
                 continue
             self._broker_error(f"dead-letter topic {self.dlq_topic} refused a message: {error}")
-            log.error("could not dead-letter %s[%d]@%d (%s); retrying", msg.topic(),
+            log.error("could not dead-letter %s[%s]@%s (%s); retrying", msg.topic(),
                       msg.partition(), msg.offset(), error)
             if self._stop.wait(delay):
                 return False
             delay = min(delay * 2, 30.0)
         self.dead_lettered += 1
         self.stats.incr("inbound_dead_lettered", reason=reason)
-        log.warning("dead-lettered %s[%d]@%d to %s: %s: %s", msg.topic(), msg.partition(),
+        log.warning("dead-lettered %s[%s]@%s to %s: %s: %s", msg.topic(), msg.partition(),
                     msg.offset(), self.dlq_topic, reason, detail[:200])
         return True
 
@@ -427,7 +427,7 @@ class EsbConsumer:
             if self._store is not None:
                 self._store.close()
                 self._store = None
-            log.info("inbound consumer stopped: %d handled, %d dead-lettered, %d duplicates "
+            log.info("inbound consumer stopped: %s handled, %s dead-lettered, %s duplicates "
                      "skipped", self.handled, self.dead_lettered, self.duplicates_skipped)
         finally:
             self._loop_ident = None

@@ -162,7 +162,7 @@ def replay_request(envelope: Envelope, context: HandlerContext) -> None:
     count = spool.replay(user_id=None if target == "*" else target, since=since, until=until,
                          event_types=types)
     context.publisher.flush(0)  # wakes the relay; it sends the copies in the background
-    log.info("replay for %s since %s until %s: %d events queued (request %s)", target,
+    log.info("replay for %s since %s until %s: %s events queued (request %s)", target,
              data.get("since"), data.get("until") or "now", count, envelope.event_id)
 
 

@@ -92,7 +92,7 @@ class KafkaSocketIOBridge:
                         assigned.append(self._ck.TopicPartition(self.topic, p, high))
                     consumer.assign(assigned)
                     self.ready.set()
-                    log.info("bridge reading %s (%d partitions) from the end", self.topic,
+                    log.info("bridge reading %s (%s partitions) from the end", self.topic,
                              len(assigned))
                     return True
             except self._ck.KafkaException as exc:
@@ -110,7 +110,7 @@ class KafkaSocketIOBridge:
             envelope = Envelope.from_json(msg.value())
         except EventValidationError as exc:
             self.invalid += 1
-            log.warning("bridge skipped an unreadable message at %s[%d]@%d: %s",
+            log.warning("bridge skipped an unreadable message at %s[%s]@%s: %s",
                         msg.topic(), msg.partition(), msg.offset(), exc)
             return
         self.received += 1

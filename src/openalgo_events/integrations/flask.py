@@ -102,7 +102,7 @@ class EventsState:
         except ConfigError as exc:
             log.error("reload of %s refused, the route is unchanged: %s", self.env_file, exc)
             return None
-        log.warning("reloaded %s: mode %s, rollout %d%%", self.env_file, route.mode.value,
+        log.warning("reloaded %s: mode %s, rollout %s%%", self.env_file, route.mode.value,
                     route.rollout_percent)
         return route
 

@@ -142,7 +142,7 @@ def install(environ: Mapping[str, str] | None = None) -> Installation | None:
     transport = kafka_transport(settings, stats)
     if settings.rollout_percent < 100:
         if settings.mode is Mode.KAFKA:
-            log.warning("KAFKA_ROLLOUT_PERCENT=%d is not applied in KAFKA mode, where the bridge "
+            log.warning("KAFKA_ROLLOUT_PERCENT=%s is not applied in KAFKA mode, where the bridge "
                         "makes every browser emit; use BOTH for a gradual rollout",
                         settings.rollout_percent)
         else:  # BOTH: OpenAlgo still emits to every browser; only the share goes to Kafka too

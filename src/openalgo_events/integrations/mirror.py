@@ -101,7 +101,7 @@ class EmitMirror:
             return True
         if event not in self._unknown_seen:
             self._unknown_seen.add(event)
-            log.debug("not mirroring %r: not in the catalog and not in the allow list", event)
+            log.debug("not mirroring %s: not in the catalog and not in the allow list", event)
         return False
 
     def _mirror(self, event: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> bool:
@@ -110,7 +110,7 @@ class EmitMirror:
             return False
         payload = args[0] if args else {}
         if not isinstance(payload, Mapping):
-            log.debug("not mirroring %r: its payload is a %s, not an object", event,
+            log.debug("not mirroring %s: its payload is a %s, not an object", event,
                       type(payload).__name__)
             self.skipped += 1
             return False

@@ -224,7 +224,7 @@ class KafkaTransport:
         if left:
             where = "lost (in-memory spool)" if self.spool.path == ":memory:" else (
                 f"kept in {self.spool.path}; they are sent at the next start")
-            log.warning("closing with %d events undelivered: %s", left, where)
+            log.warning("closing with %s events undelivered: %s", left, where)
         self.spool.close()
         self._thread = None
         return left
@@ -367,7 +367,7 @@ class KafkaTransport:
             failed = _drain(self._failed)
             for seq, err, msg in failed:
                 self.stats.incr("failed", transport=self.name)
-                log.error("delivery of event %s (spool #%d) failed: %s; it stays in the spool "
+                log.error("delivery of event %s (spool #%s) failed: %s; it stays in the spool "
                           "and is resent", _event_id(msg), seq, err)
             self.last_error = str(failed[-1][1])
             self._rebuild_reason = f"delivery failed: {failed[-1][1]}"
@@ -408,7 +408,7 @@ class KafkaTransport:
     def _rebuild(self) -> None:
         reason, self._rebuild_reason = self._rebuild_reason, None
         self.rebuilds += 1
-        log.warning("rebuilding the Kafka producer (%s); resending %d pending events",
+        log.warning("rebuilding the Kafka producer (%s); resending %s pending events",
                     reason, self.spool.depth)
         self.stats.incr("producer_rebuilds", transport=self.name)
         with self._produce_lock:
