@@ -8,6 +8,11 @@ are deleted once what they hold is committed. A SQLite row is pending until the 
 delivery report marks it delivered (a record reported before its commit is inserted delivered);
 delivered rows stay as the replayable trail until the retention runs out.
 
+Storage faults (docs/operations.md, "Storage faults"): a journal that cannot be written raises
+``SpoolError`` from ``append`` (nothing was stored); a spool file deleted or replaced under the
+running process is restored at its path from the open database (SQLite's backup API) before
+any journal segment is deleted; the delivered trail is bounded by age and by size.
+
 ``sync="NORMAL"`` survives a process crash but not a power loss (the kernel may not have
 written the journal yet); ``"FULL"`` fsyncs every record and every commit and survives both,
 at the cost of an fsync per event. ``":memory:"`` keeps the same logic without durability.
@@ -15,6 +20,7 @@ at the cost of an fsync per event. ``":memory:"`` keeps the same logic without d
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -25,7 +31,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import IO, NamedTuple
 
-from ._journal import Journal, encode, read_segments, segment_paths
+from ._journal import Journal, _same_file, encode, read_segments, segment_paths
 from ._threads import new_lock
 from .catalog import Priority
 from .envelope import Envelope, compact_json, headers_of, json_bytes
@@ -109,11 +115,13 @@ class Spool:
         max_bytes: int = 512 * 1024 * 1024,
         sync: str = "NORMAL",
         retention_hours: float = 168,
+        trail_max_bytes: int = 1024 * 1024 * 1024,
         stats: Stats | None = None,
     ) -> None:
         self.path = path
         self.max_bytes = max_bytes
         self.retention_seconds = retention_hours * 3600
+        self.trail_max_bytes = trail_max_bytes  # used pages of the file, pending rows included
         self.stats = stats or Stats()
         self._lock = new_lock()  # guards the counters, the queue and the journal
         self._db_lock = new_lock()  # guards the SQLite connection
@@ -123,14 +131,16 @@ class Spool:
         self._journal: Journal | None = None
         self._last_over_limit_log = 0.0
         self._shed = 0
+        self._sync = sync
+        self._files: dict[str, int] = {}  # the database file and its WAL, held open to compare
+        self._faults: set[str] = set()  # storage faults logged and not yet cleared
+        self.restored = 0  # times the spool file was restored after being deleted
         if path != ":memory:":
             self._lock_file = _claim(path)
         try:
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(f"PRAGMA synchronous={'FULL' if sync == 'FULL' else 'NORMAL'}")
-            self._db.executescript(_SCHEMA)
+            self._db = self._connect(path)
             if path != ":memory:":
+                self._hold_files()
                 self._journal = Journal(path, fsync=sync == "FULL")
                 self._recover()
             self._depth, self._pending_bytes, last = self._db.execute(
@@ -151,6 +161,26 @@ class Spool:
             log.warning("spool %s holds %s undelivered events from an earlier run; sending them",
                         path, self._depth)
 
+    def _connect(self, path: str) -> sqlite3.Connection:
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={'FULL' if self._sync == 'FULL' else 'NORMAL'}")
+        db.executescript(_SCHEMA)
+        return db
+
+    def _hold_files(self) -> None:
+        """Open the database file and its WAL read-only, to notice when their paths stop naming
+        them (a temporary-file cleaner deleted them while this process writes into them)."""
+        self._release_files()
+        for name in (self.path, self.path + "-wal"):
+            with contextlib.suppress(FileNotFoundError):
+                self._files[name] = os.open(name, os.O_RDONLY)
+
+    def _release_files(self) -> None:
+        for fd in self._files.values():
+            os.close(fd)
+        self._files.clear()
+
     def _recover(self) -> None:
         """Move what an earlier run journaled but did not commit into SQLite."""
         assert self._journal is not None
@@ -159,7 +189,7 @@ class Spool:
         recovered = self.ingest()
         if recovered:
             log.warning("recovered %s journaled events into spool %s", recovered, self.path)
-        Journal.remove(self._journal.earlier())  # their records are committed now
+        self._journal.remove(self._journal.earlier())  # their records are committed now
 
     # -- the publish path ------------------------------------------------------------------
     def append(self, envelope: Envelope, topic: str, priority: Priority) -> int | None:
@@ -168,7 +198,11 @@ class Spool:
         seq = self._append(envelope.value, envelope.key, (), topic, priority,
                            envelope.event_id, envelope.event_type, envelope.user_id)
         if len(self._fresh) >= INGEST_BATCH:
-            self.ingest()  # a caller outrunning the relay commits its own batch: memory stays flat
+            # A caller outrunning the relay commits its own batch: memory stays flat. The event
+            # is journaled (accepted) already: a failed commit is retried by the relay, and
+            # reported there, not raised here as if the event were not stored.
+            with contextlib.suppress(sqlite3.Error, SpoolError):
+                self.ingest()
         return seq
 
     def _append(self, value: bytes, key: bytes, extra_headers: Sequence[tuple[str, bytes]],
@@ -191,6 +225,8 @@ class Spool:
             if self._journal is not None:
                 try:
                     self._journal.write(encode(row, value))
+                except SpoolError:
+                    raise  # names the segment and the fix already
                 except (OSError, ValueError) as exc:
                     raise SpoolError(f"spool journal {self._journal.current} cannot be written "
                                      f"({exc}); free space or fix permissions") from exc
@@ -221,10 +257,73 @@ class Spool:
         return count
 
     def _tidy_journal(self, released: list[str]) -> None:
-        """After a commit: delete the segments it emptied, and have the next one ready."""
-        if self._journal is not None:
-            Journal.remove(released)  # every record of these segments is committed now
+        """After a commit: delete the segments it emptied, and have the next one ready.
+
+        Before deleting any, make sure the records are where a restart looks for them: journal
+        segments deleted under us are journaled again, and a spool file deleted under us is
+        restored at its path (else the segments are kept).
+        """
+        if self._journal is None:
+            return
+        try:
+            with self._lock:
+                self._journal.check()
+        except SpoolError as exc:
+            self._fault("rejournal", "%s", exc)
+        if not self._database_in_place():
+            with self._lock:
+                self._journal.give_back(released)
+            return
+        self._journal.remove(released)  # every record of these segments is committed now
+        # A next segment that cannot be made is the writer's error when it needs it (raised to
+        # the caller, who learns the event was not stored).
+        with contextlib.suppress(SpoolError):
             self._journal.prepare()
+
+    def _fault(self, kind: str, message: str, *args: object) -> None:
+        """Log a storage fault at ERROR once, until ``_cleared(kind)``."""
+        if kind not in self._faults:
+            self._faults.add(kind)
+            log.error(message, *args)
+
+    def _database_in_place(self) -> bool:
+        """Whether the spool file (and its WAL) at ``path`` is the one this process writes; if
+        it was deleted or replaced, restore it there from the open database, with SQLite's
+        backup API. False while that fails (then no journal segment may be deleted)."""
+        if all(_same_file(name, fd) for name, fd in self._files.items()):
+            self._faults.discard("restore")
+            return True
+        restore = self.path + ".restore"
+        with self._db_lock:
+            log.error("spool file %s was deleted or replaced while in use (a temporary-file "
+                      "cleaner?); restoring it from the open database. Keep %s out of any "
+                      "cleaner's reach", self.path, os.path.dirname(os.path.abspath(self.path)))
+            closed = False
+            try:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(restore)
+                target = sqlite3.connect(restore)
+                try:
+                    self._db.backup(target)
+                finally:
+                    target.close()
+                # The old database is checkpointed and its WAL removed before the copy takes its
+                # path: the copy must never open the old database's WAL.
+                self._db.close()
+                closed = True
+                os.replace(restore, self.path)
+                self._db = self._connect(self.path)
+                self._hold_files()
+            except (sqlite3.Error, OSError) as exc:
+                self._fault("restore", "spool file %s could not be restored (%s); journal "
+                            "segments are kept until it is", self.path, exc)
+                if closed:  # carry on with the copy, wherever it is
+                    self._db = self._connect(restore if os.path.exists(restore) else self.path)
+                return False
+        self.restored += 1
+        log.error("spool file %s restored (%s events pending); nothing was lost", self.path,
+                  self._depth)
+        return True
 
     def _ingest(self, delivered: str, now: float | None) -> tuple[int, list[str]]:
         """Insert the queued records (under the database lock); those whose seq is in the JSON
@@ -302,7 +401,9 @@ class Spool:
         return Counter({event_type: count for event_type, count, _, _ in rows})
 
     def purge_expired(self, now: float | None = None) -> int:
-        """Delete delivered rows older than the retention, in small batches."""
+        """Delete delivered rows older than the retention, then the oldest delivered rows while
+        the file's used pages exceed ``trail_max_bytes``; in small batches, never a pending row.
+        Returns how many rows were deleted."""
         cutoff = (now or time.time()) - self.retention_seconds
         removed = 0
         while True:
@@ -313,7 +414,23 @@ class Spool:
                 ).rowcount
             removed += count
             if count < 2000:
-                return removed
+                break
+        while self.path != ":memory:" and self.used_bytes() > self.trail_max_bytes:
+            with self._db_lock:
+                count = self._db.execute(
+                    "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE delivered IS "
+                    "NOT NULL ORDER BY seq LIMIT 500)").rowcount
+            removed += count
+            if not count:
+                break  # only pending rows are left: they are never pruned
+        return removed
+
+    def used_bytes(self) -> int:
+        """Bytes of the spool file in use (its size less free pages): rows and indexes."""
+        with self._db_lock:
+            pages, free, size = (self._db.execute(f"PRAGMA {name}").fetchone()[0]
+                                 for name in ("page_count", "freelist_count", "page_size"))
+        return int((pages - free) * size)
 
     # -- the trail ------------------------------------------------------------------------------
     def replay(self, *, user_id: str | None = None, since: float | None = None,
@@ -378,10 +495,11 @@ class Spool:
             self._db.close()
         if self._journal is not None:
             self._journal.close()
-            Journal.remove(self._journal.segments())  # all committed by the ingest above
+            self._journal.remove(self._journal.segments())  # all committed by the ingest above
         self._release()
 
     def _release(self) -> None:
+        self._release_files()
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None
