@@ -12,6 +12,7 @@ from .config import Mode, Settings, validate_all_configs, validate_order_event_c
 from .envelope import Envelope
 from .errors import (
     ConfigError,
+    EventNotStoredError,
     EventValidationError,
     MissingDependencyError,
     OpenAlgoEventsError,
@@ -32,6 +33,7 @@ __all__ = [
     "CATALOG",
     "ConfigError",
     "Envelope",
+    "EventNotStoredError",
     "EventPublisher",
     "EventPublisherFactory",
     "EventSpec",

@@ -45,6 +45,20 @@ class SpoolError(OpenAlgoEventsError):
     """The local spool cannot be opened or written; the message names the path and the fix."""
 
 
+class EventNotStoredError(SpoolError):
+    """``publish`` could not store the event (disk full, spool directory not writable): it was
+    not accepted and will never be sent. Raised by ``EventPublisher.publish`` and ``send``; the
+    caller may retry it once the storage problem is fixed. ``event_id`` and ``event_type`` name
+    the event; ``__cause__`` is the underlying ``SpoolError``.
+    """
+
+    def __init__(self, event_type: str, event_id: str, cause: BaseException) -> None:
+        self.event_type = event_type
+        self.event_id = event_id
+        super().__init__(f"{event_type} event {event_id} was not stored, so it will not be "
+                         f"sent: {cause}")
+
+
 def require(module: str, extra: str) -> object:
     """Import an optional dependency, or fail with the install command that brings it."""
     import importlib

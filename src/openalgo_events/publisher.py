@@ -1,9 +1,11 @@
 """The publish API: one ``publish`` underneath, the design's typed methods as thin wrappers.
 
 ``publish`` validates the event against the catalog, builds the envelope and hands it to the
-transport. Bad input raises ``EventValidationError`` at the call, before anything is sent; a
-transport failure is logged with the event id and counted, and never raised into the order
-path.
+transport. Bad input raises ``EventValidationError`` at the call, before anything is sent. An
+event the spool could not store (disk full, directory not writable) raises
+``EventNotStoredError``: it must never look accepted. That state is logged once when it starts
+and once when it ends, counted, and turns health red meanwhile. Any other transport failure
+(an emit to Socket.IO) is logged with the event id and counted, not raised.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from ._threads import new_lock
 from .catalog import CATALOG, Catalog
 from .config import Mode, Settings
 from .envelope import Envelope, to_json_value
-from .errors import ConfigError, EventValidationError
+from .errors import ConfigError, EventNotStoredError, EventValidationError, SpoolError
 from .spool import Spool
 from .stats import Stats
 from .transports import Transport
@@ -51,6 +53,9 @@ class EventPublisher:
         self.max_message_bytes = max_message_bytes
         self.catalog = catalog
         self.stats = stats or getattr(transport, "stats", None) or Stats()
+        self._not_stored_lock = new_lock()
+        self._not_stored: str | None = None  # the storage error while events cannot be stored
+        self.not_stored = 0  # events refused because they could not be stored
 
     # -- the one entry point ----------------------------------------------------------------
     def publish(self, event_type: str, user_id: str | None,
@@ -58,7 +63,8 @@ class EventPublisher:
         """Validate, build and send one event; returns its envelope.
 
         ``data`` and keyword ``fields`` are merged. Raises ``EventValidationError`` for an
-        unknown type, a missing field, a secret, a non-JSON value or an oversized message.
+        unknown type, a missing field, a secret, a non-JSON value or an oversized message, and
+        ``EventNotStoredError`` when the spool could not store it (nothing was accepted).
         """
         # build() copies what it keeps (to_json_value), so a dict alone needs no merged copy
         merged = {**(data or {}), **fields} if fields else data or {}
@@ -86,21 +92,46 @@ class EventPublisher:
         return envelope
 
     def send(self, envelope: Envelope) -> None:
-        """Hand a built envelope to the transport; failures are logged and counted, not raised.
+        """Hand a built envelope to the transport.
 
-        Each transport counts what it accepts (``published``, by event type and transport).
+        Raises ``EventNotStoredError`` when the spool could not store it (counted as ``failed``
+        and ``not_stored``; logged once per change of state, not per event). Other transport
+        failures are logged and counted, not raised. Each transport counts what it accepts
+        (``published``, by event type and transport).
         """
         started = time.perf_counter()
         try:
             self.transport.publish(envelope)
+        except SpoolError as exc:
+            self._refused(envelope, exc)
+            raise EventNotStoredError(envelope.event_type, envelope.event_id, exc) from exc
         except Exception:
             self.stats.incr("failed", event_type=envelope.event_type, transport="publish")
             log.exception("could not publish %s event %s for user %s", envelope.event_type,
                           envelope.event_id, envelope.user_id)
             return
         self.stats.observe_all(_PUBLISH_LATENCY, (time.perf_counter() - started,))
+        if self._not_stored is not None:
+            self._stored_again()
         log.debug("published %s event %s for user %s", envelope.event_type, envelope.event_id,
                   envelope.user_id)
+
+    def _refused(self, envelope: Envelope, exc: SpoolError) -> None:
+        """Count an event that could not be stored; log when that state begins."""
+        self.stats.incr("failed", event_type=envelope.event_type, transport="publish")
+        self.stats.incr("not_stored", event_type=envelope.event_type)
+        with self._not_stored_lock:
+            self.not_stored += 1
+            began, self._not_stored = self._not_stored is None, str(exc)
+        if began:
+            log.error("events cannot be stored, so they are refused (not sent, never reported "
+                      "accepted) until this is fixed: %s", exc)
+
+    def _stored_again(self) -> None:
+        with self._not_stored_lock:
+            ended, self._not_stored = self._not_stored is not None, None
+        if ended:
+            log.warning("events are stored again; %s were refused meanwhile", self.not_stored)
 
     # -- the design's typed methods ---------------------------------------------------------
     def publish_order_event(self, user_id: str, symbol: str, action: str, orderid: str,
@@ -158,7 +189,13 @@ class EventPublisher:
         return left
 
     def health(self) -> dict[str, Any]:
-        return self.transport.health()
+        """The transport's health; red while events cannot be stored (``storage_error``)."""
+        status = self.transport.health()
+        error = self._not_stored
+        if error is not None:
+            status = {**status, "healthy": False, "storage_error": error,
+                      "events_not_stored": self.not_stored}
+        return status
 
 
 class SocketIOEventPublisher(EventPublisher):

@@ -27,7 +27,7 @@ from typing import Any
 from ..catalog import CATALOG, EventSpec, Priority, register
 from ..config import Settings
 from ..envelope import SECRET_KEYS
-from ..errors import ConfigError, EventValidationError
+from ..errors import ConfigError, EventNotStoredError, EventValidationError
 from ..publisher import EventPublisher
 from .openalgo import EVENT_TYPES, adapter_attached
 
@@ -80,6 +80,8 @@ class EmitMirror:
             published = not covered and self._mirror(event, args, kwargs)
         except EventValidationError as exc:
             log.warning("not mirroring the %s emit: %s", event, exc)
+        except EventNotStoredError:
+            pass  # counted, and logged once per state, by the publisher; emitted locally below
         except Exception:
             log.exception("could not mirror the %s emit", event)
         if self.local or addressed or not (covered or published):

@@ -23,6 +23,7 @@ from .._threads import new_lock
 from ..catalog import EventSpec, Field, Priority, register
 from ..config import Settings
 from ..envelope import SECRET_KEYS, Envelope
+from ..errors import EventNotStoredError
 from ..publisher import EventPublisher
 
 log = logging.getLogger("openalgo_events.openalgo")
@@ -274,7 +275,11 @@ class Attachment:
             log.exception("could not convert a %s bus event",
                           getattr(event, "topic", type(event).__name__))
             return
-        self.publisher.send(self._stamp(envelope))
+        try:
+            self.publisher.send(self._stamp(envelope))
+        except EventNotStoredError:  # counted, and logged once per state, by the publisher
+            with self._lock:
+                self.failed += 1
 
     def _stamp(self, envelope: Envelope) -> Envelope:
         """Give the envelope its user's next sequence number, at receipt, with no gap."""

@@ -128,6 +128,7 @@ class KafkaTransport:
         self._config["logger"] = _QuietLog()
         self._stall_timeout = stall_timeout
         self._wake = new_event()
+        self._stop = new_event()  # set by close: cuts a rebuild backoff short
         self._stopping = False
         self._stop_deadline = 0.0
         self._flushes = 0  # flush calls waiting: the relay then sends without lingering
@@ -213,13 +214,23 @@ class KafkaTransport:
         return self.spool.depth
 
     def close(self, timeout: float = 5.0) -> int:
-        """Deliver what can be in ``timeout``; the rest stays in the spool for the next start."""
+        """Deliver what can be in ``timeout``; the rest stays in the spool for the next start.
+
+        The relay thread is stopped before the spool is closed (a rebuild backoff wakes at
+        once); should it still run after ``timeout`` + 5 s, the spool is left open to it (its
+        journal keeps every event) rather than closed under it.
+        """
         if self._thread is None:
             return self.spool.depth
         self._stop_deadline = time.monotonic() + timeout
         self._stopping = True
+        self._stop.set()
         self._wake.set()
-        wait_until(lambda: not self._thread.is_alive(), timeout + 5.0)
+        if not wait_until(lambda: not self._thread.is_alive(), timeout + 5.0):
+            log.warning("the Kafka relay did not stop within %s s; the spool %s is left open "
+                        "to it, and its events are sent at the next start", timeout + 5.0,
+                        self.spool.path)
+            return self.spool.depth
         left = self.spool.depth
         if left:
             where = "lost (in-memory spool)" if self.spool.path == ":memory:" else (
@@ -422,7 +433,7 @@ class KafkaTransport:
         pause = self._backoff
         if self._stopping:
             pause = max(0.0, min(pause, self._stop_deadline - time.monotonic()))
-        real_sleep(pause)
+        self._stop.wait(pause)  # close() wakes it: never a 30 s sleep between close and exit
         self._backoff = min(self._backoff * 2, 30.0)
         producer = self._ck.Producer(self._config)
         with self._produce_lock:
