@@ -415,11 +415,17 @@ class Spool:
             removed += count
             if count < 2000:
                 break
-        while self.path != ":memory:" and self.used_bytes() > self.trail_max_bytes:
+        if self.path == ":memory:" or self.used_bytes() <= self.trail_max_bytes:
+            return removed
+        with self._db_lock:
+            rows = self._db.execute("SELECT count(*) FROM events").fetchone()[0]
+        row_bytes = self.used_bytes() / max(rows, 1)  # to delete about the excess at each step
+        while (excess := self.used_bytes() - self.trail_max_bytes) > 0:
             with self._db_lock:
                 count = self._db.execute(
                     "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE delivered IS "
-                    "NOT NULL ORDER BY seq LIMIT 500)").rowcount
+                    "NOT NULL ORDER BY seq LIMIT ?)", (min(2000, 1 + int(excess / row_bytes)),)
+                ).rowcount
             removed += count
             if not count:
                 break  # only pending rows are left: they are never pruned
