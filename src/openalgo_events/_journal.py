@@ -215,14 +215,23 @@ class Journal:
         """Segments taken for a commit that failed: kept until the next one."""
         self._retired[:0] = retired
 
-    def remove(self, paths: list[str]) -> None:
-        """Delete segments whose records are all committed (one already gone is fine)."""
+    def remove(self, paths: list[str]) -> list[str]:
+        """Delete segments whose records are all committed (one already gone is fine); returns
+        those that could not be deleted (a read-only directory): give them back, to try again.
+        One left behind is harmless: recovery stores each record once."""
+        kept = []
         for path in paths:
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                kept.append(path)
+                continue
             fd = self._fds.pop(path, None)
             if fd is not None:
                 os.close(fd)
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(path)
+        return kept
 
     def check(self) -> list[str]:
         """Find live segments whose file was deleted or replaced under us, and journal their

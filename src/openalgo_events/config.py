@@ -81,6 +81,7 @@ VARIABLES: tuple[Var, ...] = (
     Var("KAFKA_SPOOL_MAX_BYTES", "spool_max_bytes", "536870912", "pending bytes above which LOW and MEDIUM events are shed"),
     Var("KAFKA_SPOOL_SYNC", "spool_sync", "NORMAL", "NORMAL (survives a crash) or FULL (survives power loss, slower)"),
     Var("KAFKA_TRAIL_RETENTION_HOURS", "trail_retention_hours", "168", "how long delivered events stay replayable"),
+    Var("KAFKA_TRAIL_MAX_BYTES", "trail_max_bytes", "1073741824", "spool file size past which the oldest delivered events are pruned (never pending ones)"),
     Var("KAFKA_STALL_TIMEOUT_SECONDS", "stall_timeout_seconds", "10", "no delivery progress for this long rebuilds the producer"),
     Var("KAFKA_CLOSE_TIMEOUT_SECONDS", "close_timeout_seconds", "5", "how long shutdown waits for delivery"),
     Var("KAFKA_ROLLOUT_PERCENT", "rollout_percent", "100", "share of users (by hash of user id) whose events go to Kafka"),
@@ -95,7 +96,8 @@ VARIABLES: tuple[Var, ...] = (
 _BY_NAME = {v.name: v for v in VARIABLES}
 _INT_VARS = {
     "ORDER_EVENT_MAX_MESSAGE_BYTES": 1, "KAFKA_PRODUCER_BATCH_SIZE": 1, "KAFKA_PRODUCER_LINGER_MS": 0,
-    "KAFKA_SPOOL_MAX_BYTES": 1, "KAFKA_TRAIL_RETENTION_HOURS": 0, "KAFKA_STALL_TIMEOUT_SECONDS": 1,
+    "KAFKA_SPOOL_MAX_BYTES": 1, "KAFKA_TRAIL_RETENTION_HOURS": 0,
+    "KAFKA_TRAIL_MAX_BYTES": 1_048_576, "KAFKA_STALL_TIMEOUT_SECONDS": 1,
     "KAFKA_CLOSE_TIMEOUT_SECONDS": 0, "KAFKA_ROLLOUT_PERCENT": 0, "KAFKA_CONSUMER_MAX_ATTEMPTS": 1,
     "KAFKA_CONSUMER_RETRY_BACKOFF_MS": 0, "KAFKA_CONSUMER_MAX_AGE_SECONDS": 0,
     "KAFKA_CONSUMER_UNHEALTHY_AFTER": 1,
@@ -143,6 +145,7 @@ class Settings:
     spool_max_bytes: int = 536_870_912
     spool_sync: str = "NORMAL"
     trail_retention_hours: int = 168
+    trail_max_bytes: int = 1_073_741_824
     stall_timeout_seconds: int = 10
     close_timeout_seconds: int = 5
     rollout_percent: int = 100

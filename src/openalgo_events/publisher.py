@@ -235,6 +235,7 @@ def kafka_transport(settings: Settings, stats: Stats | None = None) -> Transport
     stats = stats or Stats()
     spool = Spool(settings.spool_path, max_bytes=settings.spool_max_bytes,
                   sync=settings.spool_sync, retention_hours=settings.trail_retention_hours,
+                  trail_max_bytes=settings.trail_max_bytes,
                   stats=stats)
     return KafkaTransport(settings.producer_config(), settings.order_events_topic, spool=spool,
                           stall_timeout=settings.stall_timeout_seconds, stats=stats)

@@ -274,7 +274,10 @@ class Spool:
             with self._lock:
                 self._journal.give_back(released)
             return
-        self._journal.remove(released)  # every record of these segments is committed now
+        kept = self._journal.remove(released)  # every record of these is committed now
+        if kept:
+            with self._lock:
+                self._journal.give_back(kept)
         # A next segment that cannot be made is the writer's error when it needs it (raised to
         # the caller, who learns the event was not stored).
         with contextlib.suppress(SpoolError):

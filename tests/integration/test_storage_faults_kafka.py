@@ -1,0 +1,112 @@
+"""Storage faults on the Kafka path: an event that was not stored never looks accepted, and
+close() during a rebuild backoff neither waits for it nor fails on a closed spool."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import time
+from pathlib import Path
+
+from openalgo_events import EventNotStoredError, EventPublisher, _journal
+from openalgo_events.devbroker import free_port
+from openalgo_events.spool import Spool
+from openalgo_events.transports.kafka import KafkaTransport
+from tests.support import create_topic, envelope_of, read_topic, wait_for
+
+ROOT = os.geteuid() == 0
+
+
+def make_read_only(directory: Path) -> None:
+    """No file can be created or deleted in ``directory`` (root ignores the mode bits, not the
+    immutable attribute)."""
+    directory.chmod(0o555)
+    if ROOT:
+        subprocess.run(["chattr", "+i", str(directory)], check=True)
+
+
+def make_writable(directory: Path) -> None:
+    if ROOT:
+        subprocess.run(["chattr", "-i", str(directory)], check=True)
+    directory.chmod(0o755)
+
+
+def test_events_not_stored_raise_and_health_turns_red(kafka_bootstrap, topic, tmp_path,
+                                                      monkeypatch, caplog):
+    """With the spool directory made read-only mid-run, every event the journal cannot store
+    raises EventNotStoredError (logged once, counted, health red); every accepted event reaches
+    Kafka, no refused one does, and publishing recovers once the directory is writable."""
+    monkeypatch.setattr(_journal, "SEGMENT_BYTES", 65536)  # a new segment every ~100 events
+    create_topic(kafka_bootstrap, topic)
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    transport = KafkaTransport({"bootstrap.servers": kafka_bootstrap}, topic,
+                               spool=Spool(str(spool_dir / "s.db")))
+    publisher = EventPublisher(transport)
+    accepted: list[str] = []
+    refused: list[str] = []
+
+    def publish(count: int) -> None:
+        for i in range(count):
+            try:
+                env = publisher.publish_order_event("alice", "SBIN-EQ", "BUY", f"O{i}", "live",
+                                                    pad="x" * 300)
+            except EventNotStoredError as exc:
+                assert "cannot be created" in str(exc) and exc.event_type == "order_event"
+                refused.append(exc.event_id)
+            else:
+                accepted.append(env.event_id)
+
+    try:
+        publish(300)
+        assert not refused
+        make_read_only(spool_dir)
+        try:
+            with caplog.at_level(logging.INFO, logger="openalgo_events"):
+                publish(2000)
+                red = publisher.health()
+        finally:
+            make_writable(spool_dir)
+        assert len(refused) > 1000, "the journal never needed a new segment"
+        assert not red["healthy"] and red["events_not_stored"] == len(refused)
+        assert "cannot be created" in red["storage_error"]
+        assert publisher.stats.count("not_stored", event_type="order_event") == len(refused)
+        with caplog.at_level(logging.INFO, logger="openalgo_events"):
+            publish(300)
+        assert caplog.text.count("events cannot be stored") == 1  # once per state change
+        assert caplog.text.count("are stored again") == 1
+        assert len(accepted) == 300 + (2000 - len(refused)) + 300
+        assert publisher.health()["healthy"]
+        assert publisher.flush(30) == 0
+        got = {envelope_of(m)["event_id"] for m in read_topic(kafka_bootstrap, topic,
+                                                              len(accepted))}
+        assert got == set(accepted)
+    finally:
+        make_writable(spool_dir)
+        publisher.close()
+
+
+def test_close_during_a_rebuild_backoff_is_prompt_and_loses_nothing(tmp_path, caplog):
+    """close() while the relay sleeps in a 30 s rebuild backoff wakes it and stops it before
+    closing the spool: no error, and every event is still in the spool for the next start."""
+    path = str(tmp_path / "s.db")
+    # Nothing listens on this port: events stay in flight and the stall rebuilds the producer.
+    transport = KafkaTransport({"bootstrap.servers": f"127.0.0.1:{free_port()}"}, "t",
+                               spool=Spool(path), stall_timeout=0.2)
+    transport._backoff = 30.0  # as after a run of failed rebuilds
+    publisher = EventPublisher(transport)
+    ids = [publisher.publish_order_event("alice", "SBIN-EQ", "BUY", f"O{i}", "live").event_id
+           for i in range(5)]
+    relay = transport._thread
+    wait_for(lambda: transport.rebuilds >= 1, timeout=30, message="a producer rebuild")
+    with caplog.at_level(logging.WARNING):
+        started = time.monotonic()
+        left = publisher.close(timeout=1.0)
+        elapsed = time.monotonic() - started
+    assert elapsed < 4.0, f"close took {elapsed:.1f}s"
+    assert left == 5 and not relay.is_alive()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    again = Spool(path)
+    assert [row.event_id for row in again.pending()] == ids
+    again.close()
