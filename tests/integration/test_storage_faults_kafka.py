@@ -9,10 +9,17 @@ import subprocess
 import time
 from pathlib import Path
 
+from flask import Flask
+from flask_socketio import SocketIO
+
 from openalgo_events import EventNotStoredError, EventPublisher, _journal
 from openalgo_events.devbroker import free_port
+from openalgo_events.integrations.mirror import mirror_emits
+from openalgo_events.integrations.openalgo import attach
 from openalgo_events.spool import Spool
 from openalgo_events.transports.kafka import KafkaTransport
+from tests.doubles.event_bus import EventBus
+from tests.doubles.events import synthetic
 from tests.support import create_topic, envelope_of, read_topic, wait_for
 
 ROOT = os.geteuid() == 0
@@ -84,6 +91,65 @@ def test_events_not_stored_raise_and_health_turns_red(kafka_bootstrap, topic, tm
         assert got == set(accepted)
     finally:
         make_writable(spool_dir)
+        publisher.close()
+
+
+def test_integrations_count_events_not_stored_and_log_once(kafka_bootstrap, topic, tmp_path,
+                                                          monkeypatch, caplog):
+    """Through the bus adapter and the emit mirror, events that cannot be stored (read-only
+    spool directory) never raise into OpenAlgo: they are counted, logged once per change of
+    state, health is red, a refused emit still reaches local browsers, and every accepted event
+    reaches Kafka."""
+    monkeypatch.setattr(_journal, "SEGMENT_BYTES", 65536)
+    create_topic(kafka_bootstrap, topic)
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    publisher = EventPublisher(KafkaTransport({"bootstrap.servers": kafka_bootstrap}, topic,
+                                              spool=Spool(str(spool_dir / "s.db"))))
+    bus = EventBus()
+    attachment = attach(bus, publisher, default_user="alice")
+    app = Flask(__name__)
+    socketio = SocketIO(app, async_mode="threading")
+    client = socketio.test_client(app)
+    mirror_emits(socketio, publisher, local=False)  # only what is not published is emitted
+
+    def run(count: int) -> None:
+        for i in range(count):
+            bus.publish(synthetic("order.placed"))
+            socketio.emit("master_contract_download", {"status": "success", "message": f"{i}"})
+        assert bus.drain()
+
+    try:
+        with caplog.at_level(logging.INFO, logger="openalgo_events"):
+            run(50)
+            make_read_only(spool_dir)
+            try:
+                run(600)
+                red = publisher.health()
+            finally:
+                make_writable(spool_dir)
+            run(50)
+        refused_bus = publisher.stats.count("not_stored", event_type="order_event")
+        refused_emits = publisher.stats.count("not_stored",
+                                              event_type="master_contract_download")
+        assert refused_bus > 100 and refused_emits > 100
+        assert attachment.failed == refused_bus
+        assert not red["healthy"] and red["events_not_stored"] == refused_bus + refused_emits
+        assert publisher.health()["healthy"]
+        local = [r for r in client.get_received() if r["name"] == "master_contract_download"]
+        assert len(local) == refused_emits
+        assert caplog.text.count("events cannot be stored") == 1
+        assert caplog.text.count("are stored again") == 1
+        assert "could not mirror" not in caplog.text and "could not publish" not in caplog.text
+        accepted = 2 * 700 - refused_bus - refused_emits
+        assert publisher.flush(30) == 0
+        got = {envelope_of(m)["event_id"] for m in read_topic(kafka_bootstrap, topic, accepted)}
+        assert len(got) == accepted
+    finally:
+        make_writable(spool_dir)
+        attachment.detach()
+        bus._pool.shutdown(wait=True)
+        client.disconnect()
         publisher.close()
 
 
