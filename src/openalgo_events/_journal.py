@@ -148,6 +148,9 @@ class Journal:
         self.current = f"{self.prefix}{self._number}"
         self._map, self._fds[self.current] = _create(self.current, SEGMENT_BYTES)
         self._offset = 0
+        # A new segment could not be made: every write tries again, even one that would fit in
+        # what is left of this one, so that refusals do not flicker with the events' sizes.
+        self._stuck = False
         self.rejournaled = 0  # segments found deleted and written again
 
     def segments(self) -> list[str]:
@@ -174,7 +177,7 @@ class Journal:
         """Append one frame; raises ``SpoolError`` (nothing written) when a new segment is
         needed and cannot be created."""
         end = self._offset + len(frame)
-        if end > len(self._map):
+        if end > len(self._map) or self._stuck:
             self._rotate(len(frame))
             end = len(frame)
         self._map[self._offset:end] = frame
@@ -196,10 +199,10 @@ class Journal:
                 try:
                     spare = _create(path, max(SEGMENT_BYTES, needed))
                 except SpoolError:
-                    with contextlib.suppress(OSError):
-                        os.remove(path)  # nothing of it is used: the next try starts afresh
+                    self._stuck = True
                     raise
             self._number = number
+            self._stuck = False
         self._map.close()
         self._retired.append(self.current)
         self.current = f"{self.prefix}{number}"

@@ -252,9 +252,9 @@ class Spool:
         everything appended before it is in SQLite (a delivery mark cannot overtake its row).
         """
         with self._db_lock:
-            count, released = self._ingest("[]", None)
+            batch, released = self._ingest("[]", None)
         self._tidy_journal(released)
-        return count
+        return len(batch)
 
     def _tidy_journal(self, released: list[str]) -> None:
         """After a commit: delete the segments it emptied, and have the next one ready.
@@ -328,10 +328,12 @@ class Spool:
                   self._depth)
         return True
 
-    def _ingest(self, delivered: str, now: float | None) -> tuple[int, list[str]]:
+    def _ingest(self, delivered: str, now: float | None
+                ) -> tuple[list[tuple[int, bytes, bytes]], list[str]]:
         """Insert the queued records (under the database lock); those whose seq is in the JSON
-        array ``delivered`` are inserted delivered at ``now``. Returns how many, and the journal
-        segments that may go once this is committed."""
+        array ``delivered`` are inserted delivered at ``now``. Returns them, and the journal
+        segments that may go once this is committed (a caller whose transaction then fails
+        hands both to ``_requeue``)."""
         with self._lock:
             batch = list(self._fresh)
             self._fresh.clear()
@@ -344,13 +346,18 @@ class Spool:
                     b"[" + b",".join([row for _, row, _ in batch]) + b"]",
                     b"".join([value for _, _, value in batch]), delivered, now))
             except BaseException:
-                with self._lock:  # still journaled: queued again for the next attempt
-                    self._fresh.extendleft(reversed(batch))
-                    if self._journal is not None:
-                        self._journal.give_back(released)
+                self._requeue(batch, released)
                 raise
             self.committed_seq = batch[-1][0]
-        return len(batch), released
+        return batch, released
+
+    def _requeue(self, batch: list[tuple[int, bytes, bytes]], released: list[str]) -> None:
+        """Records whose insert did not commit: still journaled, queued again for the next
+        attempt, and their segments kept until then."""
+        with self._lock:
+            self._fresh.extendleft(reversed(batch))
+            if self._journal is not None:
+                self._journal.give_back(released)
 
     def pending(self, after_seq: int = 0, limit: int = 1000) -> list[SpooledEvent]:
         """Pending events after ``after_seq``, oldest first."""
@@ -381,8 +388,11 @@ class Spool:
         where = f"{marked} AND (delivered IS NULL OR delivered = ?2)"  # pending until now
         with self._db_lock:  # a few statements per batch, not a step per row (see _ingest)
             self._db.execute("BEGIN")
+            inserted: list[tuple[int, bytes, bytes]] = []
+            released: list[str] = []
+            committed = self.committed_seq
             try:
-                _, released = self._ingest(batch, now)
+                inserted, released = self._ingest(batch, now)
                 rows = self._db.execute(
                     "SELECT event_type, count(*), sum(length(value)), count(*) FILTER (WHERE "
                     f"delivered IS NULL) FROM events WHERE {where} GROUP BY event_type",
@@ -394,8 +404,15 @@ class Spool:
                                      "delivered IS NULL", (batch, now))
                 self._db.execute("COMMIT")
             except BaseException:
+                # A failed COMMIT (a full disk: SQLite writes the WAL at commit) loses the
+                # inserts too: those records must be queued again, or they would never reach
+                # SQLite in this run, and the depth would never come back to 0.
                 if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
+                    with contextlib.suppress(sqlite3.Error):
+                        self._db.execute("ROLLBACK")
+                if inserted or released:
+                    self.committed_seq = committed
+                    self._requeue(inserted, released)
                 raise
         self._tidy_journal(released)
         with self._lock:

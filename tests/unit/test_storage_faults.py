@@ -275,3 +275,28 @@ def test_a_restored_spool_file_is_a_valid_database(tmp_path):
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         assert db.execute("SELECT count(*), count(delivered) FROM events").fetchone() == (15, 5)
     spool.close()
+
+
+def test_a_commit_that_fails_on_a_full_disk_loses_no_record(tmpfs, monkeypatch):
+    """A commit that fails because the disk is full (SQLite writes its WAL at COMMIT) queues its
+    records again: once there is room they are committed and marked, and the depth is right."""
+    from openalgo_events import _journal
+
+    monkeypatch.setattr(_journal, "SEGMENT_BYTES", 65536)
+    resize(tmpfs, "8m")
+    spool = Spool(str(tmpfs / "s.db"))
+    seqs = [spool.append(event(2000), "t", Priority.CRITICAL) for _ in range(50)]
+    filler = tmpfs / "filler"
+    fd = os.open(filler, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        stat = os.statvfs(tmpfs)
+        os.posix_fallocate(fd, 0, stat.f_bavail * stat.f_frsize)
+    finally:
+        os.close(fd)
+    with pytest.raises(sqlite3.OperationalError, match="full"):
+        spool.mark_delivered(seqs[:10])
+    filler.unlink()
+    assert spool.mark_delivered(seqs[:10]) == {"order_event": 10}
+    assert spool.depth == 40
+    assert [row.seq for row in spool.pending(limit=100)] == seqs[10:]
+    spool.close()
