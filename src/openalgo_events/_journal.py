@@ -254,10 +254,10 @@ class Journal:
                 self._offset = len(self._map)  # the next write rotates into a new segment
                 self.write(data)
             else:
-                self._retired.remove(path)
                 data = os.pread(self._fds[path], os.fstat(self._fds[path]).st_size, 0)
                 for meta, value in decode(data, path):
                     self.write(encode(json.dumps(meta, separators=(",", ":")).encode(), value))
+                self._retired.remove(path)  # only once copied: a failure retries next time
             os.close(self._fds.pop(path))
             self.rejournaled += 1
         log.error("journal segments %s were deleted while in use (a temporary-file cleaner?); "

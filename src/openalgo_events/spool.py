@@ -172,7 +172,7 @@ class Spool:
         """Open the database file and its WAL read-only, to notice when their paths stop naming
         them (a temporary-file cleaner deleted them while this process writes into them)."""
         self._release_files()
-        for name in (self.path, self.path + "-wal"):
+        for name in (self.path, self.path + "-wal", self.path + "-shm"):
             with contextlib.suppress(FileNotFoundError):
                 self._files[name] = os.open(name, os.O_RDONLY)
 
@@ -289,10 +289,30 @@ class Spool:
             self._faults.add(kind)
             log.error(message, *args)
 
+    def _keep_lock_file(self) -> None:
+        """Take the lock file again if it was deleted: else a second process could claim this
+        spool and send its events twice."""
+        if (self._lock_file is None or self._lock_file.closed
+                or _same_file(self.path + ".lock", self._lock_file.fileno())):
+            return
+        try:
+            handle = _claim(self.path)
+        except SpoolError as exc:
+            self._fault("lock", "spool lock file %s.lock was deleted while in use and cannot be "
+                        "taken again: %s", self.path, exc)
+            return
+        self._faults.discard("lock")
+        self._lock_file.close()
+        self._lock_file = handle
+        log.error("spool lock file %s.lock was deleted while in use (a temporary-file cleaner?); "
+                  "it is taken again. Keep %s out of any cleaner's reach", self.path,
+                  os.path.dirname(os.path.abspath(self.path)))
+
     def _database_in_place(self) -> bool:
         """Whether the spool file (and its WAL) at ``path`` is the one this process writes; if
         it was deleted or replaced, restore it there from the open database, with SQLite's
         backup API. False while that fails (then no journal segment may be deleted)."""
+        self._keep_lock_file()
         if all(_same_file(name, fd) for name, fd in self._files.items()):
             self._faults.discard("restore")
             return True

@@ -300,3 +300,18 @@ def test_a_commit_that_fails_on_a_full_disk_loses_no_record(tmpfs, monkeypatch):
     assert spool.depth == 40
     assert [row.seq for row in spool.pending(limit=100)] == seqs[10:]
     spool.close()
+
+
+def test_a_deleted_lock_file_is_taken_again(tmp_path, caplog):
+    """A spool whose lock file was deleted takes it again at its next commit, so a second
+    process still cannot claim the spool (and send its events twice)."""
+    path = str(tmp_path / "s.db")
+    spool = Spool(path)
+    os.remove(path + ".lock")
+    spool.append(event(), "t", Priority.CRITICAL)
+    with caplog.at_level(logging.ERROR, logger="openalgo_events.spool"):
+        spool.ingest()
+    assert "it is taken again" in caplog.text
+    with pytest.raises(SpoolError, match="in use by another process"):
+        Spool(path)
+    spool.close()
