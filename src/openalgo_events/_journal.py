@@ -191,7 +191,8 @@ class Journal:
         with self._spare_lock:
             spare, self._spare = self._spare, None
             number = self._number + 1
-            if spare is not None and needed > len(spare[0]):
+            if spare is not None and (needed > len(spare[0]) or not _same_file(
+                    f"{self.prefix}{number}", spare[1])):  # too small, or deleted meanwhile
                 _discard(spare)
                 spare = None
             if spare is None:
@@ -245,14 +246,19 @@ class Journal:
         segment's frames are appended to the current one (recovery keys records by sequence
         number, so their place does not matter, and a record journaled twice is stored once).
         """
-        lost = [p for p in [*self._retired, self.current] if not _same_file(p, self._fds[p])]
+        lost = [p for p in [*self._retired, self.current]
+                if p in self._fds and not _same_file(p, self._fds[p])]
         if not lost:
             return []
         for path in lost:
             if path == self.current:
                 data = self._map[:self._offset]
-                self._offset = len(self._map)  # the next write rotates into a new segment
-                self.write(data)
+                self._rotate(len(data))
+                self._retired.remove(path)  # nothing to delete: its records move on, below
+                self._map[:len(data)] = data
+                if self.fsync:
+                    self._map.flush()
+                self._offset = len(data)
             else:
                 data = os.pread(self._fds[path], os.fstat(self._fds[path]).st_size, 0)
                 for meta, value in decode(data, path):

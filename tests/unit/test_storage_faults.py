@@ -333,3 +333,31 @@ def test_trail_max_bytes_is_configured_and_checked(tmp_path):
     assert Settings.from_env(env).trail_max_bytes == 1024 ** 3
     with pytest.raises(ConfigError, match="KAFKA_TRAIL_MAX_BYTES"):
         Settings.from_env({**env, "KAFKA_TRAIL_MAX_BYTES": "1000"})
+
+
+def test_deleted_segments_are_journaled_again(tmp_path, monkeypatch, caplog):
+    """Journal segments deleted under a running spool (the current one and full ones awaiting
+    their commit) are found by check(), said once at ERROR, written again, and every record
+    is recovered after a crash; a second check finds nothing more."""
+    from openalgo_events import _journal
+
+    monkeypatch.setattr(_journal, "SEGMENT_BYTES", 4096)
+    path = str(tmp_path / "s.db")
+    spool = Spool(path)
+    envs = [event(300) for _ in range(30)]
+    for env in envs:
+        spool.append(env, "t", Priority.CRITICAL)
+    journal = spool._journal
+    assert len(journal._retired) > 2
+    journal.prepare()  # a spare too: check() must not move the records into a deleted file
+    for segment in tmp_path.glob("s.db.journal.*"):
+        segment.unlink()
+    with caplog.at_level(logging.ERROR, logger="openalgo_events.journal"):
+        lost = journal.check()
+        assert journal.check() == []
+    assert len(lost) == len(set(lost)) > 3
+    assert caplog.text.count("were deleted while in use") == 1
+    spool._lock_file.close()  # kill -9: nothing committed
+    again = Spool(path)
+    assert [row.event_id for row in again.pending(limit=100)] == [e.event_id for e in envs]
+    again.close()
