@@ -361,3 +361,33 @@ def test_deleted_segments_are_journaled_again(tmp_path, monkeypatch, caplog):
     again = Spool(path)
     assert [row.event_id for row in again.pending(limit=100)] == [e.event_id for e in envs]
     again.close()
+
+
+def test_events_not_stored_are_a_metric(tmp_path, monkeypatch):
+    """An event the spool could not store counts in openalgo_events_not_stored_total, and the
+    publisher's health is red with the storage error."""
+    from openalgo_events import EventNotStoredError, EventPublisher, _journal
+    from openalgo_events.devbroker import free_port
+    from openalgo_events.integrations.metrics import exposition, metrics_registry
+    from openalgo_events.transports.kafka import KafkaTransport
+
+    monkeypatch.setattr(_journal, "SEGMENT_BYTES", 4096)
+    path = str(tmp_path / "s.db")
+    transport = KafkaTransport({"bootstrap.servers": f"127.0.0.1:{free_port()}"}, "t",
+                               spool=Spool(path))
+    publisher = EventPublisher(transport)
+    number = transport.spool._journal._number  # number + 1: the spare, prepared at start-up
+    for n in range(number + 2, number + 6):  # a file that cannot be created: a directory
+        Path(f"{path}.journal.{n}").mkdir()
+    refused = 0
+    for i in range(40):
+        try:
+            publisher.publish_order_event("alice", "SBIN-EQ", "BUY", f"O{i}", "live",
+                                          pad="x" * 300)
+        except EventNotStoredError:
+            refused += 1
+    assert refused
+    text = exposition(metrics_registry(lambda: publisher))[0].decode()
+    assert f'openalgo_events_not_stored_total{{event_type="order_event"}} {refused}.0' in text
+    assert not publisher.health()["healthy"]
+    publisher.close(0)

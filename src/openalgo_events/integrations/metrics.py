@@ -31,6 +31,9 @@ COUNTERS: dict[str, tuple[str, str, tuple[str, ...]]] = {
                ("event_type", "transport")),
     "shed": ("shed", "LOW and MEDIUM events dropped because the spool was over its limit.",
              ("event_type",)),
+    "not_stored": ("not_stored", "Events refused because the spool could not store them (disk "
+                   "full, directory not writable); publish raised EventNotStoredError.",
+                   ("event_type",)),
     "producer_rebuilds": ("producer_rebuilds",
                           "Kafka producers discarded and rebuilt to resend pending events.", ()),
 }
