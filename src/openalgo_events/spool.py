@@ -150,6 +150,10 @@ class Spool:
         except sqlite3.DatabaseError as exc:
             self._release()
             raise SpoolError(_explain(path, exc)) from exc
+        except SpoolError:  # a journal segment that cannot be made: names its path and the fix
+            self._db.close()
+            self._release()
+            raise
         except OSError as exc:
             self._release()
             raise SpoolError(f"spool journal next to {path} cannot be written ({exc.strerror});"

@@ -119,6 +119,10 @@ def test_a_disk_too_small_for_a_segment_refuses_start_up(tmpfs):
     assert child.returncode == 3, (child.returncode, child.stderr[-2000:])
     assert "free space" in child.stdout
     assert not list(tmpfs.glob("s.db.journal.*"))  # no half-made segment left behind
+    with pytest.raises(SpoolError, match="free space"):
+        Spool(str(tmpfs / "s.db"))
+    resize(tmpfs, "64m")
+    Spool(str(tmpfs / "s.db")).close()  # the refused attempt released the spool's lock
 
 
 def test_a_rotation_that_fails_leaves_the_journal_writable(tmp_path, monkeypatch):
