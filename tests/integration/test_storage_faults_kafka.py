@@ -7,6 +7,8 @@ import contextlib
 import logging
 import os
 import subprocess
+import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +25,7 @@ from openalgo_events.spool import Spool
 from openalgo_events.transports.kafka import KafkaTransport
 from tests.doubles.event_bus import EventBus
 from tests.doubles.events import synthetic
-from tests.support import create_topic, envelope_of, read_topic, wait_for
+from tests.support import TopicCollector, create_topic, envelope_of, read_topic, wait_for
 
 ROOT = os.geteuid() == 0
 
@@ -139,6 +141,60 @@ def test_events_not_stored_raise_and_health_turns_red(kafka_bootstrap, topic, sp
         assert got == set(accepted)
     finally:
         publisher.close()
+
+
+# An app process publishing flat out to Kafka through the default 4 MiB segments; it logs each
+# event's outcome as publish returns, and ends with os._exit (like kill -9: nothing closed).
+_APP = textwrap.dedent("""
+    import os, sys
+    from openalgo_events import EventNotStoredError, EventPublisher
+    from openalgo_events.spool import Spool
+    from openalgo_events.transports.kafka import KafkaTransport
+    bootstrap, topic, path, log, count = sys.argv[1:6]
+    publisher = EventPublisher(KafkaTransport({"bootstrap.servers": bootstrap}, topic,
+                                              spool=Spool(path)))
+    with open(log, "w", buffering=1) as out:
+        for i in range(int(count)):
+            try:
+                env = publisher.publish_order_event("alice", "SBIN-EQ", "BUY", str(i), "live",
+                                                    pad="x" * 1000)
+            except EventNotStoredError as exc:
+                out.write("refused " + exc.event_id + "\\n")
+            else:
+                out.write("accepted " + env.event_id + "\\n")
+    publisher.flush(5)
+    os._exit(0)
+""")
+
+
+@pytest.mark.parametrize("spool_dir", ["disk full"], indirect=True)
+def test_an_app_on_a_full_disk_never_dies_and_loses_nothing(kafka_bootstrap, topic, spool_dir):
+    """An app publishing to Kafka with its spool on a 10 MiB disk never dies (no SIGBUS) as the
+    disk fills: each event is accepted or refused with EventNotStoredError, and after space is
+    freed every accepted event reaches Kafka and no refused one does."""
+    create_topic(kafka_bootstrap, topic)
+    subprocess.run(["mount", "-o", "remount,size=10m", str(spool_dir)], check=True)
+    path, log = str(spool_dir / "s.db"), spool_dir.parent / "outcomes.txt"
+    child = subprocess.run([sys.executable, "-c", _APP, kafka_bootstrap, topic, path, str(log),
+                            "15000"], capture_output=True, text=True, timeout=300)
+    assert child.returncode == 0, (child.returncode, child.stderr[-3000:])  # -7 is SIGBUS
+    accepted, refused = [], []
+    for line in log.read_text().splitlines():
+        verdict, _, event_id = line.partition(" ")
+        (accepted if verdict == "accepted" else refused).append(event_id)
+    assert len(accepted) + len(refused) == 15000
+    assert refused and accepted, "the disk never filled up: the test proves nothing"
+    subprocess.run(["mount", "-o", "remount,size=128m", str(spool_dir)], check=True)
+    collector = TopicCollector(kafka_bootstrap, topic)
+    transport = KafkaTransport({"bootstrap.servers": kafka_bootstrap}, topic, spool=Spool(path))
+    try:
+        assert transport.flush(60) == 0
+        wait_for(lambda: set(collector.event_ids()) >= set(accepted), timeout=60,
+                 message="every accepted event on the topic")
+    finally:
+        transport.close()
+        collector.stop()
+    assert not set(refused) & set(collector.event_ids())
 
 
 def test_integrations_count_events_not_stored_and_log_once(kafka_bootstrap, topic, tmp_path,
