@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -195,6 +196,65 @@ def test_an_app_on_a_full_disk_never_dies_and_loses_nothing(kafka_bootstrap, top
         transport.close()
         collector.stop()
     assert not set(refused) & set(collector.event_ids())
+
+
+# An app publishing to Kafka until it is killed, logging each accepted event.
+_STREAMING_APP = textwrap.dedent("""
+    import sys, time
+    from openalgo_events import EventPublisher
+    from openalgo_events.spool import Spool
+    from openalgo_events.transports.kafka import KafkaTransport
+    bootstrap, topic, path, log = sys.argv[1:5]
+    publisher = EventPublisher(KafkaTransport({"bootstrap.servers": bootstrap}, topic,
+                                              spool=Spool(path)))
+    with open(log, "w", buffering=1) as out:
+        i = 0
+        while True:
+            i += 1
+            env = publisher.publish_order_event("alice", "SBIN-EQ", "BUY", str(i), "live",
+                                                pad="x" * 2000)  # SQLite checkpoints often
+            out.write(env.event_id + "\\n")
+            time.sleep(0.0005)
+""")
+
+
+@pytest.mark.parametrize("victim", ["s.db", "s.db-wal"])
+def test_a_spool_file_deleted_under_a_kafka_app_loses_nothing(kafka_bootstrap, topic, tmp_path,
+                                                              victim):
+    """The spool file (or its WAL) of an app publishing to Kafka while the broker is down is
+    deleted (a tmp cleaner), then the app is killed with SIGKILL: after a restart with the
+    broker up, every accepted event is on the topic."""
+    create_topic(kafka_bootstrap, topic)
+    path, log = str(tmp_path / "s.db"), tmp_path / "accepted.txt"
+
+    def accepted() -> list[str]:
+        return log.read_text().split() if log.exists() else []
+
+    # The broker is down for the app (nothing listens on its port): every event stays pending,
+    # so the spool alone must keep them.
+    down = f"127.0.0.1:{free_port()}"
+    child = subprocess.Popen([sys.executable, "-c", _STREAMING_APP, down, topic, path, str(log)],
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: len(accepted()) > 2000, timeout=60, message="2000 events published")
+        (tmp_path / victim).unlink()
+        before = len(accepted())
+        wait_for(lambda: len(accepted()) > before + 2000, timeout=60,
+                 message="2000 more events published")
+    finally:
+        child.send_signal(signal.SIGKILL)
+        _, stderr = child.communicate(timeout=30)
+    assert "was deleted or replaced while in use" in stderr and "restored" in stderr
+    ids = set(accepted())
+    collector = TopicCollector(kafka_bootstrap, topic)
+    transport = KafkaTransport({"bootstrap.servers": kafka_bootstrap}, topic, spool=Spool(path))
+    try:
+        assert transport.flush(60) == 0
+        wait_for(lambda: set(collector.event_ids()) >= ids, timeout=60,
+                 message="every accepted event on the topic")
+    finally:
+        transport.close()
+        collector.stop()
 
 
 def test_integrations_count_events_not_stored_and_log_once(kafka_bootstrap, topic, tmp_path,
