@@ -223,18 +223,23 @@ class Journal:
         """Delete segments whose records are all committed (one already gone is fine); returns
         those that could not be deleted (a read-only directory): give them back, to try again.
         One left behind is harmless: recovery stores each record once."""
-        kept = []
+        kept, vanished = [], []
         for path in paths:
             try:
                 os.remove(path)
             except FileNotFoundError:
-                pass
+                vanished.append(path)
             except OSError:
                 kept.append(path)
                 continue
             fd = self._fds.pop(path, None)
             if fd is not None:
                 os.close(fd)
+        if vanished:
+            log.error("journal segments %s were deleted while in use (a temporary-file "
+                      "cleaner?); their records were committed already, so nothing was lost. "
+                      "Keep %s out of any cleaner's reach", vanished,
+                      os.path.dirname(os.path.abspath(self.path)))
         return kept
 
     def check(self) -> list[str]:
