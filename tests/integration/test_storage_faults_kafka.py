@@ -123,7 +123,7 @@ def test_events_not_stored_raise_and_health_turns_red(kafka_bootstrap, topic, sp
                 red = publisher.health()
         finally:
             make_fine(spool_dir)
-        assert len(refused) > 1000, "the journal never needed a new segment"
+        assert len(refused) > 500, "the journal never needed a new segment"
         assert not red["healthy"] and red["events_not_stored"] == len(refused)
         assert "cannot be created" in red["storage_error"]
         assert publisher.stats.count("not_stored", event_type="order_event") == len(refused)
@@ -133,7 +133,8 @@ def test_events_not_stored_raise_and_health_turns_red(kafka_bootstrap, topic, sp
         # the relay frees space as it deletes delivered segments, so a few changes are fine.
         changes = caplog.text.count("events cannot be stored")
         assert changes == caplog.text.count("are stored again")
-        assert changes == 1 if make_faulty is make_read_only else 1 <= changes <= 20
+        assert changes == 1 if make_faulty is make_read_only else 1 <= changes * 20 <= len(
+            refused)
         assert len(accepted) == 300 + (2000 - len(refused)) + 300
         assert publisher.health()["healthy"]
         assert publisher.flush(30) == 0
