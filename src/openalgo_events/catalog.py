@@ -12,7 +12,14 @@ from enum import IntEnum
 from functools import cached_property
 from typing import Any
 
+from .envelope import is_secret_key
 from .errors import EventValidationError
+
+# JSON Schema type -> the Python types of its converted value (bool is not a number here).
+_PY_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,), "number": (int, float), "integer": (int,), "boolean": (bool,),
+    "object": (dict,), "array": (list,), "null": (type(None),),
+}
 
 
 class Priority(IntEnum):
@@ -49,16 +56,42 @@ class EventSpec:
     def required(self) -> tuple[str, ...]:
         return tuple(f.name for f in self.fields if f.required)
 
+    @cached_property
+    def _typed(self) -> tuple[tuple[str, tuple[type, ...], bool, str], ...]:
+        """(name, Python types, bool allowed, JSON types as text) of each declared field."""
+        out = []
+        for f in self.fields:
+            kinds = f.type if isinstance(f.type, tuple) else (f.type,)
+            py = tuple(t for kind in kinds for t in _PY_TYPES[kind])
+            out.append((f.name, py, "boolean" in kinds, " or ".join(kinds)))
+        return tuple(out)
+
     def check(self, data: Mapping[str, Any]) -> None:
-        """Raise ``EventValidationError`` naming the first missing or forbidden field."""
+        """Raise ``EventValidationError`` naming the first missing or forbidden field.
+
+        ``forbidden`` event types refuse any top-level key that names a credential (the
+        ``envelope.is_secret_key`` rule) instead of dropping it: the caller has a bug.
+        """
         for name in self.required:
             if name not in data:
                 raise EventValidationError(self.name, name, "is required")
         for name in data if self.forbidden else ():
-            if name.lower() in self.forbidden:
+            if type(name) is str and (name.lower() in self.forbidden or is_secret_key(name)):
                 raise EventValidationError(
                     self.name, name, "looks like a secret and is never published; remove it"
                 )
+
+    def check_types(self, data: Mapping[str, Any]) -> None:
+        """Raise ``EventValidationError`` naming the first declared field whose converted value
+        (plain JSON types) is not of its declared JSON type; the generated JSON Schema says the
+        same."""
+        for name, types, bool_ok, text in self._typed:
+            if name in data:
+                value = data[name]
+                if not isinstance(value, types) or (type(value) is bool and not bool_ok):
+                    raise EventValidationError(
+                        self.name, name, f"must be a {text} (the catalog's type), not "
+                        f"{'null' if value is None else type(value).__name__}")
 
 
 NUMBER = ("number", "string")  # OpenAlgo sends quantities and prices both as numbers and strings

@@ -199,6 +199,10 @@ class Settings:
             "compression.type": self.compression,
             "batch.size": self.batch_size,
             "linger.ms": self.linger_ms,
+            # One limit end to end: what publish accepts (the record, framing included) is what
+            # librdkafka sends and what a topic made by 'topics create' takes (its
+            # max.message.bytes). librdkafka's own default, 1,000,000, refused larger ones.
+            "message.max.bytes": max(1000, self.max_message_bytes),
         }
         conf.update(self.client_config())
         return conf
