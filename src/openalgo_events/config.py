@@ -235,7 +235,15 @@ class Settings:
 
 
 def _looks_secret(key: str) -> bool:
-    return any(word in key.lower() for word in ("password", "secret", "token", "key.pem", "jaas"))
+    """A librdkafka property whose value may carry a credential: by the event data's rule
+    (``envelope.is_secret_key``: passw, secret, token, auth, private, jwt, ...) plus the
+    properties that hold one without saying so (a JAAS config, a kinit command line with its
+    keytab or password, a PEM key, a key password)."""
+    from .envelope import is_secret_key
+
+    norm = key.lower()
+    return is_secret_key(key) or any(word in norm for word in (
+        "jaas", "kinit", "keytab", "key.pem", "key.password", "keystore", "sasl.oauthbearer"))
 
 
 def _parse(environ: Mapping[str, str]) -> Settings:

@@ -258,6 +258,20 @@ def _is_secret(key: str) -> bool:
     return found
 
 
+def scrub_secrets(value: Any, depth: int = 0) -> Any:
+    """``value`` with every mapping key that names a credential (``is_secret_key``) dropped, at
+    any depth; lists and tuples are walked, anything else is returned as is. Nesting past
+    ``MAX_DEPTH`` is returned unwalked: the publisher refuses it anyway."""
+    if depth > MAX_DEPTH:
+        return value
+    if isinstance(value, Mapping):
+        return {k: scrub_secrets(v, depth + 1) for k, v in value.items()
+                if not (isinstance(k, str) and is_secret_key(k))}
+    if isinstance(value, list | tuple):
+        return [scrub_secrets(v, depth + 1) for v in value]
+    return value
+
+
 def unencodable(value: Any, event_type: str, path: str) -> EventValidationError | None:
     """The error naming where ``value`` (plain JSON types) holds text UTF-8 cannot carry (a lone
     surrogate, in a key or a string), or None. Called only after orjson refused a value: it walks

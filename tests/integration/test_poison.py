@@ -1,0 +1,157 @@
+"""No poison pill (issue 15) on a real broker: an event Kafka refuses never blocks the others, a
+stored record the relay cannot read is set aside, one size limit holds end to end, and no
+credential reaches the topic or the spool files."""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import sqlite3
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from openalgo_events import KafkaEventPublisher, Settings
+from openalgo_events.cli import main
+from openalgo_events.devbroker import free_port
+from tests.support import create_topic, read_topic, wait_for
+from tests.unit.test_secrets import corpus_data
+
+pytestmark = pytest.mark.broker
+
+
+def settings(tmp_path, **env: str) -> Settings:
+    return Settings.from_env({"KAFKA_SPOOL_PATH": str(tmp_path / "spool.db"),
+                              "KAFKA_STALL_TIMEOUT_SECONDS": "5", **env}, env_file=None)
+
+
+def publisher(bootstrap: str, topic: str, tmp_path, **env: str) -> KafkaEventPublisher:
+    return KafkaEventPublisher(bootstrap, topic, settings=settings(tmp_path, **env))
+
+
+def order(p: KafkaEventPublisher, user: str, orderid: str, **extra: Any) -> str:
+    return p.publish_order_event(user, "SBIN", "BUY", orderid, "live", **extra).event_id
+
+
+def ids_on(bootstrap: str, topic: str, count: int, timeout: float = 30.0) -> list[str]:
+    return [json.loads(m.value())["event_id"]
+            for m in read_topic(bootstrap, topic, count, timeout=timeout)]
+
+
+def offline(tmp_path, topic: str, **env: str) -> KafkaEventPublisher:
+    """A publisher whose broker is not there: what it publishes stays in the spool."""
+    return publisher(f"127.0.0.1:{free_port()}", topic, tmp_path, **env)
+
+
+def test_event_refused_at_produce_is_set_aside_and_the_next_one_flows(
+        kafka_bootstrap, topic, tmp_path, caplog):
+    """An event librdkafka refuses at produce for good (over its message.max.bytes) is set aside
+    as rejected (ERROR naming its id, counted, in health and the spool's rejected table), and
+    the events published after it, by the same user, are delivered."""
+    create_topic(kafka_bootstrap, topic)
+    caplog.set_level(logging.INFO, logger="openalgo_events")
+    p = publisher(kafka_bootstrap, topic, tmp_path, KAFKA_LIBRDKAFKA_MESSAGE_MAX_BYTES="20000")
+    try:
+        big = order(p, "alice", "1", note="x" * 30_000)
+        after = [order(p, "alice", str(i)) for i in range(2, 6)]
+        assert ids_on(kafka_bootstrap, topic, 4) == after
+        health = wait_for(lambda: (h := p.health())["spool_rejected"] == 1 and h,
+                          message="the big event set aside")
+        assert health["spool_depth"] == 0 and health["healthy"]
+        rejected = p.transport.spool.rejected()  # type: ignore[attr-defined]
+        assert [(r.event_id, r.event_type) for r in rejected] == [(big, "order_event")]
+        assert "MSG_SIZE_TOO_LARGE" in rejected[0].reason
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(errors) == 1 and big in errors[0] and "spool retry" in errors[0]
+        assert p.stats.count("rejected", event_type="order_event", transport="kafka") == 1
+    finally:
+        p.close(5)
+
+
+def test_refused_backlog_event_after_restart_is_set_aside_then_retried(
+        kafka_bootstrap, topic, tmp_path):
+    """Spooled while the broker was away, an event the restarted app's producer refuses (its
+    limit was lowered) does not block the backlog behind it; 'spool rejected' lists it and,
+    once the limit is raised again, 'spool retry' sends it with its event id."""
+    create_topic(kafka_bootstrap, topic)
+    spool_path = str(tmp_path / "spool.db")
+    first = offline(tmp_path, topic)
+    big = order(first, "alice", "1", note="y" * 200_000)
+    backlog = [order(first, "alice", str(i)) for i in range(2, 5)]
+    assert first.close(0.5) == 4
+    second = publisher(kafka_bootstrap, topic, tmp_path, ORDER_EVENT_MAX_MESSAGE_BYTES="100000")
+    try:
+        assert ids_on(kafka_bootstrap, topic, 3) == backlog
+        wait_for(lambda: second.health()["spool_depth"] == 0, message="backlog settled")
+    finally:
+        assert second.close(5) == 0
+    listed = CliRunner().invoke(main, ["spool", "rejected", "--spool", spool_path])
+    assert listed.exit_code == 0 and big in listed.output and "1 rejected" in listed.output
+    retried = CliRunner().invoke(main, ["spool", "retry", big, "--spool", spool_path])
+    assert retried.exit_code == 0, retried.output
+    third = publisher(kafka_bootstrap, topic, tmp_path)
+    try:
+        assert ids_on(kafka_bootstrap, topic, 4) == [*backlog, big]
+        wait_for(lambda: third.health()["spool_depth"] == 0, message="retry delivered")
+        assert third.health()["spool_rejected"] == 0
+    finally:
+        third.close(5)
+
+
+def test_unreadable_stored_record_is_quarantined(kafka_bootstrap, topic, tmp_path, caplog):
+    """A stored record the relay cannot parse (a 400-digit integer, as an earlier version
+    stored it) is set aside with its id logged and counted; the records after it are sent."""
+    create_topic(kafka_bootstrap, topic)
+    first = offline(tmp_path, topic)
+    bad = order(first, "alice", "1")
+    good = [order(first, "alice", str(i)) for i in range(2, 5)]
+    assert first.close(0.5) == 4
+    with sqlite3.connect(tmp_path / "spool.db") as db:
+        db.execute("UPDATE events SET value = ? WHERE event_id = ?",
+                   (b'{"event_id":"' + bad.encode() + b'","quantity":1' + b"0" * 400 + b"}", bad))
+    caplog.set_level(logging.INFO, logger="openalgo_events")
+    second = publisher(kafka_bootstrap, topic, tmp_path)
+    try:
+        assert ids_on(kafka_bootstrap, topic, 3) == good
+        wait_for(lambda: second.health()["spool_rejected"] == 1, message="quarantined")
+        assert [r.event_id for r in second.transport.spool.rejected()] == [bad]  # type: ignore[attr-defined]
+        assert any(bad in r.getMessage() and r.levelno == logging.ERROR for r in caplog.records)
+        assert second.stats.count("quarantined") == 1
+    finally:
+        second.close(5)
+
+
+def test_one_size_limit_end_to_end(kafka_bootstrap, topic, tmp_path):
+    """An event of about 1,000,354 bytes (under the 1 MiB limit, over librdkafka's default
+    message.max.bytes) is delivered, and so is the event after it."""
+    create_topic(kafka_bootstrap, topic)
+    p = publisher(kafka_bootstrap, topic, tmp_path)
+    try:
+        big = order(p, "alice", "1", note="z" * 1_000_000)
+        nxt = order(p, "alice", "2")
+        assert ids_on(kafka_bootstrap, topic, 2) == [big, nxt]
+    finally:
+        assert p.close(10) == 0
+
+
+def test_secret_corpus_never_reaches_the_topic_or_the_spool(kafka_bootstrap, topic, tmp_path):
+    """Every corpus credential, top level and nested, is absent from every byte on the topic
+    (keys, values, headers) and in every spool file (SQLite, WAL, journal)."""
+    create_topic(kafka_bootstrap, topic)
+    p = publisher(kafka_bootstrap, topic, tmp_path)
+    try:
+        sent = p.publish("order_event", "alice", corpus_data()).event_id
+        messages = read_topic(kafka_bootstrap, topic, 1)
+        assert [json.loads(m.value())["event_id"] for m in messages] == [sent]
+        on_topic = b"".join(m.value() + (m.key() or b"") + b"".join(
+            v for _, v in m.headers() or []) for m in messages)
+        assert b"LEAK-" not in on_topic
+        files = glob.glob(str(tmp_path / "*"))
+        assert any(name.endswith("spool.db") for name in files)
+        for name in files:
+            with open(name, "rb") as handle:
+                assert b"LEAK-" not in handle.read(), name
+    finally:
+        p.close(5)
