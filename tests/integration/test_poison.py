@@ -8,6 +8,7 @@ import glob
 import json
 import logging
 import sqlite3
+import time
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ from click.testing import CliRunner
 
 from openalgo_events import KafkaEventPublisher, Settings
 from openalgo_events.cli import main
-from openalgo_events.devbroker import free_port
+from openalgo_events.devbroker import DevBroker, free_port
 from tests.support import create_topic, read_topic, wait_for
 from tests.unit.test_secrets import corpus_data
 
@@ -155,3 +156,37 @@ def test_secret_corpus_never_reaches_the_topic_or_the_spool(kafka_bootstrap, top
                 assert b"LEAK-" not in handle.read(), name
     finally:
         p.close(5)
+
+
+@pytest.mark.slow
+def test_broker_down_20s_logs_a_handful_of_lines(tmp_path, topic, caplog):
+    """With the broker killed for 20 s while events keep coming, the package logs one WARNING
+    when it goes down and one when it is back (librdkafka's per-connection failures at debug),
+    and every event published meanwhile is delivered."""
+    port = free_port()
+    broker = DevBroker(port).start()
+    create_topic(broker.bootstrap_servers, topic)
+    p = publisher(broker.bootstrap_servers, topic, tmp_path)
+    try:
+        order(p, "alice", "0")
+        assert p.flush(10) == 0
+        caplog.set_level(logging.DEBUG, logger="openalgo_events")
+        caplog.clear()
+        broker.stop()
+        start = time.monotonic()
+        for i in range(20):  # one event a second while the broker is away
+            time.sleep(max(0.0, start + i - time.monotonic()))
+            order(p, "alice", str(i + 1))
+        broker = DevBroker(port).start()  # an empty broker at the same address
+        create_topic(broker.bootstrap_servers, topic)
+        wait_for(lambda: p.health()["spool_depth"] == 0, 60, message="the backlog delivered")
+        lines = [(r.levelname, r.getMessage()) for r in caplog.records
+                 if r.levelno >= logging.INFO]
+        assert len(lines) <= 4, lines
+        assert sum("unreachable" in text for _, text in lines) == 1, lines
+        assert sum("reachable again" in text for _, text in lines) == 1, lines
+        assert all(level == "WARNING" for level, _ in lines), lines
+        assert sum(r.levelno == logging.DEBUG for r in caplog.records) > 0  # the chatter
+    finally:
+        p.close(5)
+        broker.stop()

@@ -24,6 +24,7 @@ from ..config import Settings
 from ..envelope import Envelope
 from ..errors import ConfigError, require
 from ..stats import Stats
+from ..transports.kafka_errors import ClientErrorLog, QuietLibrdkafkaLog
 from .checks import check_fresh, dedupe_key, parse
 from .dedupe import HandledStore
 from .handlers import (
@@ -85,10 +86,12 @@ class EsbConsumer:
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "error_cb": self._on_client_error,
+            "logger": QuietLibrdkafkaLog(),
         }
         self._dlq_config: dict[str, Any] = {**settings.client_config(), "acks": "all",
                                             "enable.idempotence": False, "linger.ms": 0}
         self.stats = Stats()
+        self._errors = ClientErrorLog(log, "inbound consumer")
         self._stop = new_event()
         self._done = new_event()
         self._done.set()
@@ -403,12 +406,14 @@ class EsbConsumer:
             return
         self._lag = lag
         self._broker_errors = 0
+        self._errors.ok()
 
     # -- errors and shutdown ----------------------------------------------------------------
     def _on_client_error(self, err: Any) -> None:
-        """librdkafka's error callback and consumer error events (on the loop thread)."""
+        """librdkafka's error callback and consumer error events (on the loop thread): logged
+        once per state change (``ClientErrorLog``), connection chatter at debug."""
         self._broker_error(str(err))
-        log.warning("Kafka consumer error: %s", err)
+        self._errors.error(err)
 
     def _broker_error(self, text: str) -> None:
         self._broker_errors += 1

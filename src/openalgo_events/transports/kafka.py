@@ -41,6 +41,7 @@ from .kafka_errors import (
     AUTHORIZATION,
     TOPIC_MISSING,
     ErrorClass,
+    QuietLibrdkafkaLog,
     classify,
     is_connection_noise,
 )
@@ -111,16 +112,6 @@ def _error_name(err: Any) -> str:
         return type(err).__name__
 
 
-class _QuietLog:
-    """librdkafka's own log, at debug: it repeats every reconnect attempt during an outage, while
-    the error callback reports the outage once, at warning."""
-
-    _log = logging.getLogger("openalgo_events.librdkafka")
-
-    def log(self, level: int, msg: str, *args: Any) -> None:
-        self._log.debug(msg, *args)
-
-
 class KafkaTransport:
     """Publishes envelopes to one Kafka topic, keyed by user id, through a spool.
 
@@ -147,7 +138,7 @@ class KafkaTransport:
         self._catalog = catalog
         self._config = {"acks": "all", "enable.idempotence": True, **producer_config}
         self._config["error_cb"] = self._on_error
-        self._config["logger"] = _QuietLog()
+        self._config["logger"] = QuietLibrdkafkaLog()
         self._stall_timeout = stall_timeout
         self._wake = new_event()
         self._stopping = False
@@ -609,7 +600,7 @@ class KafkaTransport:
         reason, self._rebuild_reason = self._rebuild_reason, None
         self.rebuilds += 1
         # expected while the brokers are down (reported once already): not a warning then
-        log.log(logging.INFO if self.broker_up is False else logging.WARNING,
+        log.log(logging.DEBUG if self.broker_up is False else logging.WARNING,
                 "rebuilding the Kafka producer (%s); resending %s pending events", reason,
                 self.spool.depth)
         self.stats.incr("producer_rebuilds", transport=self.name)

@@ -17,6 +17,7 @@ event is never set aside on a guess).
 
 from __future__ import annotations
 
+import logging
 from enum import StrEnum
 from typing import Any
 
@@ -106,3 +107,66 @@ def is_connection_noise(err: Any) -> bool:
         return str(err.name()) in CONNECTION_NOISE
     except AttributeError:
         return False
+
+
+class QuietLibrdkafkaLog:
+    """librdkafka's own log (``logger`` property), at debug: it repeats every reconnect attempt
+    during an outage, which the error callbacks report once, as a state change."""
+
+    _log = logging.getLogger("openalgo_events.librdkafka")
+
+    def log(self, level: int, msg: str, *args: Any) -> None:
+        self._log.debug(msg, *args)
+
+
+class ClientErrorLog:
+    """An error callback's log: one line per state change (brokers unreachable at WARNING, a
+    global condition such as "authentication failed" at ERROR, and one line when it is over),
+    per-connection chatter at debug, any other error once until the client recovers.
+
+    >>> errors = ClientErrorLog(logging.getLogger("x"), "inbound consumer")  # doctest: +SKIP
+    >>> consumer_config["error_cb"] = errors.error  # doctest: +SKIP
+    """
+
+    def __init__(self, logger: logging.Logger, client: str) -> None:
+        self._log = logger
+        self._client = client
+        self.state: str | None = None  # "brokers unreachable", a condition, or None
+        self._seen: set[str] = set()
+
+    def error(self, err: Any) -> None:
+        """Log ``err`` (a ``KafkaError``) if it changes the client's state."""
+        kind, meaning = classify(err)
+        name = _name(err)
+        if kind is ErrorClass.GLOBAL:
+            state, level = meaning, logging.ERROR
+        elif name == "_ALL_BROKERS_DOWN":
+            if self.state is not None:  # an authentication failure also takes brokers "down"
+                return
+            state, level = "brokers unreachable", logging.WARNING
+        elif name in CONNECTION_NOISE:
+            self._log.debug("%s: Kafka client: %s", self._client, err)
+            return
+        else:
+            first = name not in self._seen
+            self._seen.add(name)
+            self._log.log(logging.WARNING if first else logging.DEBUG, "%s: Kafka client error: "
+                          "%s", self._client, err)
+            return
+        if state != self.state:
+            self.state = state
+            self._log.log(level, "%s: Kafka %s (%s)", self._client, state, err)
+
+    def ok(self) -> None:
+        """The client heard from the brokers: log once if that ends a state."""
+        self._seen.clear()
+        if self.state is not None:
+            was, self.state = self.state, None
+            self._log.warning("%s: Kafka %s is over", self._client, was)
+
+
+def _name(err: Any) -> str:
+    try:
+        return str(err.name())
+    except AttributeError:
+        return type(err).__name__
