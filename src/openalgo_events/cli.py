@@ -151,6 +151,14 @@ def check(ctx: click.Context, force_kafka: bool, timeout: float) -> None:
                        "topics create' (or the broker auto-creates it on the first event)")
         else:
             click.echo(f"Topic {topic}: {partitions} partition(s)")
+    if found.partitions.get(settings.order_events_topic) is not None:
+        from .ops.broker import client_config
+        from .transports.kafka_limits import topic_limit_problem
+
+        limit = topic_limit_problem(client_config(settings), settings.order_events_topic,
+                                    settings.max_message_bytes)
+        if limit:
+            click.echo(f"warning: {limit}", err=True)
     click.echo("OK: publishing to Kafka would work.")
 
 

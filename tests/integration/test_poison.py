@@ -190,3 +190,28 @@ def test_broker_down_20s_logs_a_handful_of_lines(tmp_path, topic, caplog):
     finally:
         p.close(5)
         broker.stop()
+
+
+def test_topic_smaller_than_the_publish_limit_is_warned_about(kafka_bootstrap, topic, tmp_path,
+                                                             caplog, cli_env):
+    """A topic whose max.message.bytes is below ORDER_EVENT_MAX_MESSAGE_BYTES draws a warning
+    naming both numbers and the fix, from 'check' and once at the relay's start-up."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    for future in admin.create_topics([NewTopic(topic, 1, 1, config={
+            "max.message.bytes": "5000"})]).values():
+        future.result(10)
+    cli_env(KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap, KAFKA_ORDER_EVENTS_TOPIC=topic,
+            ORDER_EVENT_MODE="KAFKA", KAFKA_SPOOL_PATH=str(tmp_path / "check.db"))
+    checked = CliRunner().invoke(main, ["check"])
+    assert checked.exit_code == 0, checked.output
+    assert "max.message.bytes" in checked.output and "5000" in checked.output
+    assert "ORDER_EVENT_MAX_MESSAGE_BYTES=5000" in checked.output
+    caplog.set_level(logging.INFO, logger="openalgo_events")
+    p = publisher(kafka_bootstrap, topic, tmp_path)
+    try:
+        wait_for(lambda: [r for r in caplog.records if "5000" in r.getMessage()
+                          and r.levelno == logging.WARNING], message="the start-up warning")
+    finally:
+        p.close(5)
