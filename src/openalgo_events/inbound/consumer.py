@@ -26,7 +26,7 @@ from ..errors import ConfigError, require
 from ..stats import Stats
 from ..transports.kafka_errors import ClientErrorLog, QuietLibrdkafkaLog
 from .checks import check_fresh, dedupe_key, parse
-from .dedupe import HandledStore
+from .dedupe import DEAD_LETTERED, HANDLED, HandledStore, position_key
 from .handlers import (
     APP_HANDLERS,
     BUILTIN_HANDLERS,
@@ -239,32 +239,44 @@ class EsbConsumer:
             consumer.seek(self._ck.TopicPartition(topic, partition, offset))
 
     def _process(self, msg: Any) -> bool:
-        """Handle, skip or dead-letter one message; False when stopped before it was settled."""
+        """Handle, skip or dead-letter one message; False when stopped before it was settled.
+
+        Its outcome is recorded (by event id, or by position when it has none) before its
+        offset is committed: after a crash in between it is skipped, not settled twice.
+        """
         value = msg.value()
         headers = tuple(msg.headers() or ())
+        store = self._store
+        assert store is not None
+        position = position_key(msg.topic(), msg.partition(), msg.offset())
+        key = position
         try:
+            if store.outcome(position) is not None:  # a malformed message settled before
+                return self._skip_duplicate("malformed", position)
             envelope = parse(value, max_bytes=self.settings.max_message_bytes,
                              known=self.handlers)
             key = dedupe_key(envelope, value, headers)
-            assert self._store is not None
-            if self._store.seen(key):
-                self.duplicates_skipped += 1
-                self.stats.incr("inbound_duplicates", event_type=envelope.event_type)
-                log.info("skipped duplicate %s event %s", envelope.event_type, key)
-                return True
+            if store.outcome(key) is not None:
+                return self._skip_duplicate(envelope.event_type, key)
             check_fresh(envelope, value, max_age_seconds=self.settings.consumer_max_age_seconds,
                         now=datetime.now(UTC))
         except DeadLetterError as exc:
-            return self._dead_letter(msg, exc.reason, exc.detail, 0)
+            return self._dead_letter(msg, exc.reason, exc.detail, 0, key)
         outcome = self._handle(envelope, msg, headers)
         if outcome is _STOPPED:
             return False
         if isinstance(outcome, DeadLetterError):
-            return self._dead_letter(msg, outcome.reason, outcome.detail, outcome.attempts)
-        self._store.add(key)
+            return self._dead_letter(msg, outcome.reason, outcome.detail, outcome.attempts, key)
+        store.add(key, HANDLED)
         self.handled += 1
         self._handler_failures = 0
         self.stats.incr("inbound_handled", event_type=envelope.event_type)
+        return True
+
+    def _skip_duplicate(self, event_type: str, key: str) -> bool:
+        self.duplicates_skipped += 1
+        self.stats.incr("inbound_duplicates", event_type=event_type)
+        log.info("skipped %s event %s: already settled", event_type, key)
         return True
 
     def _handle(self, envelope: Envelope, msg: Any, headers: tuple[Any, ...]) -> object:
@@ -297,8 +309,9 @@ class EsbConsumer:
         return failure
 
     # -- dead letters -----------------------------------------------------------------------
-    def _dead_letter(self, msg: Any, reason: str, detail: str, attempts: int) -> bool:
-        """Copy ``msg`` to the dead-letter topic, durably; retried until it works or stop."""
+    def _dead_letter(self, msg: Any, reason: str, detail: str, attempts: int, key: str) -> bool:
+        """Copy ``msg`` to the dead-letter topic, durably (retried until it works or stop), then
+        record its outcome under ``key`` (its event id, or its position)."""
         value = msg.value()
         headers = [*(msg.headers() or ()),
                    ("dlq_reason", reason.encode()),
@@ -323,6 +336,8 @@ class EsbConsumer:
             if self._stop.wait(delay):
                 return False
             delay = min(delay * 2, 30.0)
+        assert self._store is not None
+        self._store.add(key, DEAD_LETTERED)
         self.dead_lettered += 1
         self.stats.incr("inbound_dead_lettered", reason=reason)
         log.warning("dead-lettered %s[%s]@%s to %s: %s: %s", msg.topic(), msg.partition(),
