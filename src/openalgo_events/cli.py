@@ -334,7 +334,7 @@ def replay(ctx: click.Context, since: float, until: float | None, user: str | No
 # -- spool ----------------------------------------------------------------------------------
 @main.group()
 def spool() -> None:
-    """Inspect the local spool (read-only, safe while the app runs)."""
+    """Inspect the local spool, safe while the app runs (only 'retry' writes: one mark)."""
 
 
 @spool.command("status")

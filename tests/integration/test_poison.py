@@ -215,3 +215,42 @@ def test_topic_smaller_than_the_publish_limit_is_warned_about(kafka_bootstrap, t
                           and r.levelno == logging.WARNING], message="the start-up warning")
     finally:
         p.close(5)
+
+
+def test_global_condition_keeps_everything_and_is_logged_once(kafka_bootstrap, topic,
+                                                              tmp_path, caplog):
+    """An authentication failure reported by librdkafka's error callback (a real KafkaError,
+    fed to the live producer's callback: the test broker has no SASL) stops sending without a
+    rebuild, is named in health, is logged at ERROR once however often it repeats and never as
+    "unreachable"; when the broker answers metadata again the events go out in order and one
+    line says it is over."""
+    from confluent_kafka import KafkaError
+
+    create_topic(kafka_bootstrap, topic)
+    caplog.set_level(logging.INFO, logger="openalgo_events")
+    p = publisher(kafka_bootstrap, topic, tmp_path)
+    transport: Any = p.transport
+    try:
+        order(p, "alice", "0")
+        assert p.flush(10) == 0
+        rebuilds = transport.rebuilds
+        failure = KafkaError(KafkaError._AUTHENTICATION,
+                             "SASL authentication error: Authentication failed")
+        for _ in range(5):
+            transport._on_error(failure)
+        transport._on_error(KafkaError(KafkaError._ALL_BROKERS_DOWN, "1/1 brokers are down"))
+        health = p.health()
+        assert health["condition"] == "authentication failed" and not health["healthy"]
+        assert "KAFKA_SASL_USERNAME" in health["condition_detail"]
+        ids = [order(p, "alice", str(i)) for i in range(1, 4)]
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(errors) == 1 and "authentication failed" in errors[0], errors
+        assert not any("unreachable" in r.getMessage() for r in caplog.records)
+        wait_for(lambda: p.health()["condition"] is None, 30, message="the condition over")
+        assert p.flush(10) == 0
+        on_topic = ids_on(kafka_bootstrap, topic, 4)
+        assert [i for i in on_topic if i in ids] == ids
+        assert transport.rebuilds <= rebuilds + 1  # one resend when it is over, no loop
+        assert sum("is over" in r.getMessage() for r in caplog.records) == 1
+    finally:
+        p.close(5)

@@ -31,6 +31,10 @@ COUNTERS: dict[str, tuple[str, str, tuple[str, ...]]] = {
                ("event_type", "transport")),
     "shed": ("shed", "LOW and MEDIUM events dropped because the spool was over its limit.",
              ("event_type",)),
+    "rejected": ("rejected", "Events Kafka refused for good, set aside in the spool "
+                 "('openalgo-events spool rejected').", ("event_type", "transport")),
+    "quarantined": ("quarantined", "Stored records the relay could not read, set aside as "
+                    "rejected.", ()),
     "producer_rebuilds": ("producer_rebuilds",
                           "Kafka producers discarded and rebuilt to resend pending events.", ()),
 }
