@@ -17,7 +17,7 @@ from .errors import EventValidationError
 
 # JSON Schema type -> the Python types of its converted value (bool is not a number here).
 _PY_TYPES: dict[str, tuple[type, ...]] = {
-    "string": (str,), "number": (int, float), "integer": (int,), "boolean": (bool,),
+    "string": (str,), "number": (int, float), "integer": (int,), "boolean": (bool,),  # exact
     "object": (dict,), "array": (list,), "null": (type(None),),
 }
 
@@ -57,14 +57,14 @@ class EventSpec:
         return tuple(f.name for f in self.fields if f.required)
 
     @cached_property
-    def _typed(self) -> tuple[tuple[str, tuple[type, ...], bool, str], ...]:
-        """(name, Python types, bool allowed, JSON types as text) of each declared field."""
-        out = []
+    def _types(self) -> dict[str, frozenset[type]]:
+        """Declared field -> the exact Python types of its converted value (bool is a type of
+        its own, not a number)."""
+        out = {}
         for f in self.fields:
             kinds = f.type if isinstance(f.type, tuple) else (f.type,)
-            py = tuple(t for kind in kinds for t in _PY_TYPES[kind])
-            out.append((f.name, py, "boolean" in kinds, " or ".join(kinds)))
-        return tuple(out)
+            out[f.name] = frozenset(t for kind in kinds for t in _PY_TYPES[kind])
+        return out
 
     def check(self, data: Mapping[str, Any]) -> None:
         """Raise ``EventValidationError`` naming the first missing or forbidden field.
@@ -85,13 +85,16 @@ class EventSpec:
         """Raise ``EventValidationError`` naming the first declared field whose converted value
         (plain JSON types) is not of its declared JSON type; the generated JSON Schema says the
         same."""
-        for name, types, bool_ok, text in self._typed:
-            if name in data:
-                value = data[name]
-                if not isinstance(value, types) or (type(value) is bool and not bool_ok):
-                    raise EventValidationError(
-                        self.name, name, f"must be a {text} (the catalog's type), not "
-                        f"{'null' if value is None else type(value).__name__}")
+        types = self._types
+        for name, value in data.items():  # one dict probe per key: this runs on every publish
+            allowed = types.get(name)
+            if allowed is not None and type(value) not in allowed and (
+                    type(value) is bool or not isinstance(value, tuple(allowed))):
+                field = next(f for f in self.fields if f.name == name)
+                kinds = field.type if isinstance(field.type, tuple) else (field.type,)
+                raise EventValidationError(
+                    self.name, name, f"must be a {' or '.join(kinds)} (the catalog's type), "
+                    f"not {'null' if value is None else type(value).__name__}")
 
 
 NUMBER = ("number", "string")  # OpenAlgo sends quantities and prices both as numbers and strings

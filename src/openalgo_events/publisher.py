@@ -16,7 +16,7 @@ from typing import Any
 from ._threads import new_lock
 from .catalog import CATALOG, Catalog
 from .config import Mode, Settings
-from .envelope import Envelope, record_size, to_json_value, unencodable
+from .envelope import Envelope, to_json_value, unencodable
 from .errors import ConfigError, EventValidationError
 from .spool import Spool
 from .stats import Stats
@@ -80,7 +80,7 @@ class EventPublisher:
         spec.check_types(converted)
         envelope = Envelope(event_type, user, converted, self.source, sequence=sequence)
         try:
-            size = record_size(envelope.key, envelope.value, envelope.headers())
+            size = envelope.record_size()
         except (TypeError, UnicodeEncodeError) as exc:  # text UTF-8 cannot carry (a surrogate)
             found = (unencodable(user, event_type, "user_id")
                      or unencodable(converted, event_type, "data"))

@@ -129,3 +129,13 @@ def test_every_declared_type_agrees_with_the_schema(publisher):
 
 def _first(kind: str | list[str]) -> str:
     return kind if isinstance(kind, str) else kind[0]
+
+
+def test_record_size_shortcut_matches_the_headers_it_skips(publisher):
+    """Envelope.record_size() (the publish path's check) equals record_size over the real
+    key, value and CloudEvents headers, non-ASCII type and source included."""
+    from openalgo_events.envelope import Envelope, record_size
+
+    for env in (publisher.publish_order_event("alice", "SBIN", "BUY", "1", "live"),
+                Envelope("tÿpe", "ünïcode", {"a": "é"}, source="søurce")):
+        assert env.record_size() == record_size(env.key, env.value, env.headers())
