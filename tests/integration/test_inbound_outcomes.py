@@ -55,3 +55,35 @@ def test_crash_between_outcome_and_commit_settles_each_message_once(kafka_bootst
     dead = read_topic(kafka_bootstrap, dlq, 3, timeout=5)
     assert sorted(m.value() for m in dead) == sorted([
         b"not json at all", json.dumps(failing).encode()])
+
+
+def test_a_dead_letter_produced_again_is_processed(kafka_bootstrap, topic, tmp_path):
+    """Dead letters are recorded by position, not by id: once the cause is fixed, the same value
+    produced again to the ESB topic (same event_id, new offset) is handled."""
+    from openalgo_events.inbound import EsbConsumer
+    from tests.integration.inbound_support import consumer_settings
+
+    create_topic(kafka_bootstrap, topic)
+    create_topic(kafka_bootstrap, f"{topic}.dlq")
+    fixed: list[bool] = []
+    handled: list[str] = []
+
+    def downstream(envelope, context):
+        if not fixed:
+            raise RuntimeError("downstream down")
+        handled.append(envelope.event_id)
+
+    settings = consumer_settings(kafka_bootstrap, topic, tmp_path,
+                                 KAFKA_CONSUMER_DLQ_TOPIC=f"{topic}.dlq")
+    consumer = EsbConsumer(settings, handlers={"downstream": downstream})
+    message = esb_message("downstream", "alice", {})
+    produce(kafka_bootstrap, topic, message)
+    consumer.start()
+    try:
+        wait_for(lambda: consumer.health()["dead_lettered"] == 1, 30, message="dead-lettered")
+        fixed.append(True)
+        produce(kafka_bootstrap, topic, message)  # the re-drive: same value, same event id
+        wait_for(lambda: handled, 30, message="the re-driven copy handled")
+    finally:
+        assert consumer.stop()
+    assert handled == [message["event_id"]]

@@ -241,18 +241,19 @@ class EsbConsumer:
     def _process(self, msg: Any) -> bool:
         """Handle, skip or dead-letter one message; False when stopped before it was settled.
 
-        Its outcome is recorded (by event id, or by position when it has none) before its
-        offset is committed: after a crash in between it is skipped, not settled twice.
+        Its outcome is recorded before its offset is committed, so that after a crash in
+        between it is skipped, not settled twice: a handled message by its event id (a copy
+        of it is a duplicate), a dead-lettered one by its position (the same delivery read
+        again is skipped, while its value produced again to re-drive it is processed).
         """
         value = msg.value()
         headers = tuple(msg.headers() or ())
         store = self._store
         assert store is not None
         position = position_key(msg.topic(), msg.partition(), msg.offset())
-        key = position
         try:
-            if store.outcome(position) is not None:  # a malformed message settled before
-                return self._skip_duplicate("malformed", position)
+            if store.outcome(position) is not None:  # dead-lettered before a crash
+                return self._skip_duplicate("dead-lettered", position)
             envelope = parse(value, max_bytes=self.settings.max_message_bytes,
                              known=self.handlers)
             key = dedupe_key(envelope, value, headers)
@@ -261,12 +262,13 @@ class EsbConsumer:
             check_fresh(envelope, value, max_age_seconds=self.settings.consumer_max_age_seconds,
                         now=datetime.now(UTC))
         except DeadLetterError as exc:
-            return self._dead_letter(msg, exc.reason, exc.detail, 0, key)
+            return self._dead_letter(msg, exc.reason, exc.detail, 0, position)
         outcome = self._handle(envelope, msg, headers)
         if outcome is _STOPPED:
             return False
         if isinstance(outcome, DeadLetterError):
-            return self._dead_letter(msg, outcome.reason, outcome.detail, outcome.attempts, key)
+            return self._dead_letter(msg, outcome.reason, outcome.detail, outcome.attempts,
+                                     position)
         store.add(key, HANDLED)
         self.handled += 1
         self._handler_failures = 0
@@ -311,7 +313,7 @@ class EsbConsumer:
     # -- dead letters -----------------------------------------------------------------------
     def _dead_letter(self, msg: Any, reason: str, detail: str, attempts: int, key: str) -> bool:
         """Copy ``msg`` to the dead-letter topic, durably (retried until it works or stop), then
-        record its outcome under ``key`` (its event id, or its position)."""
+        record its outcome under ``key`` (its position)."""
         value = msg.value()
         headers = [*(msg.headers() or ()),
                    ("dlq_reason", reason.encode()),

@@ -1,10 +1,11 @@
 """The outcomes store: which inbound events this consumer group already settled, and how.
 
 Kafka delivers at least once, so a message can come back after a crash or a rebalance; the
-consumer records each message's outcome here (``handled``, or ``dead_lettered``) with its
-event id, before its offset is committed, and skips it when it sees it again, across restarts:
-a dead-lettered message is then neither handled again nor dead-lettered twice. A message with
-no readable event id (malformed) is recorded by its position (``position_key``).
+consumer records each message's outcome here before its offset is committed, and skips it
+when it sees it again, across restarts: ``handled`` by event id (any copy is a duplicate),
+``dead_lettered`` by position (``position_key``: the same delivery read again after a crash is
+neither handled again nor dead-lettered twice, while a re-driven copy, produced again after
+the cause is fixed, is processed).
 
 One SQLite file (WAL), shareable by the members of a group on one host
 (a partition moved to another member then still skips what the first one handled). Ids older

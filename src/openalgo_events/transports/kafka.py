@@ -171,6 +171,7 @@ class KafkaTransport:
         self._last_condition_probe = 0.0
         self._down_since = 0.0
         self._warned: set[str] = set()  # other client errors logged once until a recovery
+        self._failures_logged = False  # a failed delivery logged since the last recovery
         self._limit_checked = False
         self._last_retry_check = 0.0
         self._rebuild_reason: str | None = None
@@ -444,9 +445,15 @@ class KafkaTransport:
         self.stats.incr("failed", len(retry), transport=self.name)
         seq, err, msg = retry[0]
         self.last_error = str(err)
-        level = logging.DEBUG if self.broker_up is False or self.condition else logging.ERROR
-        log.log(level, "delivery of %s events failed (first: event %s, spool #%s: %s); they stay "
-                "in the spool and are resent", len(retry), _event_id(msg), seq, err)
+        # During an outage or a condition (reported once already) only the first batch of
+        # failures is worth a line: the rest would flood the log, one batch per retry.
+        if self.broker_up is False or self.condition:
+            level = logging.DEBUG if self._failures_logged else logging.WARNING
+        else:
+            level = logging.ERROR
+        self._failures_logged = True
+        log.log(level, "delivery of event %s (spool #%s) failed: %s; it and %s more stay in the "
+                "spool and are resent", _event_id(msg), seq, err, len(retry) - 1)
         if not self.condition:
             self._rebuild_reason = f"delivery failed: {err}"
 
@@ -512,6 +519,7 @@ class KafkaTransport:
         with self._state_lock:
             was, self.broker_up = self.broker_up, True
             self._warned.clear()
+            self._failures_logged = False
             down_for = time.monotonic() - self._down_since
         if was is False:
             log.warning("Kafka brokers reachable again after %ss; sending %s pending events",
