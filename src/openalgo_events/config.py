@@ -62,7 +62,7 @@ VARIABLES: tuple[Var, ...] = (
     Var("ORDER_EVENT_SOURCE", "source", "openalgo", "the envelope's source field"),
     Var("ORDER_EVENT_DEFAULT_USER", "default_user", "admin", "user id for events with no user (single-user installs)"),
     Var("ORDER_EVENT_SOCKETIO_SCOPE", "socketio_scope", "broadcast", "broadcast (today) or user: emit only to the user's room"),
-    Var("ORDER_EVENT_MAX_MESSAGE_BYTES", "max_message_bytes", "1048576", "largest envelope accepted (the topic's max.message.bytes)"),
+    Var("ORDER_EVENT_MAX_MESSAGE_BYTES", "max_message_bytes", "1048576", "largest Kafka record accepted (value, key, headers), also the producer's message.max.bytes and the topic's max.message.bytes"),
     Var("ORDER_EVENT_ADMIN_TOKEN", "admin_token", "", "bearer token for the mode-switch endpoint (empty: endpoint off)", secret=True),
     Var("KAFKA_BOOTSTRAP_SERVERS", "bootstrap_servers", "", "host:port[,host:port...] (required in KAFKA and BOTH modes)"),
     Var("KAFKA_ORDER_EVENTS_TOPIC", "order_events_topic", "from_openalgo_order_events", "topic events are published to"),
