@@ -254,3 +254,33 @@ def test_global_condition_keeps_everything_and_is_logged_once(kafka_bootstrap, t
         assert sum("is over" in r.getMessage() for r in caplog.records) == 1
     finally:
         p.close(5)
+
+
+def test_missing_topic_is_a_global_condition_until_it_is_created(kafka_bootstrap, topic,
+                                                                 tmp_path, caplog):
+    """With auto-creation off and the topic absent, health names "topic missing", one ERROR
+    line names the topic and 'openalgo-events topics create', events are kept and nothing is
+    rebuilt while the relay keeps probing; once the topic is created they arrive in order."""
+    caplog.set_level(logging.INFO, logger="openalgo_events")
+    p = publisher(kafka_bootstrap, topic, tmp_path,
+                  KAFKA_LIBRDKAFKA_ALLOW_AUTO_CREATE_TOPICS="false")
+    transport: Any = p.transport
+    try:
+        wait_for(lambda: p.health()["condition"] == "topic missing", 15,
+                 message="the condition named")
+        ids = [order(p, "alice", str(i)) for i in range(3)]
+        health = p.health()
+        assert not health["healthy"] and health["spool_depth"] == 3
+        assert "openalgo-events topics create" in health["condition_detail"]
+        wait_for(lambda: transport.condition_probes >= 2, 20, message="two probes")
+        assert transport.rebuilds == 0
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(errors) == 1 and topic in errors[0] and "topics create" in errors[0], errors
+        create_topic(kafka_bootstrap, topic)
+        first_seen = list(dict.fromkeys(ids_on(kafka_bootstrap, topic, 3)))
+        assert first_seen == ids
+        wait_for(lambda: p.health()["condition"] is None, 15, message="the condition over")
+        assert transport.rebuilds <= 1  # the one resend when it is over
+        assert sum("is over" in r.getMessage() for r in caplog.records) == 1
+    finally:
+        p.close(5)

@@ -169,6 +169,7 @@ class KafkaTransport:
         self.condition: str | None = None  # a global condition: nothing is sent while it lasts
         self._condition_detail = ""
         self._last_condition_probe = 0.0
+        self.condition_probes = 0  # metadata requests made while a condition held
         self._down_since = 0.0
         self._warned: set[str] = set()  # other client errors logged once until a recovery
         self._failures_logged = False  # a failed delivery logged since the last recovery
@@ -560,6 +561,7 @@ class KafkaTransport:
     def _probe_condition(self) -> None:
         """While a condition lasts: ask for the topic's metadata; it is over when the topic is
         there and readable (no rebuild, no produce until then)."""
+        self.condition_probes += 1
         try:
             metadata = self._producer.list_topics(self.topic, timeout=2.0)
         except Exception:
