@@ -601,7 +601,7 @@ class KafkaTransport:
         refused by the broker and set aside as rejected."""
         from .kafka_limits import topic_limit_problem
 
-        conf = {k: v for k, v in self._config.items() if k not in ("error_cb", "logger")}
+        conf = {k: v for k, v in self._config.items() if k != "error_cb"}  # logger kept: quiet
         problem = topic_limit_problem(conf, self.topic, int(conf.get("message.max.bytes", 0)))
         if problem:
             log.warning("%s", problem)
