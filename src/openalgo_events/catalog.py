@@ -12,7 +12,14 @@ from enum import IntEnum
 from functools import cached_property
 from typing import Any
 
+from .envelope import is_secret_key
 from .errors import EventValidationError
+
+# JSON Schema type -> the Python types of its converted value (bool is not a number here).
+_PY_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,), "number": (int, float), "integer": (int,), "boolean": (bool,),  # exact
+    "object": (dict,), "array": (list,), "null": (type(None),),
+}
 
 
 class Priority(IntEnum):
@@ -49,16 +56,45 @@ class EventSpec:
     def required(self) -> tuple[str, ...]:
         return tuple(f.name for f in self.fields if f.required)
 
+    @cached_property
+    def _types(self) -> dict[str, frozenset[type]]:
+        """Declared field -> the exact Python types of its converted value (bool is a type of
+        its own, not a number)."""
+        out = {}
+        for f in self.fields:
+            kinds = f.type if isinstance(f.type, tuple) else (f.type,)
+            out[f.name] = frozenset(t for kind in kinds for t in _PY_TYPES[kind])
+        return out
+
     def check(self, data: Mapping[str, Any]) -> None:
-        """Raise ``EventValidationError`` naming the first missing or forbidden field."""
+        """Raise ``EventValidationError`` naming the first missing or forbidden field.
+
+        ``forbidden`` event types refuse any top-level key that names a credential (the
+        ``envelope.is_secret_key`` rule) instead of dropping it: the caller has a bug.
+        """
         for name in self.required:
             if name not in data:
                 raise EventValidationError(self.name, name, "is required")
         for name in data if self.forbidden else ():
-            if name.lower() in self.forbidden:
+            if type(name) is str and (name.lower() in self.forbidden or is_secret_key(name)):
                 raise EventValidationError(
                     self.name, name, "looks like a secret and is never published; remove it"
                 )
+
+    def check_types(self, data: Mapping[str, Any]) -> None:
+        """Raise ``EventValidationError`` naming the first declared field whose converted value
+        (plain JSON types) is not of its declared JSON type; the generated JSON Schema says the
+        same."""
+        types = self._types
+        for name, value in data.items():  # one dict probe per key: this runs on every publish
+            allowed = types.get(name)
+            if allowed is not None and type(value) not in allowed and (
+                    type(value) is bool or not isinstance(value, tuple(allowed))):
+                field = next(f for f in self.fields if f.name == name)
+                kinds = field.type if isinstance(field.type, tuple) else (field.type,)
+                raise EventValidationError(
+                    self.name, name, f"must be a {' or '.join(kinds)} (the catalog's type), "
+                    f"not {'null' if value is None else type(value).__name__}")
 
 
 NUMBER = ("number", "string")  # OpenAlgo sends quantities and prices both as numbers and strings

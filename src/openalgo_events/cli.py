@@ -151,6 +151,14 @@ def check(ctx: click.Context, force_kafka: bool, timeout: float) -> None:
                        "topics create' (or the broker auto-creates it on the first event)")
         else:
             click.echo(f"Topic {topic}: {partitions} partition(s)")
+    if found.partitions.get(settings.order_events_topic) is not None:
+        from .ops.broker import client_config
+        from .transports.kafka_limits import topic_limit_problem
+
+        limit = topic_limit_problem(client_config(settings), settings.order_events_topic,
+                                    settings.max_message_bytes)
+        if limit:
+            click.echo(f"warning: {limit}", err=True)
     click.echo("OK: publishing to Kafka would work.")
 
 
@@ -326,7 +334,7 @@ def replay(ctx: click.Context, since: float, until: float | None, user: str | No
 # -- spool ----------------------------------------------------------------------------------
 @main.group()
 def spool() -> None:
-    """Inspect the local spool (read-only, safe while the app runs)."""
+    """Inspect the local spool, safe while the app runs (only 'retry' writes: one mark)."""
 
 
 @spool.command("status")
@@ -357,6 +365,53 @@ def spool_status(ctx: click.Context, spool_path: str | None, as_json: bool) -> N
     click.echo(f"oldest pending age: {age}")
     click.echo(f"delivered (trail):  {status.delivered} events, {status.delivered_bytes} bytes, "
                f"since {since}")
+    click.echo(f"rejected:           {status.rejected} events (openalgo-events spool rejected)")
+
+
+@spool.command("rejected")
+@click.option("--spool", "spool_path", help="Spool file (default: KAFKA_SPOOL_PATH).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per line.")
+@click.pass_context
+def spool_rejected(ctx: click.Context, spool_path: str | None, as_json: bool) -> None:
+    """Events Kafka refused for good (too large, invalid) or that could not be read.
+
+    Each was set aside so the events after it kept flowing; fix the cause, then send it again
+    with 'openalgo-events spool retry EVENT_ID'.
+    """
+    from .ops.trail import Trail
+
+    settings = _settings(ctx)
+    with Trail(spool_path or settings.spool_path) as trail:
+        events = trail.rejected()
+    for event in events:
+        if as_json:
+            click.echo(json.dumps(event._asdict()))
+        else:
+            click.echo(f"{format_when(event.rejected)}  {event.event_type:<24} "
+                       f"{event.user_id:<14} {event.event_id}  {event.size} bytes  "
+                       f"{event.reason}")
+    if not as_json:
+        click.echo(f"{len(events)} rejected event(s)")
+
+
+@spool.command("retry")
+@click.argument("event_id")
+@click.option("--spool", "spool_path", help="Spool file (default: KAFKA_SPOOL_PATH).")
+@click.pass_context
+def spool_retry(ctx: click.Context, event_id: str, spool_path: str | None) -> None:
+    """Send a rejected event again, once its cause is fixed.
+
+    The running app's relay queues it within a second (or the next start does), after the
+    events pending now; it keeps its event id.
+    """
+    from .ops.trail import mark_for_retry
+
+    settings = _settings(ctx)
+    if not mark_for_retry(spool_path or settings.spool_path, event_id):
+        raise click.ClickException(f"no rejected event {event_id} in the spool; list them with "
+                                   "'openalgo-events spool rejected'")
+    click.echo(f"event {event_id} marked for retry; the app's relay sends it within a second "
+               "(or at its next start)")
 
 
 # -- schemas and sample configuration ------------------------------------------------------

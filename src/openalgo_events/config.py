@@ -62,7 +62,7 @@ VARIABLES: tuple[Var, ...] = (
     Var("ORDER_EVENT_SOURCE", "source", "openalgo", "the envelope's source field"),
     Var("ORDER_EVENT_DEFAULT_USER", "default_user", "admin", "user id for events with no user (single-user installs)"),
     Var("ORDER_EVENT_SOCKETIO_SCOPE", "socketio_scope", "broadcast", "broadcast (today) or user: emit only to the user's room"),
-    Var("ORDER_EVENT_MAX_MESSAGE_BYTES", "max_message_bytes", "1048576", "largest envelope accepted (the topic's max.message.bytes)"),
+    Var("ORDER_EVENT_MAX_MESSAGE_BYTES", "max_message_bytes", "1048576", "largest Kafka record accepted (value, key, headers), also the producer's message.max.bytes and the topic's max.message.bytes"),
     Var("ORDER_EVENT_ADMIN_TOKEN", "admin_token", "", "bearer token for the mode-switch endpoint (empty: endpoint off)", secret=True),
     Var("KAFKA_BOOTSTRAP_SERVERS", "bootstrap_servers", "", "host:port[,host:port...] (required in KAFKA and BOTH modes)"),
     Var("KAFKA_ORDER_EVENTS_TOPIC", "order_events_topic", "from_openalgo_order_events", "topic events are published to"),
@@ -202,6 +202,10 @@ class Settings:
             "compression.type": self.compression,
             "batch.size": self.batch_size,
             "linger.ms": self.linger_ms,
+            # One limit end to end: what publish accepts (the record, framing included) is what
+            # librdkafka sends and what a topic made by 'topics create' takes (its
+            # max.message.bytes). librdkafka's own default, 1,000,000, refused larger ones.
+            "message.max.bytes": max(1000, self.max_message_bytes),
         }
         conf.update(self.client_config())
         return conf
@@ -234,7 +238,15 @@ class Settings:
 
 
 def _looks_secret(key: str) -> bool:
-    return any(word in key.lower() for word in ("password", "secret", "token", "key.pem", "jaas"))
+    """A librdkafka property whose value may carry a credential: by the event data's rule
+    (``envelope.is_secret_key``: passw, secret, token, auth, private, jwt, ...) plus the
+    properties that hold one without saying so (a JAAS config, a kinit command line with its
+    keytab or password, a PEM key, a key password)."""
+    from .envelope import is_secret_key
+
+    norm = key.lower()
+    return is_secret_key(key) or any(word in norm for word in (
+        "jaas", "kinit", "keytab", "key.pem", "key.password", "keystore", "sasl.oauthbearer"))
 
 
 def _parse(environ: Mapping[str, str]) -> Settings:

@@ -30,8 +30,21 @@ CONTENT_TYPE = "application/json"
 ENVELOPE_KEYS = ("event_id", "event_type", "timestamp", "user_id", "source", "schema_version",
                  "data")
 
-# Keys whose values are credentials. They never leave the process: nested ones are dropped,
-# and one passed directly as an event field is a caller bug, rejected at the call.
+# Credentials are recognised by meaning, not by exact name: a key is normalised (lower case,
+# without "-", "_", "." and spaces) and is a secret when it contains one of these words. So
+# "X-Api-Key", "apiKey", "session_token", "Authorization" and "private_key" are all caught, at
+# any depth. docs/security.md lists the rule and why each word is on it.
+SECRET_WORDS = ("token", "secret", "passw", "pwd", "apikey", "authorization", "auth", "private",
+                "jwt", "session", "cookie", "credential", "totp")
+# Normalised keys that contain a secret word but name no credential, each seen in order data:
+# an author, an authorised quantity, the active-session list (its entries' ids are dropped),
+# and the instrument tokens brokers number contracts by (public, in the master contract).
+SECRET_ALLOWED = frozenset({
+    "author", "authorname", "authorized", "authorizedquantity", "authorizedqty",
+    "sessions", "sessioncount", "tradingsession", "marketsession",
+    "symboltoken", "instrumenttoken", "exchangetoken",
+})
+# The exact names the package has always dropped (kept for importers); every one matches the rule.
 SECRET_KEYS = frozenset(
     {
         "apikey", "api_key", "api_secret", "secret", "client_secret",
@@ -40,14 +53,31 @@ SECRET_KEYS = frozenset(
         "totp", "totp_code", "sasl_password",
     }
 )
+# The deepest nesting ``data`` may have (``data`` itself is level 1): deeper is refused at the
+# call, which also turns a container that holds itself (a cycle) into a typed error.
+MAX_DEPTH = 32
+# Integers JSON consumers can read exactly (Java's long, Go's int64, ClickHouse Int64...).
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1
+_NORMALISE = str.maketrans("", "", "-_. ")
 
-_PLAIN = frozenset({str, int, bool, type(None)})
-_stdlib_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+def is_secret_key(key: str) -> bool:
+    """True when ``key`` names a credential by the rule above (``SECRET_WORDS`` minus
+    ``SECRET_ALLOWED``), whatever its case or separators."""
+    found = _secret_keys_seen.get(key)
+    if found is None:
+        found = _is_secret(key)
+    return found
+
+
+_PLAIN = frozenset({str, bool, type(None)})  # int is range-checked
 
 
 def json_bytes(value: Any) -> bytes:
     """Compact UTF-8 JSON of plain JSON values, by orjson (the publish path's largest cost
-    otherwise); integers past 64 bits, which orjson refuses, go through the standard library.
+    otherwise). Raises ``orjson.JSONEncodeError`` (a ``TypeError``) for what orjson cannot
+    write (an integer past 64 bits, a lone surrogate): the publisher refuses those at the call,
+    so whatever is stored is what orjson reads back.
 
     Copied out of orjson's result, which keeps its whole working buffer: a few kilobytes for
     every value the spool holds in memory, by the thousand under load.
@@ -60,11 +90,7 @@ def compact_json(value: Any) -> str:
     return _dumps(value).decode()
 
 
-def _dumps(value: Any) -> bytes:
-    try:
-        return orjson.dumps(value)
-    except orjson.JSONEncodeError:
-        return _stdlib_json(value).encode()
+_dumps = orjson.dumps
 
 
 _id_lock = threading.Lock()
@@ -125,29 +151,40 @@ def ns_timestamp(now_ns: int) -> str:
     return f"{prefix}.{micros:06d}Z"
 
 
-def to_json_value(value: Any, event_type: str, path: str) -> Any:
+def to_json_value(value: Any, event_type: str, path: str, depth: int = 1) -> Any:
     """Convert ``value`` to plain JSON types, deterministically, or raise naming the field.
 
     Decimal becomes its exact string, an aware datetime UTC RFC 3339 (a naive one its ISO form,
     unchanged), date ISO, Enum its value, tuple a list; nested secret keys are dropped.
+    Raises ``EventValidationError`` (its ``field`` the path, e.g. ``data.legs[2].qty``) for an
+    integer outside signed 64 bits, a non-finite number, nesting deeper than ``MAX_DEPTH``
+    (or a cycle), a non-string key or a type JSON has no form for. ``depth`` is the nesting
+    level of ``value`` (``data`` is 1).
     """
     kind = type(value)  # the common types first, by identity: isinstance on an ABC is slow
     if kind in _PLAIN:
         return value
+    if kind is int:
+        return _int64(value, event_type, path)
     if kind is float:
         return _finite(value, event_type, path)
     if kind is dict:
-        return _json_object(value, event_type, path)
-    if isinstance(value, str | bool | int):
+        return _json_object(value, event_type, path, depth)
+    if isinstance(value, str | bool):
         return value
+    if isinstance(value, int):
+        return _int64(int(value), event_type, path)
     if isinstance(value, float):
-        return _finite(value, event_type, path)
+        return _finite(float(value), event_type, path)
     if isinstance(value, Mapping):
-        return _json_object(value, event_type, path)
+        return _json_object(value, event_type, path, depth)
     if isinstance(value, list | tuple):
-        return [to_json_value(item, event_type, f"{path}[{i}]") for i, item in enumerate(value)]
+        if depth > MAX_DEPTH:
+            _too_deep(event_type, path)
+        return [to_json_value(item, event_type, f"{path}[{i}]", depth + 1)
+                for i, item in enumerate(value)]
     if isinstance(value, Enum):
-        return to_json_value(value.value, event_type, path)
+        return to_json_value(value.value, event_type, path, depth)
     if isinstance(value, Decimal):
         if not value.is_finite():
             raise EventValidationError(event_type, path, f"{value} is not valid in JSON")
@@ -166,13 +203,30 @@ def to_json_value(value: Any, event_type: str, path: str) -> Any:
     )
 
 
+def _int64(value: int, event_type: str, path: str) -> int:
+    if INT_MIN <= value <= INT_MAX:
+        return value
+    raise EventValidationError(
+        event_type, path, f"the integer {str(value)[:24]}... is outside the signed 64-bit range "
+        "most consumers can read; send it as a string")
+
+
 def _finite(value: float, event_type: str, path: str) -> float:
     if not math.isfinite(value):
         raise EventValidationError(event_type, path, f"{value} is not valid in JSON")
     return value
 
 
-def _json_object(value: Mapping[Any, Any], event_type: str, path: str) -> dict[str, Any]:
+def _too_deep(event_type: str, path: str) -> None:
+    raise EventValidationError(
+        event_type, path, f"nested deeper than {MAX_DEPTH} levels (or a container that holds "
+        "itself, a cycle); flatten the data")
+
+
+def _json_object(value: Mapping[Any, Any], event_type: str, path: str,
+                 depth: int) -> dict[str, Any]:
+    if depth > MAX_DEPTH:
+        _too_deep(event_type, path)
     out: dict[str, Any] = {}
     for key, item in value.items():
         secret = _secret_keys_seen.get(key) if type(key) is str else None
@@ -185,10 +239,11 @@ def _json_object(value: Mapping[Any, Any], event_type: str, path: str) -> dict[s
         if secret:
             continue
         kind = type(item)
-        if kind in _PLAIN or (kind is float and math.isfinite(item)):
+        if kind in _PLAIN or (kind is float and math.isfinite(item)) or (
+                kind is int and INT_MIN <= item <= INT_MAX):
             out[key] = item
         else:
-            out[key] = to_json_value(item, event_type, f"{path}.{key}")
+            out[key] = to_json_value(item, event_type, f"{path}.{key}", depth + 1)
     return out
 
 
@@ -196,10 +251,55 @@ _secret_keys_seen: dict[str, bool] = {}  # the same few keys come with every eve
 
 
 def _is_secret(key: str) -> bool:
-    found = key.lower() in SECRET_KEYS
+    norm = key.lower().translate(_NORMALISE)
+    found = norm not in SECRET_ALLOWED and any(word in norm for word in SECRET_WORDS)
     if len(_secret_keys_seen) < 4096:  # bounded: keys built from data are not cached forever
         _secret_keys_seen[key] = found
     return found
+
+
+def scrub_secrets(value: Any, depth: int = 0) -> Any:
+    """``value`` with every mapping key that names a credential (``is_secret_key``) dropped, at
+    any depth; lists and tuples are walked, anything else is returned as is. Nesting past
+    ``MAX_DEPTH`` is returned unwalked: the publisher refuses it anyway."""
+    if depth > MAX_DEPTH:
+        return value
+    if isinstance(value, Mapping):
+        return {k: scrub_secrets(v, depth + 1) for k, v in value.items()
+                if not (isinstance(k, str) and is_secret_key(k))}
+    if isinstance(value, list | tuple):
+        return [scrub_secrets(v, depth + 1) for v in value]
+    return value
+
+
+def unencodable(value: Any, event_type: str, path: str) -> EventValidationError | None:
+    """The error naming where ``value`` (plain JSON types) holds text UTF-8 cannot carry (a lone
+    surrogate, in a key or a string), or None. Called only after orjson refused a value: it walks
+    the whole value, which the publish path cannot afford on every call."""
+    def bad(text: str) -> bool:
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            return True
+        return False
+
+    if isinstance(value, str):
+        return EventValidationError(event_type, path, "invalid Unicode (a lone surrogate); "
+                                    "send valid UTF-8 text") if bad(value) else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if bad(key):
+                return EventValidationError(event_type, f"{path}[{key!r}]", "key is invalid "
+                                            "Unicode (a lone surrogate); send valid UTF-8 text")
+            found = unencodable(item, event_type, f"{path}.{key}")
+            if found:
+                return found
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            found = unencodable(item, event_type, f"{path}[{i}]")
+            if found:
+                return found
+    return None
 
 
 @dataclass(frozen=True, init=False)
@@ -264,6 +364,13 @@ class Envelope:
         """The Kafka key: one user's events share a partition, and so keep their order."""
         return self.user_id.encode()
 
+    def record_size(self) -> int:
+        """``record_size(key, value, headers())`` without building the headers (the publish
+        path checks it on every call)."""
+        return (_CE_FIXED + len(self.key) + len(self.value) + len(self.event_id)
+                + len(self.event_type.encode()) + len(self.source.encode())
+                + len(self.timestamp))
+
     def headers(self) -> list[tuple[str, bytes]]:
         """CloudEvents binary-mode attributes for the Kafka record."""
         return cloudevents_headers(self.event_id, self.event_type, self.source, self.timestamp)
@@ -310,6 +417,20 @@ def cloudevents_headers(event_id: str, event_type: str, source: str,
     ]
 
 
+# Bytes a Kafka record batch of one record adds around its key, value and headers (the v2 batch
+# header, 61, and a record's largest varint framing, 26): librdkafka's own estimate
+# (rd_kafka_msg_max_wire_size), which it compares with message.max.bytes at produce, as the
+# broker compares the batch with the topic's max.message.bytes.
+RECORD_FRAMING = 61 + 26
+HEADER_FRAMING = 10  # per header: two varint lengths, at most 5 bytes each
+
+
+def record_size(key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> int:
+    """Bytes one record takes on the wire, uncompressed, framing included (an upper bound)."""
+    return (RECORD_FRAMING + len(key) + len(value)
+            + sum(len(name) + len(data) + HEADER_FRAMING for name, data in headers))
+
+
 def headers_of(value: bytes) -> list[tuple[str, bytes]]:
     """The CloudEvents headers of a stored Kafka value (the spool keeps only the value)."""
     doc = orjson.loads(value)
@@ -319,6 +440,8 @@ def headers_of(value: bytes) -> list[tuple[str, bytes]]:
 
 _SPEC_VERSION = CLOUDEVENTS_SPEC_VERSION.encode()
 _CONTENT_TYPE = CONTENT_TYPE.encode()
+# What every record's CloudEvents headers and framing take besides their four varying values.
+_CE_FIXED = record_size(b"", b"", cloudevents_headers("", "", "", ""))
 
 
 def parse_timestamp(text: str) -> datetime:

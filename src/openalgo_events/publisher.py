@@ -18,7 +18,7 @@ from typing import Any
 from ._threads import new_lock
 from .catalog import CATALOG, Catalog
 from .config import Mode, Settings
-from .envelope import Envelope, to_json_value
+from .envelope import Envelope, to_json_value, unencodable
 from .errors import ConfigError, EventNotStoredError, EventValidationError, SpoolError
 from .spool import Spool
 from .stats import Stats
@@ -79,15 +79,25 @@ class EventPublisher:
         user = spec.system_user or user_id
         if not isinstance(user, str) or not user:
             raise EventValidationError(event_type, "user_id", "must be a non-empty string")
+        if type(data) is not dict and not isinstance(data, Mapping):
+            raise EventValidationError(event_type, "data", "must be a mapping of field names")
         spec.check(data)
-        envelope = Envelope(event_type, user, to_json_value(data, event_type, "data"),
-                            self.source, sequence=sequence)
-        size = len(envelope.value)
+        converted = to_json_value(data, event_type, "data")
+        spec.check_types(converted)
+        envelope = Envelope(event_type, user, converted, self.source, sequence=sequence)
+        try:
+            size = envelope.record_size()
+        except (TypeError, UnicodeEncodeError) as exc:  # text UTF-8 cannot carry (a surrogate)
+            found = (unencodable(user, event_type, "user_id")
+                     or unencodable(converted, event_type, "data"))
+            raise found or EventValidationError(event_type, None, str(exc)) from exc
         if size > self.max_message_bytes:
             raise EventValidationError(
                 event_type, None,
-                f"the message is {size} bytes, over the {self.max_message_bytes}-byte limit "
-                "(the topic's max.message.bytes, ORDER_EVENT_MAX_MESSAGE_BYTES); send less data",
+                f"the message is {size} bytes as a Kafka record (value, key, headers and "
+                f"framing), over the {self.max_message_bytes}-byte limit (the topic's "
+                "max.message.bytes and the producer's message.max.bytes, both "
+                "ORDER_EVENT_MAX_MESSAGE_BYTES); send less data",
             )
         return envelope
 

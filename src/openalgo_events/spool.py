@@ -56,7 +56,30 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_pending ON events(seq) WHERE delivered IS NULL;
 CREATE INDEX IF NOT EXISTS events_by_user ON events(user_id, created);
+CREATE TABLE IF NOT EXISTS rejected (
+    seq INTEGER PRIMARY KEY,
+    event_id TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    created REAL NOT NULL,
+    topic TEXT NOT NULL,
+    key BLOB NOT NULL,
+    value BLOB NOT NULL,
+    extra_headers TEXT,
+    reason TEXT NOT NULL,
+    rejected REAL NOT NULL,
+    retry REAL
+);
+CREATE INDEX IF NOT EXISTS rejected_by_event ON rejected(event_id);
 """
+# Events Kafka refused for good (too large, invalid) or the relay could not read: moved out of
+# ``events`` into ``rejected`` (a table added by CREATE IF NOT EXISTS, so a spool file of an
+# earlier version gains it when opened), so that they never block the events after them and
+# every query on ``events`` stays as it was. ``openalgo-events spool retry`` sets ``retry`` on a
+# row (the app holds the spool, the command only writes that column); the relay then moves it
+# back as a new pending event (``requeue_retries``).
+_COLUMNS = "seq, event_id, event_type, user_id, priority, created, topic, key, value, extra_headers"
 # A batch is a JSON array of rows (as journaled, each ending with its value's length) and the
 # values laid end to end, cut out with substr at offsets summed by SQLite (values are not
 # re-escaped, and no row is encoded twice); rows whose seq is in the JSON array ?3 are inserted
@@ -83,6 +106,19 @@ class SpooledEvent(NamedTuple):
     created: float
 
 
+class RejectedEvent(NamedTuple):
+    """An event set aside by ``Spool.reject``: listed by ``openalgo-events spool rejected``."""
+
+    seq: int
+    event_id: str
+    event_type: str
+    user_id: str
+    created: float  # unix time it was published
+    rejected: float  # unix time it was set aside
+    reason: str
+    size: int  # bytes of its value
+
+
 @dataclass(frozen=True)
 class SpoolStatus:
     path: str
@@ -92,6 +128,7 @@ class SpoolStatus:
     oldest_pending_age: float | None
     delivered: int
     shed: int
+    rejected: int = 0  # events set aside: Kafka refused them for good, or they were unreadable
 
     @property
     def over_limit(self) -> bool:
@@ -392,10 +429,24 @@ class Spool:
                 "WHERE delivered IS NULL AND seq > ? ORDER BY seq LIMIT ?",
                 (after_seq, limit),
             ).fetchall()
-        return [
-            SpooledEvent(seq, topic, key, value, record_headers(value, extra), event_id, created)
-            for seq, topic, key, value, extra, event_id, created in rows
-        ]
+        ready = []
+        for seq, topic, key, value, extra, event_id, created in rows:
+            try:
+                headers = record_headers(value, extra)
+            except (ValueError, TypeError) as exc:  # a record it cannot read never blocks others
+                self.quarantine(seq, event_id, exc)
+                continue
+            ready.append(SpooledEvent(seq, topic, key, value, headers, event_id, created))
+        return ready
+
+    def quarantine(self, seq: int, event_id: str, exc: Exception) -> None:
+        """Set aside a stored record the relay cannot read (counted, logged with its id)."""
+        reason = f"unreadable record: {exc}"
+        self.reject(seq, reason)
+        self.stats.incr("quarantined")
+        log.error("spool %s: event %s (spool #%s) cannot be read and is set aside as rejected "
+                  "(%s); the events after it are sent. See 'openalgo-events spool rejected'",
+                  self.path, event_id, seq, exc)
 
     def mark_delivered(self, seqs: Iterable[int]) -> Counter[str]:
         """Commit queued records, then mark ``seqs`` delivered, in one transaction; returns how
@@ -511,6 +562,65 @@ class Spool:
                              Priority(priority), event_id, event_type, user)
         return len(rows)
 
+    # -- rejected events ------------------------------------------------------------------------
+    def reject(self, seq: int, reason: str) -> tuple[str, str] | None:
+        """Set pending event ``seq`` aside as rejected with ``reason``: it leaves the pending
+        queue (depth, pending bytes) and is kept in ``rejected`` for ``retry``. Returns its
+        (event id, event type), or None when it is no longer pending (delivered meanwhile, or
+        rejected already)."""
+        with self._db_lock:
+            self._db.execute("BEGIN")
+            try:
+                _, released = self._ingest("[]", None)  # the event may still be only journaled
+                row = self._db.execute(
+                    "SELECT event_id, event_type, length(value) FROM events WHERE seq = ? AND "
+                    "delivered IS NULL", (seq,)).fetchone()
+                if row is not None:
+                    self._db.execute(
+                        f"INSERT OR REPLACE INTO rejected ({_COLUMNS}, reason, rejected) SELECT "
+                        f"{_COLUMNS}, ?, ? FROM events WHERE seq = ?", (reason, time.time(), seq))
+                    self._db.execute("DELETE FROM events WHERE seq = ?", (seq,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+        self._tidy_journal(released)
+        if row is None:
+            return None
+        with self._lock:
+            self._depth -= 1
+            self._pending_bytes -= row[2]
+        return str(row[0]), str(row[1])
+
+    def rejected(self, limit: int = 1000) -> list[RejectedEvent]:
+        """Rejected events, oldest first."""
+        with self._db_lock:
+            rows = self._db.execute(
+                "SELECT seq, event_id, event_type, user_id, created, rejected, reason, "
+                "length(value) FROM rejected ORDER BY seq LIMIT ?", (limit,)).fetchall()
+        return [RejectedEvent(*row) for row in rows]
+
+    def requeue_retries(self) -> list[tuple[str, int]]:
+        """Queue again the rejected events marked for retry (``openalgo-events spool retry``):
+        each is appended as a new pending event (same event id, key and value, after every
+        event pending now) and leaves ``rejected``. Returns (event id, new seq) of each."""
+        with self._db_lock:
+            rows = self._db.execute(
+                "SELECT seq, topic, key, value, extra_headers, event_type, user_id, priority, "
+                "event_id FROM rejected WHERE retry IS NOT NULL ORDER BY seq LIMIT 100"
+            ).fetchall()
+        done = []
+        for old_seq, topic, key, value, extra, event_type, user, priority, event_id in rows:
+            seq = self._append(value, key, stored_headers(extra), topic, Priority(priority),
+                               event_id, event_type, user)
+            if seq is None:
+                continue  # shed under the overflow policy: stays rejected, marked for retry
+            with self._db_lock:
+                self._db.execute("DELETE FROM rejected WHERE seq = ?", (old_seq,))
+            done.append((str(event_id), seq))
+        return done
+
     # -- health ---------------------------------------------------------------------------------
     def status(self) -> SpoolStatus:
         with self._db_lock:
@@ -519,11 +629,13 @@ class Spool:
             ).fetchone()
             delivered = self._db.execute(
                 "SELECT count(*) FROM events WHERE delivered IS NOT NULL").fetchone()[0]
+            rejected = self._db.execute("SELECT count(*) FROM rejected").fetchone()[0]
         with self._lock:
             if oldest is None and self._fresh:
                 oldest = (json.loads(self._fresh[0][1])[5],)  # the row's created
             return SpoolStatus(self.path, self._depth, self._pending_bytes, self.max_bytes,
-                               time.time() - oldest[0] if oldest else None, delivered, self._shed)
+                               time.time() - oldest[0] if oldest else None, delivered, self._shed,
+                               rejected)
 
     @property
     def queued(self) -> int:

@@ -24,8 +24,9 @@ from ..config import Settings
 from ..envelope import Envelope
 from ..errors import ConfigError, require
 from ..stats import Stats
+from ..transports.kafka_errors import ClientErrorLog, QuietLibrdkafkaLog
 from .checks import check_fresh, dedupe_key, parse
-from .dedupe import HandledStore
+from .dedupe import DEAD_LETTERED, HANDLED, HandledStore, position_key
 from .handlers import (
     APP_HANDLERS,
     BUILTIN_HANDLERS,
@@ -85,10 +86,12 @@ class EsbConsumer:
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "error_cb": self._on_client_error,
+            "logger": QuietLibrdkafkaLog(),
         }
         self._dlq_config: dict[str, Any] = {**settings.client_config(), "acks": "all",
                                             "enable.idempotence": False, "linger.ms": 0}
         self.stats = Stats()
+        self._errors = ClientErrorLog(log, "inbound consumer")
         self._stop = new_event()
         self._done = new_event()
         self._done.set()
@@ -236,32 +239,46 @@ class EsbConsumer:
             consumer.seek(self._ck.TopicPartition(topic, partition, offset))
 
     def _process(self, msg: Any) -> bool:
-        """Handle, skip or dead-letter one message; False when stopped before it was settled."""
+        """Handle, skip or dead-letter one message; False when stopped before it was settled.
+
+        Its outcome is recorded before its offset is committed, so that after a crash in
+        between it is skipped, not settled twice: a handled message by its event id (a copy
+        of it is a duplicate), a dead-lettered one by its position (the same delivery read
+        again is skipped, while its value produced again to re-drive it is processed).
+        """
         value = msg.value()
         headers = tuple(msg.headers() or ())
+        store = self._store
+        assert store is not None
+        position = position_key(msg.topic(), msg.partition(), msg.offset())
         try:
+            if store.outcome(position) is not None:  # dead-lettered before a crash
+                return self._skip_duplicate("dead-lettered", position)
             envelope = parse(value, max_bytes=self.settings.max_message_bytes,
                              known=self.handlers)
             key = dedupe_key(envelope, value, headers)
-            assert self._store is not None
-            if self._store.seen(key):
-                self.duplicates_skipped += 1
-                self.stats.incr("inbound_duplicates", event_type=envelope.event_type)
-                log.info("skipped duplicate %s event %s", envelope.event_type, key)
-                return True
+            if store.outcome(key) is not None:
+                return self._skip_duplicate(envelope.event_type, key)
             check_fresh(envelope, value, max_age_seconds=self.settings.consumer_max_age_seconds,
                         now=datetime.now(UTC))
         except DeadLetterError as exc:
-            return self._dead_letter(msg, exc.reason, exc.detail, 0)
+            return self._dead_letter(msg, exc.reason, exc.detail, 0, position)
         outcome = self._handle(envelope, msg, headers)
         if outcome is _STOPPED:
             return False
         if isinstance(outcome, DeadLetterError):
-            return self._dead_letter(msg, outcome.reason, outcome.detail, outcome.attempts)
-        self._store.add(key)
+            return self._dead_letter(msg, outcome.reason, outcome.detail, outcome.attempts,
+                                     position)
+        store.add(key, HANDLED)
         self.handled += 1
         self._handler_failures = 0
         self.stats.incr("inbound_handled", event_type=envelope.event_type)
+        return True
+
+    def _skip_duplicate(self, event_type: str, key: str) -> bool:
+        self.duplicates_skipped += 1
+        self.stats.incr("inbound_duplicates", event_type=event_type)
+        log.info("skipped %s event %s: already settled", event_type, key)
         return True
 
     def _handle(self, envelope: Envelope, msg: Any, headers: tuple[Any, ...]) -> object:
@@ -294,8 +311,9 @@ class EsbConsumer:
         return failure
 
     # -- dead letters -----------------------------------------------------------------------
-    def _dead_letter(self, msg: Any, reason: str, detail: str, attempts: int) -> bool:
-        """Copy ``msg`` to the dead-letter topic, durably; retried until it works or stop."""
+    def _dead_letter(self, msg: Any, reason: str, detail: str, attempts: int, key: str) -> bool:
+        """Copy ``msg`` to the dead-letter topic, durably (retried until it works or stop), then
+        record its outcome under ``key`` (its position)."""
         value = msg.value()
         headers = [*(msg.headers() or ()),
                    ("dlq_reason", reason.encode()),
@@ -320,6 +338,8 @@ class EsbConsumer:
             if self._stop.wait(delay):
                 return False
             delay = min(delay * 2, 30.0)
+        assert self._store is not None
+        self._store.add(key, DEAD_LETTERED)
         self.dead_lettered += 1
         self.stats.incr("inbound_dead_lettered", reason=reason)
         log.warning("dead-lettered %s[%s]@%s to %s: %s: %s", msg.topic(), msg.partition(),
@@ -403,12 +423,14 @@ class EsbConsumer:
             return
         self._lag = lag
         self._broker_errors = 0
+        self._errors.ok()
 
     # -- errors and shutdown ----------------------------------------------------------------
     def _on_client_error(self, err: Any) -> None:
-        """librdkafka's error callback and consumer error events (on the loop thread)."""
+        """librdkafka's error callback and consumer error events (on the loop thread): logged
+        once per state change (``ClientErrorLog``), connection chatter at debug."""
         self._broker_error(str(err))
-        log.warning("Kafka consumer error: %s", err)
+        self._errors.error(err)
 
     def _broker_error(self, text: str) -> None:
         self._broker_errors += 1

@@ -26,6 +26,7 @@ from .._threads import new_event, start_thread
 from ..config import Settings
 from ..envelope import Envelope
 from ..errors import EventValidationError, require
+from ..transports.kafka_errors import ClientErrorLog, QuietLibrdkafkaLog
 from ..transports.socketio import user_room
 from .mirror import original_emit
 
@@ -49,6 +50,7 @@ class KafkaSocketIOBridge:
         self.topic = settings.order_events_topic
         self.ready = new_event()  # set once every partition is assigned
         self._inbox: collections.deque[Envelope] = collections.deque()
+        self._errors = ClientErrorLog(log, "bridge consumer")
         self._stop = new_event()
         self._thread: Any = None
         self.received = 0
@@ -69,7 +71,8 @@ class KafkaSocketIOBridge:
     def _consume(self) -> None:
         conf = {**self.settings.client_config(), "client.id": "openalgo-events-bridge",
                 "group.id": f"openalgo-events-bridge-{uuid.uuid4().hex}",
-                "enable.auto.commit": False, "error_cb": self._on_error}
+                "enable.auto.commit": False, "error_cb": self._on_error,
+                "logger": QuietLibrdkafkaLog()}
         consumer = self._ck.Consumer(conf)
         try:
             if self._assign(consumer):
@@ -114,11 +117,13 @@ class KafkaSocketIOBridge:
                         msg.topic(), msg.partition(), msg.offset(), exc)
             return
         self.received += 1
+        self._errors.ok()
         self._inbox.append(envelope)
 
     def _on_error(self, err: Any) -> None:
+        """librdkafka's error callback: one line per state change, chatter at debug."""
         self.last_error = str(err)
-        log.info("bridge consumer: %s", err)
+        self._errors.error(err)
 
     # -- emitter (a background task of the Socket.IO server) ----------------------------------
     def _emit_loop(self) -> None:

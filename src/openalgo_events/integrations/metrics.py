@@ -34,6 +34,10 @@ COUNTERS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "not_stored": ("not_stored", "Events refused because the spool could not store them (disk "
                    "full, directory not writable); publish raised EventNotStoredError.",
                    ("event_type",)),
+    "rejected": ("rejected", "Events Kafka refused for good, set aside in the spool "
+                 "('openalgo-events spool rejected').", ("event_type", "transport")),
+    "quarantined": ("quarantined", "Stored records the relay could not read, set aside as "
+                    "rejected.", ()),
     "producer_rebuilds": ("producer_rebuilds",
                           "Kafka producers discarded and rebuilt to resend pending events.", ()),
 }

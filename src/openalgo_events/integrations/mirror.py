@@ -26,7 +26,7 @@ from typing import Any
 
 from ..catalog import CATALOG, EventSpec, Priority, register
 from ..config import Settings
-from ..envelope import SECRET_KEYS
+from ..envelope import scrub_secrets
 from ..errors import ConfigError, EventNotStoredError, EventValidationError
 from ..publisher import EventPublisher
 from .openalgo import EVENT_TYPES, adapter_attached
@@ -116,7 +116,7 @@ class EmitMirror:
                       type(payload).__name__)
             self.skipped += 1
             return False
-        data = {k: v for k, v in payload.items() if str(k).lower() not in SECRET_KEYS}
+        data = scrub_secrets(payload)  # credentials by meaning, at every depth
         self.publisher.publish(event, self._user_of(kwargs), data)
         self.mirrored += 1
         return True

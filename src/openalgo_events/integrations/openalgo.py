@@ -22,7 +22,7 @@ from typing import Any
 from .._threads import new_lock
 from ..catalog import EventSpec, Field, Priority, register
 from ..config import Settings
-from ..envelope import SECRET_KEYS, Envelope
+from ..envelope import Envelope, scrub_secrets
 from ..errors import EventNotStoredError
 from ..publisher import EventPublisher
 
@@ -173,11 +173,9 @@ def convert(event: Any) -> tuple[str, dict[str, Any]]:
     full = fields_of(event)
     topic = str(full.get("topic", ""))
     api_key = full.pop("api_key", None)
-    for name in ("request_data", "response_data"):
-        part = full.get(name)
-        if isinstance(part, Mapping):
-            full[name] = {k: v for k, v in part.items() if k.lower() not in SECRET_KEYS}
-    full = {k: v for k, v in full.items() if k.lower() not in SECRET_KEYS}
+    # Credentials by meaning (envelope.is_secret_key), at every depth: the same rule as the
+    # publisher's, so the browser payload built below never sees one either.
+    full = scrub_secrets(full)
     if isinstance(api_key, str) and len(api_key) >= 8:
         full = _redact(full, api_key)
     mode = str(full.get("mode") or "live")

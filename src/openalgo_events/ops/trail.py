@@ -17,7 +17,7 @@ from types import TracebackType
 
 from ..config import Settings
 from ..errors import OpenAlgoEventsError, SpoolError
-from ..spool import REPLAY_HEADER, _explain, record_headers, uncommitted
+from ..spool import REPLAY_HEADER, RejectedEvent, _explain, record_headers, uncommitted
 from .broker import client_config, cluster_metadata, kafka, unreachable
 
 
@@ -34,6 +34,7 @@ class TrailStatus:
     delivered: int
     delivered_bytes: int
     oldest_delivered: float | None  # unix seconds of the oldest replayable event
+    rejected: int = 0  # events set aside (Kafka refused them for good, or unreadable)
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,17 @@ class Trail:
             "WHERE delivered IS NOT NULL").fetchone()
         age = time.time() - oldest_pending if oldest_pending is not None else None
         return TrailStatus(self.path, depth, pending_bytes, age, delivered, delivered_bytes,
-                           oldest_delivered)
+                           oldest_delivered, len(self.rejected()))
+
+    def rejected(self) -> list[RejectedEvent]:
+        """Events set aside as rejected, oldest first (none in a spool from before the table)."""
+        try:
+            rows = self._db.execute(
+                "SELECT seq, event_id, event_type, user_id, created, rejected, reason, "
+                "length(value) FROM rejected ORDER BY seq").fetchall()
+        except sqlite3.OperationalError:  # no such table: written by an earlier version
+            return []
+        return [RejectedEvent(*row) for row in rows]
 
     def delivered(self, *, since: float, until: float, user_id: str | None = None,
                   event_types: Iterable[str] = ()) -> list[TrailEvent]:
@@ -175,3 +186,21 @@ def spool_location_problem(path: str) -> str | None:
         return (f"KAFKA_SPOOL_PATH={path!r} is not writable by this user; fix the permissions "
                 "or choose another location")
     return None
+
+
+def mark_for_retry(path: str, event_id: str) -> bool:
+    """Mark rejected event ``event_id`` in spool ``path`` for sending again; the app's relay
+    (now, or at its next start) queues it. Writes only that row, so it is safe while the app
+    runs. False when no rejected event has that id."""
+    if not Path(path).is_file():
+        raise SpoolError(f"no spool file at {path}; pass --spool (or set KAFKA_SPOOL_PATH) to "
+                         "the file the app writes, as seen from this directory")
+    try:
+        with sqlite3.connect(path, timeout=10) as db:
+            changed = db.execute("UPDATE rejected SET retry = ? WHERE event_id = ?",
+                                 (time.time(), event_id)).rowcount
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return False
+        raise SpoolError(_explain(path, exc)) from exc
+    return bool(changed)

@@ -12,6 +12,12 @@ progress for ``stall_timeout`` seconds while events are in flight, the relay dis
 producer, builds a new one and resends everything still pending, oldest first. A consumer may
 therefore see an event twice (same event id), never miss one, and sees one user's events in
 publish order (their first appearances).
+
+Errors are classified once (``kafka_errors``): transient ones recover as above; a refusal that
+is permanent for one record sets that event aside in the spool as rejected, and the events
+after it keep flowing; a condition permanent for every record (authentication, authorization,
+the topic missing) keeps everything pending, rebuilds nothing, and is named in health and
+logged once when it starts and once when it clears.
 """
 
 from __future__ import annotations
@@ -30,6 +36,15 @@ from ..envelope import Envelope
 from ..errors import ConfigError, require
 from ..spool import Spool
 from ..stats import Stats
+from .kafka_errors import (
+    AUTHENTICATION,
+    AUTHORIZATION,
+    TOPIC_MISSING,
+    ErrorClass,
+    QuietLibrdkafkaLog,
+    classify,
+    is_connection_noise,
+)
 
 log = logging.getLogger("openalgo_events.kafka")
 _DELIVERY_LATENCY = Stats.key("delivery_latency")
@@ -39,6 +54,7 @@ BATCH = 1000
 MAX_IN_FLIGHT = 50_000
 PURGE_EVERY = 300.0  # seconds between trail-retention purges
 PROBE_EVERY = 5.0  # seconds between reachability probes while the broker looks down
+RETRY_CHECK_EVERY = 1.0  # seconds between looks for rejected events marked for retry
 MAX_WAITING = 1000  # events parked for their predecessor's thread; past that the relay sends
 CALLER_POLL_AT = 1000  # events in flight from which callers serve delivery reports,
 POLL_EVERY = 32  # every this many events
@@ -89,14 +105,11 @@ def _event_id(msg: Any) -> str:
         return "?"
 
 
-class _QuietLog:
-    """librdkafka's own log, at debug: it repeats every reconnect attempt during an outage, while
-    the error callback reports the outage once, at warning."""
-
-    _log = logging.getLogger("openalgo_events.librdkafka")
-
-    def log(self, level: int, msg: str, *args: Any) -> None:
-        self._log.debug(msg, *args)
+def _error_name(err: Any) -> str:
+    try:
+        return str(err.name())
+    except AttributeError:
+        return type(err).__name__
 
 
 class KafkaTransport:
@@ -125,7 +138,7 @@ class KafkaTransport:
         self._catalog = catalog
         self._config = {"acks": "all", "enable.idempotence": True, **producer_config}
         self._config["error_cb"] = self._on_error
-        self._config["logger"] = _QuietLog()
+        self._config["logger"] = QuietLibrdkafkaLog()
         self._stall_timeout = stall_timeout
         self._wake = new_event()
         self._stop = new_event()  # set by close: cuts a rebuild backoff short
@@ -151,6 +164,18 @@ class KafkaTransport:
         self._delivered: deque[int] = deque()
         self._to_mark: list[int] = []  # delivered, to be marked in SQLite at the next commit
         self._failed: deque[tuple[int, Any, Any]] = deque()  # seq, error, message
+        # Events Kafka refused for good, to set aside in the spool on the relay: (seq, reason)
+        self._rejects: deque[tuple[int, str]] = deque()
+        self._state_lock = new_lock()  # the global condition and the broker state, logged once
+        self.condition: str | None = None  # a global condition: nothing is sent while it lasts
+        self._condition_detail = ""
+        self._last_condition_probe = 0.0
+        self.condition_probes = 0  # metadata requests made while a condition held
+        self._down_since = 0.0
+        self._warned: set[str] = set()  # other client errors logged once until a recovery
+        self._failures_logged = False  # a failed delivery logged since the last recovery
+        self._limit_checked = False
+        self._last_retry_check = 0.0
         self._rebuild_reason: str | None = None
         self._report = _report_type(self, 0)
         self._backoff = 0.5
@@ -178,7 +203,7 @@ class KafkaTransport:
             # Produced here, in spool order: librdkafka's produce never waits on the network.
             # An event whose predecessor another thread is still publishing waits for that
             # thread to send it next; a backlog (outage, recovery) is the relay's to send.
-            if self._paused:
+            if self._paused or self.condition:
                 handed_over = False
             elif seq == self._cursor + 1:
                 handed_over = self._produce(seq, self.topic, key, value, headers, created)
@@ -242,7 +267,7 @@ class KafkaTransport:
 
     def health(self) -> dict[str, Any]:
         status = self.spool.status()
-        healthy = self.broker_up is not False and not (
+        healthy = self.broker_up is not False and not self.condition and not (
             status.oldest_pending_age is not None
             and status.oldest_pending_age > max(self._stall_timeout, 30.0)
         )
@@ -260,6 +285,11 @@ class KafkaTransport:
             "in_flight": len(self._in_flight),
             "producer_rebuilds": self.rebuilds,
             "last_error": self.last_error,
+            # a global condition ("authentication failed", "authorization failed", "topic
+            # missing"), None when there is none; its detail says what to do
+            "condition": self.condition,
+            "condition_detail": self._condition_detail or None,
+            "spool_rejected": status.rejected,
         }
 
     # -- relay thread -------------------------------------------------------------------------
@@ -294,9 +324,19 @@ class KafkaTransport:
             self._producer.poll(0)
         self._settle()
         now = time.monotonic()
-        if self._in_flight and now - self._last_progress > self._stall_timeout:
+        if self.condition:
+            if now - self._last_condition_probe > PROBE_EVERY:
+                self._last_condition_probe = now
+                self._probe_condition()
+        elif self._in_flight and now - self._last_progress > self._stall_timeout:
             self._rebuild_reason = (f"no delivery report for {now - self._last_progress:.0f}s "
                                     f"with {len(self._in_flight)} events in flight")
+        if now - self._last_retry_check > RETRY_CHECK_EVERY:
+            self._last_retry_check = now
+            for event_id, seq in self.spool.requeue_retries():
+                self._behind = True
+                log.warning("rejected event %s queued again for sending (spool #%s)", event_id,
+                            seq)
         if now - self._last_purge > PURGE_EVERY:
             self._last_purge = now
             self.spool.purge_expired()
@@ -311,6 +351,8 @@ class KafkaTransport:
 
         Once the cursor reaches the newest spooled event, callers produce directly again.
         """
+        if self.condition:
+            return 0  # nothing is sent until the condition clears (see _probe_condition)
         if self._cursor == self._cursor_seen and (self._waiting
                                                   or self.spool.last_seq > self._cursor):
             # Spooled events nobody is producing: parked ones whose predecessor never came, or
@@ -346,7 +388,23 @@ class KafkaTransport:
                                    on_delivery=self._report(seq))
         except BufferError:
             return False  # librdkafka's queue is full: the relay catches up from the cursor
-        except Exception as exc:  # a librdkafka refusal (e.g. config): rebuild and retry
+        except self._ck.KafkaException as exc:  # refused at produce: classified
+            err = exc.args[0] if exc.args else exc
+            kind, meaning = classify(err)
+            if kind is ErrorClass.MESSAGE:
+                self._rejects.append((seq, f"{_error_name(err)} at produce: {meaning} ({err})"))
+                self._cursor = seq  # passed over: the events after it keep flowing
+                return True
+            if kind is ErrorClass.GLOBAL:
+                self._enter_condition(meaning, str(err))
+            else:
+                self._rebuild_reason = f"produce failed: {err}"
+            return False
+        except (TypeError, ValueError) as exc:  # arguments librdkafka cannot take: this record
+            self._rejects.append((seq, f"produce refused the record: {exc}"))
+            self._cursor = seq
+            return True
+        except Exception as exc:  # anything else: rebuild and retry, as for a transient error
             self._rebuild_reason = f"produce failed: {exc}"
             return False
         if not self._in_flight:  # the stall clock starts with the first event in flight
@@ -367,7 +425,8 @@ class KafkaTransport:
                 now - created for created in map(in_flight.pop, done, repeat(None))
                 if created is not None])
             self._last_progress = time.monotonic()
-            self.broker_up = True
+            if self.broker_up is not True or self.condition:
+                self._recovered()
             self._backoff = 0.5
         queued, marks = self.spool.queued, len(self._to_mark)
         if (queued or marks) and (commit or (marks and not self._in_flight)
@@ -375,13 +434,54 @@ class KafkaTransport:
                                   or time.monotonic() - self._last_commit >= COMMIT_EVERY):
             self._commit()
         if self._failed:
-            failed = _drain(self._failed)
-            for seq, err, msg in failed:
-                self.stats.incr("failed", transport=self.name)
-                log.error("delivery of event %s (spool #%s) failed: %s; it stays in the spool "
-                          "and is resent", _event_id(msg), seq, err)
-            self.last_error = str(failed[-1][1])
-            self._rebuild_reason = f"delivery failed: {failed[-1][1]}"
+            self._classify_failures(_drain(self._failed))
+        if self._rejects:
+            self._set_aside(_drain(self._rejects))
+
+    def _classify_failures(self, failed: list[tuple[int, Any, Any]]) -> None:
+        """Delivery reports with an error: one record refused for good is set aside; a global
+        condition is entered (the events stay in flight, resent when it clears); anything else
+        rebuilds the producer. One log line per batch, not one per event."""
+        retry: list[tuple[int, Any, Any]] = []
+        for seq, err, msg in failed:
+            kind, meaning = classify(err)
+            if kind is ErrorClass.MESSAGE:
+                self._in_flight.pop(seq, None)
+                self._rejects.append((seq, f"{_error_name(err)}: {meaning} ({err})"))
+            elif kind is ErrorClass.GLOBAL:
+                self._enter_condition(meaning, str(err))
+            else:
+                retry.append((seq, err, msg))
+        if not retry:
+            return
+        self.stats.incr("failed", len(retry), transport=self.name)
+        seq, err, msg = retry[0]
+        self.last_error = str(err)
+        # During an outage or a condition (reported once already) only the first batch of
+        # failures is worth a line: the rest would flood the log, one batch per retry.
+        if self.broker_up is False or self.condition:
+            level = logging.DEBUG if self._failures_logged else logging.WARNING
+        else:
+            level = logging.ERROR
+        self._failures_logged = True
+        log.log(level, "delivery of event %s (spool #%s) failed: %s; it and %s more stay in the "
+                "spool and are resent", _event_id(msg), seq, err, len(retry) - 1)
+        if not self.condition:
+            self._rebuild_reason = f"delivery failed: {err}"
+
+    def _set_aside(self, rejects: list[tuple[int, str]]) -> None:
+        """Move events Kafka refused for good into the spool's rejected table."""
+        for seq, reason in rejects:
+            found = self.spool.reject(seq, reason)
+            if found is None:
+                continue  # delivered meanwhile, or set aside already
+            event_id, event_type = found
+            self.stats.incr("rejected", event_type=event_type, transport=self.name)
+            self.last_error = f"event {event_id} rejected: {reason}"
+            log.error("Kafka refused %s event %s (spool #%s) for good: %s. It is set aside as "
+                      "rejected and the events after it are sent; fix the cause, then run "
+                      "'openalgo-events spool retry %s'", event_type, event_id, seq, reason,
+                      event_id)
 
     def _commit(self) -> None:
         """Commit journaled records and delivery marks to SQLite, in one transaction."""
@@ -396,31 +496,134 @@ class KafkaTransport:
         self._last_commit = time.monotonic()
 
     def _on_error(self, err: Any) -> None:
-        """librdkafka's error callback (runs inside poll, on the relay thread)."""
-        code = err.code()
+        """librdkafka's error callback (runs inside poll): one log line per state change, the
+        per-connection chatter at debug."""
         self.last_error = str(err)
-        if code == self._ck.KafkaError._ALL_BROKERS_DOWN:
-            self.broker_up = False
-            log.warning("Kafka brokers unreachable; events are kept in the spool: %s", err)
+        kind, meaning = classify(err)
+        if kind is ErrorClass.GLOBAL:
+            self._enter_condition(meaning, str(err))
+        elif err.code() == self._ck.KafkaError._ALL_BROKERS_DOWN:
+            self._set_down(str(err))
         elif err.fatal():
             self._rebuild_reason = f"fatal producer error: {err}"
+        elif is_connection_noise(err):
+            log.debug("Kafka client: %s", err)
         else:
-            log.info("Kafka client error: %s", err)
+            name = _error_name(err)
+            with self._state_lock:
+                first = name not in self._warned
+                self._warned.add(name)
+            log.log(logging.WARNING if first else logging.DEBUG, "Kafka client error: %s", err)
+
+    # -- broker state and global conditions: logged once per change ---------------------------
+    def _set_down(self, reason: str) -> None:
+        with self._state_lock:
+            was, self.broker_up = self.broker_up, False
+            if was is not False:
+                self._down_since = time.monotonic()
+            quiet = was is False or self.condition == AUTHENTICATION  # not "unreachable"
+        if not quiet:
+            log.warning("Kafka brokers unreachable (%s); events are kept in the spool and sent "
+                        "when they are back", reason)
+
+    def _recovered(self) -> None:
+        """A delivery or a metadata answer: the brokers are up, and any condition is over."""
+        with self._state_lock:
+            was, self.broker_up = self.broker_up, True
+            self._warned.clear()
+            self._failures_logged = False
+            down_for = time.monotonic() - self._down_since
+        if was is False:
+            log.warning("Kafka brokers reachable again after %ss; sending %s pending events",
+                        round(down_for), self.spool.depth)
+        if self.condition:
+            self._clear_condition()
+
+    def _enter_condition(self, name: str, detail: str) -> None:
+        hint = {
+            TOPIC_MISSING: f"create topic {self.topic} with 'openalgo-events topics create' "
+                           "(the brokers do not create it)",
+            AUTHENTICATION: "check KAFKA_SASL_MECHANISM, KAFKA_SASL_USERNAME and "
+                            "KAFKA_SASL_PASSWORD (and KAFKA_SECURITY_PROTOCOL)",
+            AUTHORIZATION: f"grant this principal Write and Describe on topic {self.topic} "
+                           "(and IdempotentWrite on the cluster)",
+        }.get(name, "check the KAFKA_* and KAFKA_LIBRDKAFKA_* settings")
+        with self._state_lock:
+            if self.condition == name:
+                return
+            self.condition, self._condition_detail = name, f"{detail}; {hint}"
+            self._last_condition_probe = time.monotonic()
+        self.last_error = f"{name}: {detail}"
+        log.error("Kafka %s for topic %s (%s): no event is sent until this is fixed, and every "
+                  "event is kept in the spool (%s pending); %s", name, self.topic, detail,
+                  self.spool.depth, hint)
+
+    def _clear_condition(self) -> None:
+        with self._state_lock:
+            name, self.condition, self._condition_detail = self.condition, None, ""
+        if name is None:
+            return
+        log.warning("Kafka %s for topic %s is over; sending the %s pending events in order",
+                    name, self.topic, self.spool.depth)
+        # Once: what librdkafka held while the condition lasted is resent from the spool.
+        self._rebuild_reason = f"{name} cleared"
+        self._backoff = 0.0
+
+    def _probe_condition(self) -> None:
+        """While a condition lasts: ask for the topic's metadata; it is over when the topic is
+        there and readable (no rebuild, no produce until then)."""
+        self.condition_probes += 1
+        try:
+            metadata = self._producer.list_topics(self.topic, timeout=2.0)
+        except Exception:
+            return  # no answer: still down, or still refused
+        error = metadata.topics[self.topic].error if self.topic in metadata.topics else None
+        if error is not None:
+            kind, meaning = classify(error)
+            if kind is ErrorClass.GLOBAL and meaning != self.condition:
+                self._clear_condition()
+                self._enter_condition(meaning, str(error))
+            return
+        self._recovered()
 
     def _warm(self) -> None:
-        """Connect and fetch metadata now, so the first event does not pay for it."""
+        """Connect and fetch metadata now, so the first event does not pay for it; a missing
+        or forbidden topic is a global condition from the start."""
         try:
-            self._producer.list_topics(self.topic, timeout=2.0)
-            self.broker_up = True
+            metadata = self._producer.list_topics(self.topic, timeout=2.0)
         except Exception as exc:
-            self.broker_up = False
             self.last_error = str(exc)
+            self._set_down(str(exc))
+            return
+        if self.broker_up is not True:
+            self._recovered()
+        topic = metadata.topics.get(self.topic)
+        error = topic.error if topic is not None else None
+        if error is not None:
+            kind, meaning = classify(error)
+            if kind is ErrorClass.GLOBAL:
+                self._enter_condition(meaning, str(error))
+        elif not self._limit_checked:
+            self._limit_checked = True
+            self._check_topic_limit()
+
+    def _check_topic_limit(self) -> None:
+        """Warn once when the topic takes smaller records than publish accepts: those would be
+        refused by the broker and set aside as rejected."""
+        from .kafka_limits import topic_limit_problem
+
+        conf = {k: v for k, v in self._config.items() if k != "error_cb"}  # logger kept: quiet
+        problem = topic_limit_problem(conf, self.topic, int(conf.get("message.max.bytes", 0)))
+        if problem:
+            log.warning("%s", problem)
 
     def _rebuild(self) -> None:
         reason, self._rebuild_reason = self._rebuild_reason, None
         self.rebuilds += 1
-        log.warning("rebuilding the Kafka producer (%s); resending %s pending events",
-                    reason, self.spool.depth)
+        # expected while the brokers are down (reported once already): not a warning then
+        log.log(logging.DEBUG if self.broker_up is False else logging.WARNING,
+                "rebuilding the Kafka producer (%s); resending %s pending events", reason,
+                self.spool.depth)
         self.stats.incr("producer_rebuilds", transport=self.name)
         with self._produce_lock:
             self._paused = True
@@ -434,7 +637,7 @@ class KafkaTransport:
         if self._stopping:
             pause = max(0.0, min(pause, self._stop_deadline - time.monotonic()))
         self._stop.wait(pause)  # close() wakes it: never a 30 s sleep between close and exit
-        self._backoff = min(self._backoff * 2, 30.0)
+        self._backoff = min(max(self._backoff, 0.25) * 2, 30.0)
         producer = self._ck.Producer(self._config)
         with self._produce_lock:
             self._producer = producer
