@@ -10,23 +10,25 @@ Run every process in KAFKA mode and let the bridge make all UI emits (the emit m
 ``local=False`` holds back the app's own broadcasts), so each browser sees each event once.
 
 The consumer runs on a real OS thread (a blocking ``poll`` on a green thread would freeze an
-eventlet worker); emits happen on a background task of the Socket.IO server, which takes
-envelopes from a thread-safe deque, because a green-thread server must not be driven from a
-foreign OS thread.
+eventlet worker); it hands each envelope to a ``Handoff`` drained by one background task of
+the Socket.IO server (a green thread on the worker's hub under eventlet), woken by the hand-off
+at once, because a green-thread server must not be driven from a foreign OS thread. Call
+``start()`` on the app's thread (the gunicorn hook does). Browsers get what the catalog lets
+them (``EventSpec.socketio_payload``), as from ``SocketIOTransport``.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
 import uuid
 from typing import Any
 
+from .._handoff import Handoff
 from .._threads import new_event, start_thread
 from ..config import Settings
 from ..envelope import Envelope
 from ..errors import EventValidationError, require
-from ..transports.socketio import user_room
+from ..transports.socketio import browser_payload, green_server, user_room
 from .mirror import original_emit
 
 log = logging.getLogger("openalgo_events.bridge")
@@ -39,16 +41,17 @@ class KafkaSocketIOBridge:
     >>> bridge.ready.wait(10)  # doctest: +SKIP
     """
 
-    def __init__(self, settings: Settings, socketio: Any, *, namespace: str = "/",
-                 emit_interval: float = 0.02) -> None:
+    def __init__(self, settings: Settings, socketio: Any, *, namespace: str = "/") -> None:
         self._ck: Any = require("confluent_kafka", "kafka")
         self.settings = settings
         self.socketio = socketio
         self.namespace = namespace
-        self.emit_interval = emit_interval
         self.topic = settings.order_events_topic
         self.ready = new_event()  # set once every partition is assigned
-        self._inbox: collections.deque[Envelope] = collections.deque()
+        self._inbox: Handoff[Envelope] = Handoff(self._emit, green=green_server(socketio),
+                                                 on_error=self._emit_failed)
+        self._emit_to = original_emit(socketio)
+        self._user_scope = settings.socketio_scope == "user"
         self._stop = new_event()
         self._thread: Any = None
         self.received = 0
@@ -58,12 +61,13 @@ class KafkaSocketIOBridge:
 
     def start(self) -> KafkaSocketIOBridge:
         self._thread = start_thread(self._consume, "openalgo-events-bridge")
-        self.socketio.start_background_task(self._emit_loop)
+        self.socketio.start_background_task(self._inbox.run)
         return self
 
     def stop(self) -> None:
         """Ask both loops to end; the consumer leaves within one poll."""
         self._stop.set()
+        self._inbox.stop()
 
     # -- consumer thread (a real OS thread) ---------------------------------------------------
     def _consume(self) -> None:
@@ -114,31 +118,25 @@ class KafkaSocketIOBridge:
                         msg.topic(), msg.partition(), msg.offset(), exc)
             return
         self.received += 1
-        self._inbox.append(envelope)
+        self._inbox.put(envelope)
 
     def _on_error(self, err: Any) -> None:
         self.last_error = str(err)
         log.info("bridge consumer: %s", err)
 
     # -- emitter (a background task of the Socket.IO server) ----------------------------------
-    def _emit_loop(self) -> None:
-        emit = original_emit(self.socketio)
-        user_scope = self.settings.socketio_scope == "user"
-        while not self._stop.is_set():
-            while self._inbox:
-                envelope = self._inbox.popleft()
-                room = user_room(envelope.user_id) if user_scope else None
-                try:
-                    emit(envelope.event_type, dict(envelope.data), to=room,
-                         namespace=self.namespace)
-                    self.emitted += 1
-                except Exception:
-                    log.exception("bridge could not emit %s event %s", envelope.event_type,
-                                  envelope.event_id)
-            self.socketio.sleep(self.emit_interval)
+    def _emit(self, envelope: Envelope) -> None:
+        room = user_room(envelope.user_id) if self._user_scope else None
+        self._emit_to(envelope.event_type, browser_payload(envelope), to=room,
+                      namespace=self.namespace)
+        self.emitted += 1
+
+    def _emit_failed(self, envelope: Envelope) -> None:
+        log.exception("bridge could not emit %s event %s", envelope.event_type,
+                      envelope.event_id)
 
     def health(self) -> dict[str, Any]:
         return {"healthy": self.ready.is_set() and self._thread is not None
                 and self._thread.is_alive(), "topic": self.topic, "received": self.received,
-                "emitted": self.emitted, "backlog": len(self._inbox), "invalid": self.invalid,
+                "emitted": self.emitted, "backlog": self._inbox.pending, "invalid": self.invalid,
                 "last_error": self.last_error}
