@@ -15,6 +15,7 @@ Order: one deque and one drainer, so items are delivered in the order of the ``p
 
 from __future__ import annotations
 
+import _thread
 import collections
 import contextlib
 import os
@@ -38,9 +39,14 @@ def eventlet_patched() -> bool:
 
 
 def os_thread_id() -> int:
-    """The calling OS thread's id, never a green thread's."""
-    ident: int = _original("_thread").get_ident()
-    return ident
+    """The calling OS thread's id, never a green thread's (patched, ``get_ident`` is a
+    greenlet's)."""
+    if eventlet_patched():
+        from eventlet import patcher
+
+        ident: int = patcher.original("_thread").get_ident()
+        return ident
+    return _thread.get_ident()
 
 
 def on_main_thread() -> bool:

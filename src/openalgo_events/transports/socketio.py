@@ -18,6 +18,7 @@ import logging
 from typing import Any
 
 from .._handoff import Handoff, eventlet_patched, on_main_thread
+from .._hostlog import guard
 from .._threads import new_lock, wait_until
 from ..catalog import CATALOG
 from ..envelope import Envelope
@@ -72,6 +73,8 @@ class SocketIOTransport:
         self._started = False
         self._emitted = 0
         self._failed = 0
+        if self._green:  # publishes from real threads may log: route their records via the hub
+            guard()
         self._try_start()
 
     def _try_start(self) -> bool:

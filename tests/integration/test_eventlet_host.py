@@ -1,0 +1,193 @@
+"""Inside an eventlet look-alike of OpenAlgo's worker (gunicorn's eventlet worker, the hook,
+root handlers made after monkey-patching with OpenAlgo's stringify-and-redact filter): Socket.IO
+publishes from green and real OS threads all arrive in order; with the bridge and the inbound
+consumer running through a broker outage, no log record reaches a host handler from a foreign
+thread, nothing logs an error, delivery resumes and SIGTERM stops the worker quickly."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from engineio import payload
+
+from openalgo_events.devbroker import free_port, port_open, tansu_binary
+from tests.integration.openalgo_procs import HOOK, app_env
+from tests.integration.tcp_proxy import TcpProxy
+from tests.sio_support import Listener
+from tests.support import create_topic, wait_for
+
+APP = "tests.doubles.eventlet_host_app"
+ORDERS = ("os-first", "green-first", "interleaved")
+N = 50
+# python-engineio's client refuses a polling response of more than 16 packets (a guard meant
+# for servers): a burst of emits exceeds it, and the client drops the connection. Browsers have
+# no such limit.
+payload.Payload.max_decode_packets = 10_000
+BAD = ("Logging error", "greenlet.error", "Cannot switch", "Traceback")
+
+
+class Worker:
+    """One gunicorn master with one eventlet worker serving the look-alike."""
+
+    def __init__(self, tmp: Path, **env: str) -> None:
+        self.tmp = tmp
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = tmp / "server.log"
+        command = [str(Path(sys.executable).parent / "gunicorn"), "-c", HOOK, "--worker-class",
+                   "eventlet", "-w", "1", "-b", f"127.0.0.1:{self.port}", f"{APP}:app"]
+        self._log = open(self.log_path, "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(command, cwd=tmp, env=app_env(
+            tmp, OPENALGO_EVENTS_BUS="tests.doubles.openalgo_app:bus",
+            OPENALGO_EVENTS_SOCKETIO="tests.doubles.openalgo_app:socketio", **env),
+            stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+        def up() -> bool:
+            assert self.proc.poll() is None, self.log()
+            try:
+                return requests.get(f"{self.url}/ping", timeout=1).ok
+            except requests.ConnectionError:
+                return False
+        wait_for(up, 30, message="gunicorn up")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> float:
+        """SIGTERM; the seconds the master took to exit."""
+        started = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(20)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait(5)
+            self._log.close()
+        return time.monotonic() - started
+
+
+@contextmanager
+def worker(tmp: Path, **env: str) -> Iterator[Worker]:
+    running = Worker(tmp, **env)
+    try:
+        yield running
+    finally:
+        if running.proc.poll() is None:
+            running.proc.kill()
+            running.proc.wait(5)
+
+
+def _messages(listener: Listener, tag: str) -> list[str]:
+    return [p["message"] for e, p in listener.events("order_notification")
+            if p["message"].startswith(f"{tag}:")]
+
+
+def _assert_clean(running: Worker) -> None:
+    text = running.log()
+    for bad in BAD:
+        assert bad not in text, text[-4000:]
+
+
+def test_publishes_from_green_and_os_threads_all_arrive_in_order(tmp_path):
+    """Whichever thread publishes first (a real OS thread or a green thread), and interleaved,
+    every event reaches a polling and a websocket client in publish order, no log record of a
+    real thread reaches the host's handlers off the hub, and SIGTERM stops in under 10 s."""
+    with worker(tmp_path, ORDER_EVENT_MODE="SOCKETIO") as running, \
+            Listener(running.url, ["polling"]) as polling, \
+            Listener(running.url, ["websocket"]) as websocket:
+        for order in ORDERS:
+            reply = requests.post(f"{running.url}/sio/publish",
+                                  params={"order": order, "n": N}, timeout=10)
+            assert reply.json() == {"published": 2 * N}
+            for listener in (polling, websocket):
+                wait_for(lambda listener=listener, order=order:
+                         len(_messages(listener, order)) >= 2 * N, 20,
+                         message=f"{order} over {listener.transports}")
+                got = _messages(listener, order)
+                seqs = [int(m.split(":")[1]) for m in got]
+                assert len(got) == 2 * N and seqs == sorted(seqs), got
+                sources = [m.split(":")[2] for m in got]
+                assert sources.count("os") == N and sources.count("green") == N
+                if order != "interleaved":
+                    first = "os" if order == "os-first" else "green"
+                    assert sources[:N] == [first] * N
+        state = requests.get(f"{running.url}/lookalike", timeout=5).json()
+        assert state["foreign"] == []
+        assert state["next_seq"] == 2 * N * len(ORDERS)
+    took = running.stop()
+    assert took < 10, took
+    _assert_clean(running)
+    text = (tmp_path / "openalgo.log").read_text()
+    # The real thread's record reached the host's handlers (on the hub), its args stringified.
+    assert text.count(f"published {N} events from a real OS thread") == len(ORDERS)
+
+
+def _tansu(listen: int, advertise: int, log: Path) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [tansu_binary(), "broker", "--listener-url", f"tcp://127.0.0.1:{listen}",
+         "--advertised-listener-url", f"tcp://127.0.0.1:{advertise}"],
+        stdout=open(log, "wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)  # noqa: SIM115
+    wait_for(lambda: port_open("127.0.0.1", listen), 10, message="tansu listening")
+    return proc
+
+
+def _order_ids(listener: Listener, prefix: str) -> list[str]:
+    return [p["orderid"] for _, p in listener.events("order_event")
+            if str(p.get("orderid", "")).startswith(prefix)]
+
+
+@pytest.mark.broker
+@pytest.mark.slow
+def test_broker_cut_and_restored_under_eventlet(tmp_path):
+    """KAFKA mode with the bridge and the inbound consumer running: the broker is cut (every
+    connection dropped, new ones refused) and restored; browsers get every order event once
+    the broker is back, nothing prints a logging or greenlet error, no record reaches a host
+    handler off the hub, and SIGTERM stops the worker in under 10 s."""
+    broker_port, proxy_port = free_port(), free_port()
+    tansu = _tansu(broker_port, proxy_port, tmp_path / "tansu.log")
+    proxy = TcpProxy(broker_port, proxy_port).start()
+    bootstrap = f"127.0.0.1:{proxy_port}"
+    try:
+        create_topic(bootstrap, "orders-cut", 2)
+        create_topic(bootstrap, "esb-cut", 1)
+        env: dict[str, Any] = {
+            "ORDER_EVENT_MODE": "KAFKA", "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "KAFKA_ORDER_EVENTS_TOPIC": "orders-cut", "KAFKA_ESB_EVENTS_TOPIC": "esb-cut",
+            "KAFKA_CONSUMER_ENABLED": "TRUE", "KAFKA_CONSUMER_GROUP": "esb-cut-group"}
+        with worker(tmp_path, **env) as running, Listener(running.url, ["polling"]) as browser:
+            def bridge_ready() -> bool:
+                body = requests.get(f"{running.url}/openalgo-events/health", timeout=5).json()
+                return bool(body.get("bridge", {}).get("healthy"))
+            wait_for(bridge_ready, 30, message="bridge assigned")
+            requests.post(f"{running.url}/publish", params={"n": 5, "orderid": "UP"}, timeout=10)
+            wait_for(lambda: len(_order_ids(browser, "UP-")) == 5, 30, message="before the cut")
+            proxy.cut()
+            requests.post(f"{running.url}/publish", params={"n": 5, "orderid": "CUT"},
+                          timeout=10)
+            # librdkafka notices the dropped connections and retries against a refused port
+            wait_for(lambda: "bridge consumer" in (tmp_path / "openalgo.log").read_text(), 30,
+                     message="the bridge saw the outage")
+            assert requests.get(f"{running.url}/ping", timeout=5).text == "pong"
+            proxy.restore()
+            wait_for(lambda: len(_order_ids(browser, "CUT-")) == 5, 90,
+                     message="delivery resumed after the cut")
+            assert sorted(_order_ids(browser, "UP-")) == [f"UP-{i}" for i in range(5)]
+            state = requests.get(f"{running.url}/lookalike", timeout=5).json()
+            assert state["foreign"] == []
+        took = running.stop()
+        assert took < 10, took
+        _assert_clean(running)
+    finally:
+        proxy.close()
+        tansu.kill()
+        tansu.wait(10)
