@@ -85,6 +85,7 @@ def worker(tmp: Path, **env: str) -> Iterator[Worker]:
         if running.proc.poll() is None:
             running.proc.kill()
             running.proc.wait(5)
+        running._log.close()
 
 
 def _messages(listener: Listener, tag: str) -> list[str]:
@@ -132,13 +133,21 @@ def test_publishes_from_green_and_os_threads_all_arrive_in_order(tmp_path):
     assert text.count(f"published {N} events from a real OS thread") == len(ORDERS)
 
 
-def _tansu(listen: int, advertise: int, log: Path) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [tansu_binary(), "broker", "--listener-url", f"tcp://127.0.0.1:{listen}",
-         "--advertised-listener-url", f"tcp://127.0.0.1:{advertise}"],
-        stdout=open(log, "wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)  # noqa: SIM115
-    wait_for(lambda: port_open("127.0.0.1", listen), 10, message="tansu listening")
-    return proc
+@contextmanager
+def _tansu(listen: int, advertise: int, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A Tansu broker listening on ``listen`` that tells clients to connect to ``advertise``
+    (the proxy), so every client connection goes through the proxy."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [tansu_binary(), "broker", "--listener-url", f"tcp://127.0.0.1:{listen}",
+             "--advertised-listener-url", f"tcp://127.0.0.1:{advertise}"],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        try:
+            wait_for(lambda: port_open("127.0.0.1", listen), 10, message="tansu listening")
+            yield proc
+        finally:
+            proc.kill()
+            proc.wait(10)
 
 
 def _order_ids(listener: Listener, prefix: str) -> list[str]:
@@ -154,10 +163,9 @@ def test_broker_cut_and_restored_under_eventlet(tmp_path):
     the broker is back, nothing prints a logging or greenlet error, no record reaches a host
     handler off the hub, and SIGTERM stops the worker in under 10 s."""
     broker_port, proxy_port = free_port(), free_port()
-    tansu = _tansu(broker_port, proxy_port, tmp_path / "tansu.log")
-    proxy = TcpProxy(broker_port, proxy_port).start()
     bootstrap = f"127.0.0.1:{proxy_port}"
-    try:
+    with _tansu(broker_port, proxy_port, tmp_path / "tansu.log"), \
+            TcpProxy(broker_port, proxy_port) as proxy:
         create_topic(bootstrap, "orders-cut", 2)
         create_topic(bootstrap, "esb-cut", 1)
         env: dict[str, Any] = {
@@ -187,7 +195,3 @@ def test_broker_cut_and_restored_under_eventlet(tmp_path):
         took = running.stop()
         assert took < 10, took
         _assert_clean(running)
-    finally:
-        proxy.close()
-        tansu.kill()
-        tansu.wait(10)
