@@ -69,7 +69,11 @@ class Installation:
         return self.publisher.close(wait)
 
     def health(self) -> dict[str, Any]:
-        return {"mode": self.settings.mode.value, "publisher": self.publisher.health(),
+        routed = self.publisher.health()  # the route, with each transport's health inside
+        kafka = routed.get("transports", {}).get("kafka", routed)
+        route = getattr(self.publisher.transport, "route", None)
+        return {"mode": route.mode.value if route else self.settings.mode.value,
+                "publisher": kafka,
                 "adapter": {"received": self.attachment.received,
                             "published": self.attachment.published,
                             "failed": self.attachment.failed},
