@@ -183,15 +183,20 @@ def test_broker_cut_and_restored_under_eventlet(tmp_path):
             requests.post(f"{running.url}/publish", params={"n": 5, "orderid": "CUT"},
                           timeout=10)
             # librdkafka notices the dropped connections and retries against a refused port
-            wait_for(lambda: "bridge consumer" in (tmp_path / "openalgo.log").read_text(), 30,
-                     message="the bridge saw the outage")
+            wait_for(lambda: "bridge lost the brokers" in (tmp_path / "openalgo.log").read_text(),
+                     30, message="the bridge saw the outage")
             assert requests.get(f"{running.url}/ping", timeout=5).text == "pong"
             proxy.restore()
             wait_for(lambda: len(_order_ids(browser, "CUT-")) == 5, 90,
                      message="delivery resumed after the cut")
             assert sorted(_order_ids(browser, "UP-")) == [f"UP-{i}" for i in range(5)]
+            wait_for(lambda: "bridge reaches the brokers again" in (
+                tmp_path / "openalgo.log").read_text(), 30, message="the bridge saw the return")
             state = requests.get(f"{running.url}/lookalike", timeout=5).json()
             assert state["foreign"] == []
+            text = (tmp_path / "openalgo.log").read_text()
+            # one line per state change, not one per librdkafka error
+            assert text.count("bridge lost the brokers") == 1, text[-3000:]
         took = running.stop()
         assert took < 10, took
         _assert_clean(running)

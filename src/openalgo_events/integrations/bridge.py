@@ -20,6 +20,7 @@ them (``EventSpec.socketio_payload``), as from ``SocketIOTransport``.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from typing import Any
 
@@ -58,6 +59,8 @@ class KafkaSocketIOBridge:
         self.emitted = 0
         self.invalid = 0
         self.last_error: str | None = None
+        self.brokers_down = False  # one log line per change, never one per librdkafka error
+        self._down_checked = 0.0
 
     def start(self) -> KafkaSocketIOBridge:
         self._thread = start_thread(self._consume, "openalgo-events-bridge")
@@ -79,6 +82,8 @@ class KafkaSocketIOBridge:
             if self._assign(consumer):
                 while not self._stop.is_set():
                     self._take(consumer.poll(0.25))
+                    if self.brokers_down:
+                        self._check_back(consumer)
         finally:
             consumer.close()
 
@@ -119,10 +124,38 @@ class KafkaSocketIOBridge:
             return
         self.received += 1
         self._inbox.put(envelope)
+        if self.brokers_down:
+            self._back()
 
     def _on_error(self, err: Any) -> None:
+        """librdkafka's errors: a line when the brokers are lost, the rest at debug level."""
         self.last_error = str(err)
-        log.info("bridge consumer: %s", err)
+        ck = self._ck.KafkaError
+        lost = err.code() in (ck._ALL_BROKERS_DOWN, ck._AUTHENTICATION) or err.fatal()
+        if lost and not self.brokers_down:
+            self.brokers_down = True
+            self._down_checked = time.monotonic()
+            level = logging.ERROR if err.code() == ck._AUTHENTICATION else logging.WARNING
+            log.log(level, "bridge lost the brokers; browsers get no events from %s until "
+                    "they are back: %s", self.topic, err)
+        else:
+            log.debug("bridge consumer: %s", err)
+
+    def _check_back(self, consumer: Any) -> None:
+        """While down, ask for the topic's metadata every 2 s: an answer means the brokers are
+        back (a quiet topic brings no message to say so)."""
+        if time.monotonic() - self._down_checked < 2.0:
+            return
+        self._down_checked = time.monotonic()
+        try:
+            consumer.list_topics(self.topic, timeout=2.0)
+        except self._ck.KafkaException:
+            return
+        self._back()
+
+    def _back(self) -> None:
+        self.brokers_down = False
+        log.warning("bridge reaches the brokers again; reading %s", self.topic)
 
     # -- emitter (a background task of the Socket.IO server) ----------------------------------
     def _emit(self, envelope: Envelope) -> None:
@@ -136,7 +169,9 @@ class KafkaSocketIOBridge:
                       envelope.event_id)
 
     def health(self) -> dict[str, Any]:
-        return {"healthy": self.ready.is_set() and self._thread is not None
+        return {"healthy": self.ready.is_set() and not self.brokers_down
+                and self._thread is not None
                 and self._thread.is_alive(), "topic": self.topic, "received": self.received,
                 "emitted": self.emitted, "backlog": self._inbox.pending, "invalid": self.invalid,
+                "brokers_reachable": not self.brokers_down,
                 "last_error": self.last_error}
