@@ -11,6 +11,7 @@ from flask_socketio import SocketIO, join_room
 
 from openalgo_events import Settings
 from openalgo_events.demo import DemoServer
+from openalgo_events.integrations.bridge import KafkaSocketIOBridge
 from openalgo_events.publisher import build_publisher
 from openalgo_events.transports.socketio import user_room
 from tests.sio_support import Listener
@@ -52,4 +53,31 @@ def test_password_change_broadcast_reaches_others_without_ip_and_user_agent(
         data = envelope_of(message)["data"]
         assert {k: data[k] for k in PERSONAL} == PERSONAL
     finally:
+        publisher.close(5)
+
+
+def test_bridge_emits_password_change_without_ip_and_user_agent(kafka_bootstrap, topic,
+                                                                  tmp_path):
+    """KAFKA mode: the bridge re-emits a password_change read from the topic to every browser
+    without the IP address and user agent the Kafka message carries."""
+    create_topic(kafka_bootstrap, topic, 1)
+    app = Flask(__name__)
+    socketio = SocketIO(app, async_mode="threading")
+    settings = Settings.from_env({
+        "ORDER_EVENT_MODE": "KAFKA", "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "KAFKA_ORDER_EVENTS_TOPIC": topic, "KAFKA_SPOOL_PATH": str(tmp_path / "spool.db")})
+    bridge = KafkaSocketIOBridge(settings, socketio).start()
+    publisher = build_publisher(settings)
+    try:
+        assert bridge.ready.wait(30)
+        with DemoServer(app) as server, Listener(server.url, ["polling"]) as carol:
+            publisher.publish("password_change", "bob", user="bob", status="success",
+                              message="Password changed successfully", **PERSONAL)
+            [(_, payload)] = carol.wait(1, "password_change", timeout=30)
+            assert payload == {"user": "bob", "status": "success",
+                               "message": "Password changed successfully"}
+        [message] = read_topic(kafka_bootstrap, topic, 1)
+        assert {k: envelope_of(message)["data"][k] for k in PERSONAL} == PERSONAL
+    finally:
+        bridge.stop()
         publisher.close(5)
