@@ -90,3 +90,22 @@ def test_mount_operations_adds_the_routes_once():
         assert rules.count("/openalgo-events/health") == 1
     finally:
         own.close(1)
+
+
+def test_socketio_transport_publishes_again_after_close():
+    """After ``close`` a publish starts a new emit task: nothing is left queued forever."""
+    from flask_socketio import SocketIO
+
+    from openalgo_events.transports.socketio import SocketIOTransport
+
+    emitted: list[str] = []
+    socketio = SocketIO(Flask("closing"), async_mode="threading")
+    socketio.emit = lambda event, data, **kw: emitted.append(data["message"])  # type: ignore
+    transport = SocketIOTransport(socketio)
+    publisher = EventPublisher(transport)
+    publisher.publish("order_notification", "alice", symbol="S", status="info", message="1")
+    assert transport.close(5) == 0
+    publisher.publish("order_notification", "alice", symbol="S", status="info", message="2")
+    assert transport.flush(5) == 0
+    assert emitted == ["1", "2"]
+    transport.close(5)

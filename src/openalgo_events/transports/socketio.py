@@ -125,8 +125,13 @@ class SocketIOTransport:
         return self._handoff.pending
 
     def close(self, timeout: float = 5.0) -> int:
+        """Flush, then end the emit task; a later ``publish`` starts a new one."""
         left = self.flush(timeout)
-        self._handoff.stop()
+        with self._start_lock:
+            old, self._handoff = self._handoff, Handoff(self._emit, green=self._green,
+                                                        on_error=self._emit_failed)
+            self._started = False
+        old.stop()
         return left
 
     def health(self) -> dict[str, Any]:
