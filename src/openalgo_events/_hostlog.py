@@ -9,8 +9,10 @@ the ``openalgo_events`` logger and stops that logger's propagation:
 
 - a record made on the hub's OS thread (the main thread: requests, bus callbacks, our green
   tasks) is passed at once to the root logger's handlers, as propagation would have done;
-- a record made on any other OS thread is appended to a ``Handoff`` and passed to the same
-  handlers by a green task on the hub, in the order the records were made.
+- a record made on any other OS thread has its message formatted there (``args`` emptied, so
+  a host filter that stringifies arguments has nothing to break), is appended to a ``Handoff``
+  and is passed to the same handlers by a green task on the hub, in the order the records were
+  made.
 
 The handler's own lock is never taken (``handle`` is overridden): it shares nothing green with
 real threads. The backlog is bounded (``MAX_BACKLOG``); records beyond it are counted and one
@@ -40,6 +42,16 @@ def _forward(record: logging.LogRecord) -> None:
         parent.callHandlers(record)
 
 
+def _render(record: logging.LogRecord) -> None:
+    """Format the message now, on the thread that made it: the record then holds no reference
+    to live objects while it waits, and the host's filters see plain text (``args`` empty)."""
+    try:
+        record.msg = record.getMessage()
+        record.args = ()
+    except Exception:  # a bad format string: leave it to the host's handler to report
+        pass
+
+
 class HubLogHandler(logging.Handler):
     """Forwards records on the hub's thread; hands the others to a green task on the hub."""
 
@@ -66,6 +78,8 @@ class HubLogHandler(logging.Handler):
             if not self.handoff.pending:
                 _forward(record)
                 return
+        if not on_main_thread():
+            _render(record)
         self.handoff.put(record)  # behind earlier records from real threads: keep their order
 
     def start(self) -> None:

@@ -55,7 +55,7 @@ class Worker:
             assert self.proc.poll() is None, self.log()
             try:
                 return requests.get(f"{self.url}/ping", timeout=1).ok
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # the worker still booting
                 return False
         wait_for(up, 30, message="gunicorn up")
 
