@@ -80,7 +80,8 @@ def _os_thread(tag: str, count: int) -> Any:
     def run() -> None:
         for _ in range(count):
             _publish_one(tag, "os")
-        _log.info("published %s events from a real OS thread", count)
+        # A secret in an argument: formatted on this thread, then redacted by the host's filter.
+        _log.info("published %s events from a real OS thread, apikey=%s", count, "secret123")
 
     thread = _real_threading.Thread(target=run, daemon=True)
     thread.start()
