@@ -6,6 +6,7 @@ thread, nothing logs an error, delivery resumes and SIGTERM stops the worker qui
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -203,3 +204,29 @@ def test_broker_cut_and_restored_under_eventlet(tmp_path):
         took = running.stop()
         assert took < 10, took
         _assert_clean(running)
+
+
+LOGGING_APP = Path(__file__).with_name("eventlet_logging_app.py")
+
+
+def _logging_run(mode: str, tmp: Path) -> dict[str, Any]:
+    done = subprocess.run([sys.executable, str(LOGGING_APP), mode], capture_output=True,
+                          text=True, timeout=60, cwd=Path(__file__).resolve().parents[2],
+                          env=app_env(tmp))
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    assert lines, done.stdout[-2000:] + done.stderr[-2000:]
+    result: dict[str, Any] = json.loads(lines[-1])
+    result["stderr"] = done.stderr
+    return result
+
+
+def test_real_thread_logging_while_a_green_thread_holds_the_handler_lock(tmp_path):
+    """A real thread that logs while a green thread holds the host handler's green lock blocks
+    for good without the hand-off (the measured failure); with it, the thread finishes at once
+    and every record reaches the handler, in order, once the lock is free."""
+    unguarded = _logging_run("unguarded", tmp_path)
+    assert unguarded["finished"] is False and unguarded["lines"] == []
+    guarded = _logging_run("guarded", tmp_path)
+    assert guarded["finished"] is True and guarded["errors"] == []
+    assert guarded["lines"] == [f"from a real thread {i}" for i in range(20)]
+    assert "greenlet.error" not in guarded["stderr"]
