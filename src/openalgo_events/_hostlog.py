@@ -58,7 +58,7 @@ class HubLogHandler(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.NOTSET)
         self.handoff: Handoff[logging.LogRecord] = Handoff(
-            _forward, green=True, maxlen=MAX_BACKLOG)
+            self._forward_and_report, green=True, maxlen=MAX_BACKLOG)
         self._reported_drops = 0
         self.started = False
 
@@ -93,6 +93,10 @@ class HubLogHandler(logging.Handler):
 
     def _run(self) -> None:
         self.handoff.run()
+
+    def _forward_and_report(self, record: logging.LogRecord) -> None:
+        self._report_drops()
+        _forward(record)
 
     def _report_drops(self) -> None:
         dropped = self.handoff.dropped

@@ -109,3 +109,33 @@ def test_socketio_transport_publishes_again_after_close():
     assert transport.flush(5) == 0
     assert emitted == ["1", "2"]
     transport.close(5)
+
+
+def test_hub_log_handler_queues_real_thread_records_and_reports_drops(caplog, monkeypatch):
+    """Records from another thread wait, formatted, for the hub's drain; beyond the backlog
+    bound they are dropped and one warning says how many."""
+    import logging
+
+    from openalgo_events import _hostlog
+
+    monkeypatch.setattr(_hostlog, "MAX_BACKLOG", 3)
+    handler = _hostlog.HubLogHandler()
+    made: list[logging.LogRecord] = []
+
+    def log_from_a_thread() -> None:
+        for i in range(5):
+            record = logging.LogRecord("openalgo_events.x", logging.INFO, __file__, 1,
+                                       "record %s of %s", (i, 5), None)
+            made.append(record)
+            handler.emit(record)
+
+    thread = threading.Thread(target=log_from_a_thread)
+    thread.start()
+    thread.join()
+    assert handler.handoff.pending == 3 and handler.handoff.dropped == 2
+    assert made[0].msg == "record 0 of 5" and made[0].args == ()  # formatted on its thread
+    caplog.set_level(logging.INFO)
+    assert handler.drain() == 3
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages[0].startswith("openalgo-events dropped 2 log records")
+    assert messages[1:] == ["record 0 of 5", "record 1 of 5", "record 2 of 5"]

@@ -71,6 +71,7 @@ class SocketIOTransport:
                                                    on_error=self._emit_failed)
         self._start_lock = new_lock()
         self._started = False
+        self._warned = False
         self._emitted = 0
         self._failed = 0
         if self._green:  # publishes from real threads may log: route their records via the hub
@@ -93,8 +94,11 @@ class SocketIOTransport:
     def publish(self, envelope: Envelope) -> None:
         self._handoff.put(envelope)
         self.stats.add(Stats.event_key("published", envelope.event_type, self.name))
-        if not self._started:
-            self._try_start()
+        if not self._started and not self._try_start() and not self._warned:
+            self._warned = True
+            log.warning("Socket.IO emits wait: this transport was made off the worker's main "
+                        "thread, so its emit task starts at the first publish or flush made "
+                        "there; build it on the app's thread")
 
     def _emit(self, envelope: Envelope) -> None:
         room = user_room(envelope.user_id) if self.scope == "user" else None
