@@ -19,7 +19,7 @@ from typing import Any
 
 from .._handoff import Handoff, eventlet_patched, on_main_thread
 from .._hostlog import guard
-from .._threads import new_lock, wait_until
+from .._threads import new_lock, real_sleep, wait_until
 from ..catalog import CATALOG
 from ..envelope import Envelope
 from ..stats import Stats
@@ -117,8 +117,6 @@ class SocketIOTransport:
         if self._green and on_main_thread():
             self.socketio.sleep(seconds)  # yield to the emit task on this hub
         else:
-            from .._threads import real_sleep
-
             real_sleep(seconds)
 
     def flush(self, timeout: float = 5.0) -> int:
