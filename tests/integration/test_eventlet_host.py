@@ -21,6 +21,7 @@ import requests
 from engineio import payload
 
 from openalgo_events.devbroker import free_port, port_open, tansu_binary
+from tests.integration.inbound_support import esb_message, produce
 from tests.integration.openalgo_procs import HOOK, app_env
 from tests.integration.tcp_proxy import TcpProxy
 from tests.sio_support import Listener
@@ -164,8 +165,9 @@ def _order_ids(listener: Listener, prefix: str) -> list[str]:
 def test_broker_cut_and_restored_under_eventlet(tmp_path):
     """KAFKA mode with the bridge and the inbound consumer running: the broker is cut (every
     connection dropped, new ones refused) and restored; browsers get every order event once
-    the broker is back, nothing prints a logging or greenlet error, no record reaches a host
-    handler off the hub, and SIGTERM stops the worker in under 10 s."""
+    the broker is back, so does an ESB notification from the inbound consumer, nothing prints
+    a logging or greenlet error, no record reaches a host handler off the hub, and SIGTERM
+    stops the worker in under 10 s."""
     broker_port, proxy_port = free_port(), free_port()
     bootstrap = f"127.0.0.1:{proxy_port}"
     with _tansu(broker_port, proxy_port, tmp_path / "tansu.log"), \
@@ -175,7 +177,8 @@ def test_broker_cut_and_restored_under_eventlet(tmp_path):
         env: dict[str, Any] = {
             "ORDER_EVENT_MODE": "KAFKA", "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
             "KAFKA_ORDER_EVENTS_TOPIC": "orders-cut", "KAFKA_ESB_EVENTS_TOPIC": "esb-cut",
-            "KAFKA_CONSUMER_ENABLED": "TRUE", "KAFKA_CONSUMER_GROUP": "esb-cut-group"}
+            "KAFKA_CONSUMER_ENABLED": "TRUE", "KAFKA_CONSUMER_GROUP": "esb-cut-group",
+            "KAFKA_CONSUMER_AUTO_OFFSET_RESET": "earliest"}
         with worker(tmp_path, **env) as running, Listener(running.url, ["polling"]) as browser:
             def bridge_ready() -> bool:
                 body = requests.get(f"{running.url}/openalgo-events/health", timeout=5).json()
@@ -194,6 +197,13 @@ def test_broker_cut_and_restored_under_eventlet(tmp_path):
             wait_for(lambda: len(_order_ids(browser, "CUT-")) == 5, 90,
                      message="delivery resumed after the cut")
             assert sorted(_order_ids(browser, "UP-")) == [f"UP-{i}" for i in range(5)]
+            # the inbound consumer delivers again too: an ESB acknowledgement reaches the page
+            produce(bootstrap, "esb-cut", esb_message(
+                "order_acknowledgment", "alice",
+                {"orderid": "ESB-1", "status": "acknowledged", "source": "ESB"}))
+            wait_for(lambda: any(p.get("orderid") == "ESB-1"
+                                 for _, p in browser.events("order_notification")), 60,
+                     message="the inbound consumer's notification after the cut")
             wait_for(lambda: "bridge reaches the brokers again" in (
                 tmp_path / "openalgo.log").read_text(), 30, message="the bridge saw the return")
             state = requests.get(f"{running.url}/lookalike", timeout=5).json()
