@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._hostlog import guard
+from .._threads import wait_until
 from ..config import Mode, Settings
 from ..envelope import Envelope
 from ..errors import ConfigError
@@ -64,7 +65,11 @@ class Installation:
         if self.bridge is not None:
             self.bridge.stop()
         if self.operations is not None and self.operations.consumer is not None:
-            self.operations.consumer.stop(self.settings.close_timeout_seconds)
+            consumer = self.operations.consumer
+            consumer.stop(0)  # ask only: its stop() waits on a real event, which would block
+            # the hub and with it the green task that emits the consumer's last notifications
+            wait_until(lambda: not consumer.health()["running"],
+                       self.settings.close_timeout_seconds)
         wait = self.settings.close_timeout_seconds if timeout is None else timeout
         return self.publisher.close(wait)
 
