@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import requests
+from engineio import client as eio_client
 from engineio import payload
 
 from openalgo_events.devbroker import free_port, port_open, tansu_binary
@@ -30,10 +31,26 @@ from tests.support import create_topic, wait_for
 APP = "tests.doubles.eventlet_host_app"
 ORDERS = ("os-first", "green-first", "interleaved")
 N = 50
-# python-engineio's client refuses a polling response of more than 16 packets (a guard meant
-# for servers): a burst of emits exceeds it, and the client drops the connection. Browsers have
-# no such limit.
-payload.Payload.max_decode_packets = 10_000
+
+
+@pytest.fixture(autouse=True)
+def browser_like_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    """python-socketio's client, made to behave like a browser's for these tests.
+
+    Its engine.io layer refuses a polling response of more than 16 packets (a guard meant for
+    servers; a burst of emits exceeds it and the client drops the connection), and it runs each
+    message's handler on a thread of its own, so two events can be recorded out of the order
+    they arrived in. Browsers do neither.
+    """
+    monkeypatch.setattr(payload.Payload, "max_decode_packets", 10_000)
+    trigger = eio_client.Client._trigger_event
+
+    def in_arrival_order(self: Any, event: str, *args: Any, **kwargs: Any) -> Any:
+        if event == "message":
+            kwargs["run_async"] = False
+        return trigger(self, event, *args, **kwargs)
+
+    monkeypatch.setattr(eio_client.Client, "_trigger_event", in_arrival_order)
 BAD = ("Logging error", "greenlet.error", "Cannot switch", "Traceback")
 
 
@@ -105,11 +122,15 @@ def _assert_clean(running: Worker) -> None:
         assert bad not in text, text[-4000:]
 
 
-def test_publishes_from_green_and_os_threads_all_arrive_in_order(tmp_path):
+@pytest.mark.parametrize("async_mode", ["threading", "eventlet"])
+def test_publishes_from_green_and_os_threads_all_arrive_in_order(tmp_path, async_mode):
     """Whichever thread publishes first (a real OS thread or a green thread), and interleaved,
     every event reaches a polling and a websocket client in publish order, no log record of a
-    real thread reaches the host's handlers off the hub, and SIGTERM stops in under 10 s."""
-    with worker(tmp_path, ORDER_EVENT_MODE="SOCKETIO") as running, \
+    real thread reaches the host's handlers off the hub, and SIGTERM stops in under 10 s; with
+    the Socket.IO server in OpenAlgo's ``async_mode="threading"`` (green under the eventlet
+    worker) and in ``eventlet`` mode."""
+    with worker(tmp_path, ORDER_EVENT_MODE="SOCKETIO",
+                LOOKALIKE_ASYNC_MODE=async_mode) as running, \
             Listener(running.url, ["polling"]) as polling, \
             Listener(running.url, ["websocket"]) as websocket:
         for order in ORDERS:
@@ -182,7 +203,8 @@ def test_broker_cut_and_restored_under_eventlet(tmp_path):
             "ORDER_EVENT_MODE": "KAFKA", "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
             "KAFKA_ORDER_EVENTS_TOPIC": "orders-cut", "KAFKA_ESB_EVENTS_TOPIC": "esb-cut",
             "KAFKA_CONSUMER_ENABLED": "TRUE", "KAFKA_CONSUMER_GROUP": "esb-cut-group",
-            "KAFKA_CONSUMER_AUTO_OFFSET_RESET": "earliest"}
+            "KAFKA_CONSUMER_AUTO_OFFSET_RESET": "earliest",
+            "LOOKALIKE_ASYNC_MODE": "threading"}  # OpenAlgo's own setting
         with worker(tmp_path, **env) as running, Listener(running.url, ["polling"]) as browser:
             def bridge_ready() -> bool:
                 body = requests.get(f"{running.url}/openalgo-events/health", timeout=5).json()

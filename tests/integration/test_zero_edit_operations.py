@@ -13,8 +13,13 @@ from tests.sio_support import Listener
 from tests.support import create_topic, read_topic, wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
-# python-engineio's client refuses polling responses of more than 16 packets
-payload.Payload.max_decode_packets = 10_000
+
+
+@pytest.fixture(autouse=True)
+def many_packets_per_poll(monkeypatch: pytest.MonkeyPatch) -> None:
+    """python-engineio's client refuses a polling response of more than 16 packets (a guard
+    meant for servers; browsers have none)."""
+    monkeypatch.setattr(payload.Payload, "max_decode_packets", 10_000)
 TOKEN = "zero-edit-admin-token"
 
 
@@ -31,7 +36,8 @@ def test_zero_edit_install_answers_health_metrics_and_mode(kafka_bootstrap, topi
     command, env, port = gunicorn(tmp_path, ORDER_EVENT_MODE="KAFKA",
                                   KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap,
                                   KAFKA_ORDER_EVENTS_TOPIC=topic,
-                                  ORDER_EVENT_ADMIN_TOKEN=TOKEN)
+                                  ORDER_EVENT_ADMIN_TOKEN=TOKEN,
+                                  LOOKALIKE_ASYNC_MODE="threading")  # as OpenAlgo's instance
     with serve(command, env, tmp_path, port) as url, Listener(url, ["polling"]) as browser:
         prefix = f"{url}/openalgo-events"
         wait_for(lambda: requests.get(f"{prefix}/health", timeout=5).status_code == 200, 30,

@@ -40,11 +40,18 @@ def browser_payload(envelope: Envelope) -> dict[str, Any]:
 
 
 def green_server(socketio: Any) -> bool:
-    """Whether ``socketio``'s tasks are eventlet green threads (its async mode, or the patch)."""
+    """Whether ``socketio``'s tasks are eventlet green threads.
+
+    True in async mode ``eventlet``, and also in mode ``threading`` once eventlet has patched
+    ``threading``: OpenAlgo's instance says ``async_mode="threading"`` and runs in gunicorn's
+    eventlet worker, where its "threads" and queues are green.
+    """
+    if eventlet_patched():
+        return True
     try:
         return str(socketio.server.eio.async_mode) == "eventlet"
-    except AttributeError:  # no server yet (init_app not called): go by the monkey-patch
-        return eventlet_patched()
+    except AttributeError:  # no server yet (init_app not called)
+        return False
 
 
 class SocketIOTransport:
