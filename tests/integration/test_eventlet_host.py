@@ -6,7 +6,9 @@ thread, nothing logs an error, delivery resumes and SIGTERM stops the worker qui
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -66,10 +68,13 @@ class Worker:
         command = [str(Path(sys.executable).parent / "gunicorn"), "-c", HOOK, "--worker-class",
                    "eventlet", "-w", "1", "-b", f"127.0.0.1:{self.port}", f"{APP}:app"]
         self._log = open(self.log_path, "wb")  # noqa: SIM115
+        # A session of its own: on a failure the master and its worker are killed together
+        # (a SIGKILLed master leaves its worker running).
         self.proc = subprocess.Popen(command, cwd=tmp, env=app_env(
             tmp, OPENALGO_EVENTS_BUS="tests.doubles.openalgo_app:bus",
             OPENALGO_EVENTS_SOCKETIO="tests.doubles.openalgo_app:socketio", **env),
-            stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True)
 
         def up() -> bool:
             assert self.proc.poll() is None, self.log()
@@ -77,22 +82,35 @@ class Worker:
                 return requests.get(f"{self.url}/ping", timeout=1).ok
             except (requests.ConnectionError, requests.Timeout):  # the worker still booting
                 return False
-        wait_for(up, 30, message="gunicorn up")
+        try:
+            wait_for(up, 30, message="gunicorn up")
+        except BaseException:
+            self.kill()
+            raise
+
+    def kill(self) -> None:
+        """SIGKILL the master and its worker (the whole session), then close the log."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(5)
+        self._log.close()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> float:
-        """SIGTERM; the seconds the master took to exit."""
+        """SIGTERM to the master; the seconds until the master and its worker are gone."""
         started = time.monotonic()
         self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(20)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait(5)
-            self._log.close()
+        self.proc.wait(20)
+
+        def worker_gone() -> bool:
+            try:
+                os.killpg(self.proc.pid, 0)
+            except ProcessLookupError:
+                return True
+            return False
+        wait_for(worker_gone, 20, message="the worker gone after SIGTERM")
         return time.monotonic() - started
 
 
@@ -105,10 +123,7 @@ def worker(tmp: Path, **env: str) -> Iterator[Worker]:
         yield running
         running.took = running.stop()
     finally:
-        if running.proc.poll() is None:
-            running.proc.kill()
-            running.proc.wait(5)
-        running._log.close()
+        running.kill()  # whatever is left (nothing after a clean stop)
 
 
 def _messages(listener: Listener, tag: str) -> list[str]:
