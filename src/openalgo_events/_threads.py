@@ -37,7 +37,14 @@ def real_sleep(seconds: float) -> None:
 
 
 def start_thread(target: Callable[[], None], name: str) -> threading.Thread:
-    """Start a daemon OS thread (never a green thread)."""
+    """Start a daemon OS thread (never a green thread).
+
+    Under eventlet its log records must not reach the host's green-locked handlers from this
+    thread: ``_hostlog.guard()`` routes them through the hub first.
+    """
+    from ._hostlog import guard
+
+    guard()
     thread: threading.Thread = real_threading().Thread(target=target, name=name, daemon=True)
     thread.start()
     return thread
@@ -53,14 +60,16 @@ def new_event() -> threading.Event:
     return event
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.005) -> bool:
+def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.005,
+               sleep: Callable[[float], None] | None = None) -> bool:
     """Wait for ``predicate`` from the caller's thread, cooperatively under eventlet.
 
     ``time.sleep`` is whatever the application uses: patched, it yields to other green threads.
+    ``sleep`` replaces it (e.g. the Socket.IO server's own ``sleep``).
     """
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() >= deadline:
             return False
-        time.sleep(step)
+        (sleep or time.sleep)(step)
     return True

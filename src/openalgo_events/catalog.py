@@ -51,6 +51,15 @@ class EventSpec:
     priority: Priority = Priority.HIGH
     system_user: str | None = None  # e.g. "admin" for master_contract_download
     forbidden: frozenset[str] = field(default_factory=frozenset)
+    # Fields that go to Kafka only: the Socket.IO payload (``socketio_payload``) leaves them
+    # out, whatever the scope, because a broadcast reaches every user's browser.
+    kafka_only: frozenset[str] = field(default_factory=frozenset)
+
+    def socketio_payload(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        """The browser payload for ``data``: a copy without the ``kafka_only`` fields."""
+        if not self.kafka_only:
+            return dict(data)
+        return {k: v for k, v in data.items() if k not in self.kafka_only}
 
     @cached_property
     def required(self) -> tuple[str, ...]:
@@ -195,6 +204,7 @@ CATALOG = Catalog(
             ),
             Priority.LOW,
             forbidden=_SECRETS,
+            kafka_only=frozenset({"ip_address", "user_agent"}),  # personal data: audit only
         ),
         # What else OpenAlgo's Socket.IO layer emits today.
         EventSpec(

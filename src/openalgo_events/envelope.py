@@ -10,7 +10,6 @@ import json
 import math
 import os
 import random
-import threading
 import time
 import uuid
 from collections.abc import Mapping
@@ -22,6 +21,7 @@ from typing import Any
 
 import orjson
 
+from ._threads import new_lock
 from .errors import EventValidationError
 
 SCHEMA_VERSION = 1
@@ -93,7 +93,8 @@ def compact_json(value: Any) -> str:
 _dumps = orjson.dumps
 
 
-_id_lock = threading.Lock()
+# A real lock even under eventlet: ids are made on green threads and real OS threads alike.
+_id_lock = new_lock()
 _id_last_ms = 0
 _id_counter = 0
 # The random part of ids needs uniqueness, not secrecy: a generator seeded from the OS CSPRNG

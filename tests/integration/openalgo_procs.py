@@ -41,7 +41,9 @@ def serve(command: list[str], env: Mapping[str, str], tmp: Path, port: int) -> I
             assert proc.poll() is None, (tmp / f"server-{port}.log").read_text()[-3000:]
             try:
                 return requests.get(f"{url}/ping", timeout=1).ok
-            except requests.ConnectionError:
+            # gunicorn's master accepts before the worker serves: a slow boot (a loaded
+            # machine) is a read timeout, not a failure
+            except (requests.ConnectionError, requests.Timeout):
                 return False
         wait_for(up, 30, message=f"server on {port}")
         yield url

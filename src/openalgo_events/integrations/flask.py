@@ -48,6 +48,7 @@ class EventsState:
     owns_publisher: bool
     env_file: str | None = None
     consumer: Any = None
+    bridge: Any = None  # the zero-edit install's KafkaSocketIOBridge, reported in health
     registry: Any = None
     previous_sighup: Any = None
     _lock: Any = field(default_factory=new_lock)
@@ -75,6 +76,10 @@ class EventsState:
             body["consumer"] = consumer
             body["healthy"] = body["healthy"] and bool(consumer.get("healthy"))
             body["last_error"] = body["last_error"] or consumer.get("last_error")
+        if self.bridge is not None:
+            bridge = self.bridge.health()
+            body["bridge"] = bridge
+            body["healthy"] = body["healthy"] and bool(bridge.get("healthy"))
         return body
 
     # -- mode switch ----------------------------------------------------------------------
@@ -223,6 +228,35 @@ class OpenAlgoEvents:
         return self.state(app).close(timeout)
 
 
+def mount_operations(app: Flask, settings: Settings, publisher: EventPublisher, *,
+                     socketio: Any = None, bridge: Any = None,
+                     url_prefix: str = "/openalgo-events") -> EventsState | None:
+    """Give an app that does not use the extension its routes (health, metrics, mode) for
+    an installed ``publisher``: what the gunicorn hook does in the zero-edit install.
+
+    Starts the inbound consumer when ``KAFKA_CONSUMER_ENABLED=TRUE``. Returns None, and changes
+    nothing, when the app already uses the extension (its own routes are there). Call it
+    before the app's first request (Flask refuses new routes after it).
+    """
+    if EXTENSION in app.extensions:
+        log.info("openalgo-events: the app already uses the extension; its routes stay")
+        return None
+    state = EventsState(settings=settings, publisher=publisher, owns_publisher=False,
+                        env_file=None, bridge=bridge)
+    app.extensions[EXTENSION] = state
+    state.registry = _registry(state)
+    if settings.consumer_enabled and socketio is not None:
+        from ..inbound import EsbConsumer
+
+        state.consumer = EsbConsumer(settings, publisher=publisher, socketio=socketio).start()
+    blueprint = _blueprint()
+    csrf = app.extensions.get("csrf")
+    if csrf is not None and hasattr(csrf, "exempt"):
+        csrf.exempt(blueprint)
+    app.register_blueprint(blueprint, url_prefix=url_prefix)
+    return state
+
+
 def _registry(state: EventsState) -> Any:
     try:
         from .metrics import metrics_registry
@@ -290,4 +324,4 @@ def _mode() -> tuple[Response, int]:
     }), 200
 
 
-__all__ = ["EventsState", "OpenAlgoEvents"]
+__all__ = ["EventsState", "OpenAlgoEvents", "mount_operations"]

@@ -22,6 +22,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .._hostlog import guard
+from .._threads import wait_until
 from ..config import Mode, Settings
 from ..envelope import Envelope
 from ..errors import ConfigError
@@ -53,6 +55,7 @@ class Installation:
     attachment: Attachment
     mirror: EmitMirror | None = None
     bridge: KafkaSocketIOBridge | None = None
+    operations: Any = None  # the routes' state (flask.EventsState) when the hook mounted them
 
     def close(self, timeout: float | None = None) -> int:
         """Stop taking events and flush; return how many stay in the spool for next time."""
@@ -61,11 +64,21 @@ class Installation:
             self.mirror.remove()
         if self.bridge is not None:
             self.bridge.stop()
+        if self.operations is not None and self.operations.consumer is not None:
+            consumer = self.operations.consumer
+            consumer.stop(0)  # ask only: its stop() waits on a real event, which would block
+            # the hub and with it the green task that emits the consumer's last notifications
+            wait_until(lambda: not consumer.health()["running"],
+                       self.settings.close_timeout_seconds)
         wait = self.settings.close_timeout_seconds if timeout is None else timeout
         return self.publisher.close(wait)
 
     def health(self) -> dict[str, Any]:
-        return {"mode": self.settings.mode.value, "publisher": self.publisher.health(),
+        routed = self.publisher.health()  # the route, with each transport's health inside
+        kafka = routed.get("transports", {}).get("kafka", routed)
+        route = getattr(self.publisher.transport, "route", None)
+        return {"mode": route.mode.value if route else self.settings.mode.value,
+                "publisher": kafka,
                 "adapter": {"received": self.attachment.received,
                             "published": self.attachment.published,
                             "failed": self.attachment.failed},
@@ -119,6 +132,7 @@ def install(environ: Mapping[str, str] | None = None) -> Installation | None:
     Never raises: a problem is logged and the app runs as before, without events on Kafka.
     """
     global current
+    guard()  # under eventlet, our real threads' log records reach the host's handlers via the hub
     env = os.environ if environ is None else environ
     try:
         settings = Settings.from_env(environ)
@@ -140,14 +154,15 @@ def install(environ: Mapping[str, str] | None = None) -> Installation | None:
         else None)
     stats = Stats()
     transport = kafka_transport(settings, stats)
-    if settings.rollout_percent < 100:
-        if settings.mode is Mode.KAFKA:
-            log.warning("KAFKA_ROLLOUT_PERCENT=%s is not applied in KAFKA mode, where the bridge "
-                        "makes every browser emit; use BOTH for a gradual rollout",
-                        settings.rollout_percent)
-        else:  # BOTH: OpenAlgo still emits to every browser; only the share goes to Kafka too
-            transport = RoutingTransport(Route(Mode.KAFKA, settings.rollout_percent),
-                                         socketio=Discard(), kafka=transport)
+    percent = settings.rollout_percent
+    if percent < 100 and settings.mode is Mode.KAFKA:
+        log.warning("KAFKA_ROLLOUT_PERCENT=%s is not applied in KAFKA mode, where the bridge "
+                    "makes every browser emit; use BOTH for a gradual rollout", percent)
+        percent = 100
+    # Always routed, so POST /openalgo-events/mode can switch at run time. OpenAlgo still emits
+    # to every browser itself: the "Socket.IO" side of the route is Discard.
+    transport = RoutingTransport(Route(settings.mode, percent), socketio=Discard(),
+                                 kafka=transport)
     publisher = EventPublisher(transport, source=settings.source,
                                max_message_bytes=settings.max_message_bytes, stats=stats)
     attachment = attach(bus, publisher, user_resolver=resolver,
@@ -159,13 +174,47 @@ def install(environ: Mapping[str, str] | None = None) -> Installation | None:
             installation.bridge = KafkaSocketIOBridge(settings, socketio).start()
         installation.mirror = mirror_emits(
             socketio, publisher, allow=_names(env.get(ENV_MIRROR_ALLOW)),
-            deny=_names(env.get(ENV_MIRROR_DENY)), local=installation.bridge is None,
+            deny=_names(env.get(ENV_MIRROR_DENY)),
+            local=True if installation.bridge is None else _bridge_off(transport),
             default_user=settings.default_user)
     log.info("openalgo-events installed: mode %s, topic %s, mirror %s, bridge %s",
              settings.mode.value, settings.order_events_topic,
              "on" if installation.mirror else "off", "on" if installation.bridge else "off")
     current = installation
     return installation
+
+
+def mount(installation: Installation, app: Any) -> Any:
+    """Mount the operations routes of ``installation`` on ``app`` (a Flask app; anything else
+    is logged and skipped) and start the inbound consumer if enabled; never raises."""
+    try:
+        from flask import Flask
+
+        from .flask import mount_operations
+
+        if not isinstance(app, Flask):
+            log.warning("openalgo-events: no health, metrics or mode routes: the WSGI app is a "
+                        "%s, not a Flask app", type(app).__name__)
+            return None
+        socketio = installation.mirror.socketio if installation.mirror else None
+        if socketio is None:
+            socketio = _optional(os.environ.get(ENV_SOCKETIO) or DEFAULT_SOCKETIO, ENV_SOCKETIO)
+        installation.operations = mount_operations(
+            app, installation.settings, installation.publisher, socketio=socketio,
+            bridge=installation.bridge)
+        return installation.operations
+    except Exception:
+        log.exception("openalgo-events: could not mount the operations routes")
+        return None
+
+
+def _bridge_off(transport: RoutingTransport) -> Callable[[], bool]:
+    """Whether the app's own broadcasts must reach its browsers directly: unless the route in
+    force sends every event to Kafka, for the bridge to emit (after a switch by POST /mode)."""
+    def local() -> bool:
+        route = transport.route
+        return route.mode is not Mode.KAFKA or route.rollout_percent < 100
+    return local
 
 
 def _optional(spec: str, variable: str) -> Any:

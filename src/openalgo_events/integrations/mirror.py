@@ -58,13 +58,14 @@ class EmitMirror:
     """The wrapper installed as ``socketio.emit``; ``remove()`` puts the original back."""
 
     def __init__(self, socketio: Any, publisher: EventPublisher, *,
-                 allow: Collection[str] | None, deny: Collection[str] | None, local: bool,
+                 allow: Collection[str] | None, deny: Collection[str] | None,
+                 local: bool | Callable[[], bool],
                  default_user: str, bus_thread_prefix: str) -> None:
         self.socketio = socketio
         self.publisher = publisher
         self.allow = frozenset(allow) if allow is not None else None
         self.deny = frozenset(deny or ())
-        self.local = local
+        self._local = local
         self.default_user = default_user
         self.bus_thread_prefix = bus_thread_prefix
         self._emit = original_emit(socketio)
@@ -87,6 +88,11 @@ class EmitMirror:
         if self.local or addressed or not (covered or published):
             return self._emit(event, *args, **kwargs)
         return None
+
+    @property
+    def local(self) -> bool:
+        """Whether broadcasts are emitted here too (False: the bridge emits them)."""
+        return self._local() if callable(self._local) else self._local
 
     def _covered_by_adapter(self, event: str) -> bool:
         return (event in EVENT_TYPES and adapter_attached()
@@ -136,11 +142,12 @@ class EmitMirror:
 
 def mirror_emits(socketio: Any, publisher: EventPublisher, *,
                  allow: Collection[str] | None = None, deny: Collection[str] | None = None,
-                 local: bool = True, default_user: str | None = None,
+                 local: bool | Callable[[], bool] = True, default_user: str | None = None,
                  bus_thread_prefix: str = BUS_THREAD_PREFIX) -> EmitMirror:
     """Wrap ``socketio.emit`` so every emit is also published. One line where the app creates
     its instance: ``mirror_emits(socketio, publisher)``.
 
+    ``local`` (or a callable read at each emit) says whether broadcasts are emitted here too.
     ``publisher`` must not emit to this same ``socketio`` (that would loop): give it a Kafka
     transport. ``default_user`` names the user of emits not addressed to a ``user:`` room.
 

@@ -1,0 +1,139 @@
+"""Our log records reach the host's handlers only from the host's own loop.
+
+In OpenAlgo's eventlet worker the root logger's handlers are created after monkey-patching, so
+each holds a green lock; a real OS thread of ours (the bridge's consumer, the inbound
+consumer, librdkafka callbacks on them) that logs through them can raise
+``greenlet.error: Cannot switch to a different thread`` or block for good (OPENALGO.md
+section 8). So, once eventlet has patched ``threading``, ``guard()`` puts one handler of ours on
+the ``openalgo_events`` logger and stops that logger's propagation:
+
+- a record made on the hub's OS thread (the main thread: requests, bus callbacks, our green
+  tasks) is passed at once to the root logger's handlers, as propagation would have done;
+- a record made on any other OS thread has its message formatted there (``args`` emptied, so
+  a host filter that stringifies arguments has nothing to break), is appended to a ``Handoff``
+  and is passed to the same handlers by a green task on the hub, in the order the records were
+  made.
+
+The handler's own lock is never taken (``handle`` is overridden): it shares nothing green with
+real threads. The backlog is bounded (``MAX_BACKLOG``); records beyond it are counted and one
+warning says how many were dropped. Without eventlet nothing is installed: real threads and
+real handler locks mix fine.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ._handoff import Handoff, eventlet_patched, on_main_thread
+from ._threads import new_lock
+
+LOGGER = "openalgo_events"
+MAX_BACKLOG = 10_000
+
+_lock = new_lock()
+_handler: HubLogHandler | None = None
+
+
+def _forward(record: logging.LogRecord) -> None:
+    """Pass ``record`` on as propagation from our logger would: to the root's handlers."""
+    parent = logging.getLogger(LOGGER).parent
+    if parent is not None:
+        parent.callHandlers(record)
+
+
+def _render(record: logging.LogRecord) -> None:
+    """Format the message now, on the thread that made it: the record then holds no reference
+    to live objects while it waits, and the host's filters see plain text (``args`` empty)."""
+    try:
+        record.msg = record.getMessage()
+        record.args = ()
+    except Exception:  # a bad format string: leave it to the host's handler to report
+        pass
+
+
+class HubLogHandler(logging.Handler):
+    """Forwards records on the hub's thread; hands the others to a green task on the hub."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.NOTSET)
+        self.handoff: Handoff[logging.LogRecord] = Handoff(
+            self._forward_and_report, green=True, maxlen=MAX_BACKLOG)
+        self._reported_drops = 0
+        self.started = False
+
+    def createLock(self) -> None:
+        self.lock: Any = new_lock()  # never a green lock; ``handle`` below does not take it
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        if not self.filter(record):
+            return False
+        self.emit(record)
+        return True
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if on_main_thread():
+            self.start()
+            self._report_drops()
+            if not self.handoff.pending:
+                _forward(record)
+                return
+        if not on_main_thread():
+            _render(record)
+        self.handoff.put(record)  # behind earlier records from real threads: keep their order
+
+    def start(self) -> None:
+        """Start the green task (on the hub's thread only; elsewhere it would never run)."""
+        if self.started or not on_main_thread():
+            return
+        self.started = True
+        import eventlet
+
+        eventlet.spawn(self._run)
+
+    def _run(self) -> None:
+        self.handoff.run()
+
+    def _forward_and_report(self, record: logging.LogRecord) -> None:
+        self._report_drops()
+        _forward(record)
+
+    def _report_drops(self) -> None:
+        dropped = self.handoff.dropped
+        if dropped > self._reported_drops:
+            self._reported_drops = dropped
+            record = logging.LogRecord(
+                LOGGER, logging.WARNING, __file__, 0,
+                "openalgo-events dropped %s log records from its background threads "
+                "(over %s waiting for the worker's loop)", (dropped, MAX_BACKLOG), None)
+            _forward(record)
+
+    def drain(self) -> int:
+        """Forward the backlog now (on the hub's thread only, e.g. at worker exit)."""
+        return self.handoff.drain() if on_main_thread() else 0
+
+
+def guard() -> HubLogHandler | None:
+    """Install the hand-off if eventlet has patched ``threading``; idempotent.
+
+    Call it from the hub's thread before starting a real thread (``_threads.start_thread``
+    does). Returns the handler, or None when no hand-off is needed.
+    """
+    global _handler
+    if not eventlet_patched():
+        return None
+    with _lock:
+        if _handler is None:
+            handler = HubLogHandler()
+            logger = logging.getLogger(LOGGER)
+            logger.addHandler(handler)
+            logger.propagate = False
+            _handler = handler
+    _handler.start()
+    return _handler
+
+
+def drain() -> int:
+    """Forward any queued records now, if the hand-off is installed and this is the hub's
+    thread; return how many."""
+    return _handler.drain() if _handler is not None else 0
