@@ -7,11 +7,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -422,3 +425,55 @@ def test_demo_command_explains_a_port_in_use(cli_env):
     assert result.stderr.strip() == (
         f"Error: port {port} on 127.0.0.1 is in use by another program; stop it, or choose "
         "another port with --port or OPENALGO_EVENTS_DEMO_PORT")
+
+
+@pytest.mark.slow
+def test_scripts_demo_on_a_fresh_checkout_then_again_without_reinstalling(tmp_path, cli_env):
+    """scripts/demo on a fresh copy of the repository (no venv, no node_modules) installs what
+    the demo needs, not the dev extra, and serves the page with its socket.io client; run again,
+    it skips pip and npm (its stamps match) and starts at once."""
+    root = Path(__file__).resolve().parents[2]
+    checkout = tmp_path / "checkout"
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True,
+                           check=True).stdout.decode().split("\0")
+    for name in filter(None, files):
+        target = checkout / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(root / name, target)
+
+    def start() -> tuple[subprocess.Popen[str], str]:
+        env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+        child = subprocess.Popen(["bash", "scripts/demo", "--port", "0"], cwd=checkout,
+                                 env={**env, "PYTHONUNBUFFERED": "1"}, text=True,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        lines = []
+        assert child.stdout is not None
+        for line in child.stdout:  # bounded by the test timeout
+            lines.append(line)
+            if "Ctrl-C stops it" in line:
+                break
+        return child, "".join(lines)
+
+    first, text = start()
+    try:
+        assert "installing openalgo-events[socketio,kafka]" in text
+        assert "installing socket.io-client (npm ci)" in text
+        url = re.search(r"http://127\.0\.0\.1:\d+", text)
+        assert url, text
+        with requests.get(f"{url.group()}/vendor/socket.io.min.js", timeout=5) as script:
+            assert script.status_code == 200
+    finally:
+        stop_demo(first, signal.SIGTERM)
+    assert first.returncode == 0
+    venv = checkout / ".venv"
+    installed = subprocess.run([venv / "bin" / "python", "-m", "pip", "list"],
+                               capture_output=True, text=True, check=True).stdout
+    assert "Flask-SocketIO" in installed and "confluent-kafka" in installed
+    assert "mypy" not in installed and "playwright" not in installed
+
+    started = time.monotonic()
+    again, text = start()
+    took = time.monotonic() - started
+    stop_demo(again, signal.SIGTERM)
+    assert "installing" not in text, text
+    assert took < 10, took
