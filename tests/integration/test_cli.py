@@ -201,3 +201,19 @@ def test_describe_of_a_missing_topic_fails_with_a_hint_that_works(kafka_bootstra
                            "configuration's topics")
     assert "check the name" in line and "topics create" not in line
     assert "no_such_topic" not in _topic_names(kafka_bootstrap)
+
+
+def test_tail_of_a_missing_topic_fails_with_a_hint_that_works(kafka_bootstrap, cli_env, topic):
+    """tail of a missing topic exits 1 in one line: the order topic's hint is 'topics create'
+    (never 'it appears with the first event', which a cluster without auto-creation breaks);
+    a mistyped --topic is told to check the name."""
+    cli_env(KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap, KAFKA_ORDER_EVENTS_TOPIC=topic)
+    ours = run("tail", "--timeout", "5")
+    assert ours.exit_code == 1
+    assert ours.stderr.strip() == (f"Error: topic {topic} does not exist; create it with "
+                                   "'openalgo-events topics create'")
+    typo = run("tail", "--topic", f"{topic}-typo", "--timeout", "5")
+    assert typo.exit_code == 1
+    assert typo.stderr.strip() == (f"Error: topic {topic}-typo does not exist; check --topic "
+                                   f"(the order topic is {topic}, KAFKA_ORDER_EVENTS_TOPIC)")
+    assert topic not in _topic_names(kafka_bootstrap)
