@@ -75,12 +75,29 @@ def listens_on(pid: int, port: int) -> bool | None:
     does. None where ``/proc`` cannot tell (not Linux).
     """
     inodes = _listening_inodes(port)
-    if inodes is None:
+    if inodes is None or not os.path.isdir("/proc/self/fd"):
         return None
+    return any(_holds_socket(p, inodes) for p in _with_descendants(pid))
+
+
+def _with_descendants(pid: int) -> list[int]:
+    """``pid`` and its child processes, recursively (a broker may listen from a child)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children") as children:
+                    todo.extend(int(child) for child in children.read().split())
+    return found
+
+
+def _holds_socket(pid: int, inodes: set[str]) -> bool:
     try:
         fds = os.listdir(f"/proc/{pid}/fd")
     except OSError:
-        return False if os.path.isdir("/proc/self/fd") else None
+        return False
     for fd in fds:
         with contextlib.suppress(OSError):
             link = os.readlink(f"/proc/{pid}/fd/{fd}")

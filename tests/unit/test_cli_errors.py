@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -194,3 +195,24 @@ def test_a_stranger_listening_is_not_the_broker():
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         DevBroker(taken.getsockname()[1]).start()
+
+
+def test_a_listener_in_a_child_process_counts_as_the_parents():
+    """A broker that listens from a child process is still recognised as the one listening:
+    listens_on looks at the process and its descendants."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    parent = subprocess.Popen(
+        [sys.executable, "-c",
+         "import subprocess, sys; subprocess.run([sys.executable, '-c', "
+         f"\"import socket, time; s = socket.socket(); s.bind(('127.0.0.1', {port})); "
+         "s.listen(); print('up', flush=True); time.sleep(60)\"])"],
+        stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert parent.stdout is not None and parent.stdout.readline() == "up\n"
+        assert listens_on(parent.pid, port) is True
+    finally:
+        os.killpg(parent.pid, signal.SIGKILL)  # the parent and its listening child
+        parent.wait(10)
+        parent.stdout.close()
