@@ -137,7 +137,8 @@ def test_the_page_loads_without_a_failed_request(demo, page):
 
 def test_a_long_payload_neither_squeezes_the_ticket_nor_widens_the_page(demo, page):
     """An opened payload with a 4000-character unbroken message keeps the ticket column at its
-    width and the page no wider than the window."""
+    width and the page no wider than the window; the row's summary is cut to one glance while
+    the payload keeps everything; the status strip stays in view when the page scrolls."""
     app, server = demo
     open_page(page, server.url)
     width = page.eval_on_selector("#ticket", "e => e.getBoundingClientRect().width")
@@ -149,6 +150,12 @@ def test_a_long_payload_neither_squeezes_the_ticket_nor_widens_the_page(demo, pa
     page.wait_for_selector('#feed li[data-event="order_notification"] pre', state="visible")
     assert page.eval_on_selector("#ticket", "e => e.getBoundingClientRect().width") == width
     assert page.evaluate("document.documentElement.scrollWidth") <= 1280
+    line = page.text_content('#feed li[data-event="order_notification"] .event-summary') or ""
+    assert len(line) <= 240 and line.endswith("…")  # the row stays one glance long
+    assert "X" * 4000 in (page.text_content('#feed li[data-event="order_notification"] pre')
+                          or "")
+    page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
+    assert page.eval_on_selector("#status", "e => e.getBoundingClientRect().top") == 0
 
 
 def test_status_strip_and_mode_switch_without_a_broker(demo, page):

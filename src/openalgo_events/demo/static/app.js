@@ -9,6 +9,7 @@
   const MAX_ROWS = 200;
   const META = "demo_event_meta";  // each event's id and timestamp, sent by the demo app
   const HEALTH_EVERY_MS = 2000;
+  const SUMMARY_MAX = 240;  // characters of a feed row's one-line summary
   let received = 0;
   const pendingMeta = new Map();  // event key -> [meta, ...] that arrived before their event
 
@@ -91,7 +92,9 @@
     }
     const text = document.createElement("span");
     text.className = "event-summary";
-    text.textContent = summary(event, payload);
+    const line = summary(event, payload);
+    // One glance per row: a long value is cut here; the payload below keeps all of it.
+    text.textContent = line.length > SUMMARY_MAX ? line.slice(0, SUMMARY_MAX - 1) + "…" : line;
     head.append(name, text, when);
     const details = document.createElement("details");
     const label = document.createElement("summary");
