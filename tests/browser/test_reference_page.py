@@ -154,7 +154,14 @@ def test_a_long_payload_neither_squeezes_the_ticket_nor_widens_the_page(demo, pa
     assert len(line) <= 240 and line.endswith("…")  # the row stays one glance long
     assert "X" * 4000 in (page.text_content('#feed li[data-event="order_notification"] pre')
                           or "")
-    page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
+    for index in range(3):  # a page longer than the window
+        demo_state(app).publisher.publish_order_notification("demo-user", "SBIN", "info",
+                                                             f"note {index} " + "Z" * 3000)
+    page.wait_for_function("document.querySelectorAll('#feed li').length === 4")
+    for row in page.query_selector_all("#feed li summary")[:3]:
+        row.click()
+    page.evaluate("window.scrollTo(0, document.documentElement.scrollHeight)")
+    page.wait_for_function("window.scrollY > 500")
     assert page.eval_on_selector("#status", "e => e.getBoundingClientRect().top") == 0
 
 
