@@ -185,7 +185,8 @@ def test_status_strip_and_mode_switch_without_a_broker(demo, page):
 def test_status_strip_follows_a_mode_switch_with_a_broker(kafka_bootstrap, topic, tmp_path,
                                                           page):
     """With a broker the strip shows it reachable with spool depth 0; switching to BOTH from
-    the page changes the mode everywhere, and the next order also reaches Kafka."""
+    the page changes the mode everywhere, and the next order also reaches Kafka; a switch made
+    elsewhere shows in the strip and the selector."""
     create_topic(kafka_bootstrap, topic)
     app, _ = create_app(Settings.from_env({
         "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "KAFKA_ORDER_EVENTS_TOPIC": topic,
@@ -205,5 +206,9 @@ def test_status_strip_follows_a_mode_switch_with_a_broker(kafka_bootstrap, topic
             page.wait_for_function(
                 "document.getElementById('status-spool').textContent === '0'", timeout=WAIT_MS)
             assert demo_state(app).events.route.mode.value == "BOTH"
+            demo_state(app).events.switch("KAFKA")  # as `openalgo-events mode KAFKA` does
+            page.wait_for_function(
+                "document.getElementById('status-mode').textContent === 'KAFKA' && "
+                "document.getElementById('mode-select').value === 'KAFKA'", timeout=WAIT_MS)
     finally:
         assert demo_state(app).close() == 0

@@ -247,6 +247,8 @@
     $("status").dataset.state = health.healthy ? "up" : "degraded";
     $("status-mode").textContent = health.mode + (health.rollout_percent < 100 ? ` (${health.rollout_percent}%)` : "");
     $("route-mode").textContent = `mode ${health.mode}`;
+    // A switch made elsewhere (the CLI, SIGHUP) shows in the selector too, unless in use.
+    if (document.activeElement !== $("mode-select")) $("mode-select").value = health.mode;
     const reachable = health.broker_reachable;
     const broker = $("status-broker");
     broker.textContent = reachable === true ? "reachable" : reachable === false ? "unreachable" : "not used";
