@@ -23,17 +23,31 @@ from .ops.when import When, format_when
 
 EXIT_CONFIG = 1
 EXIT_BROKER = 2
+DEMO_PORT = 8765  # the reference app's port (demo/run.py; not 5000, which OpenAlgo uses)
 
 
 class _Failure(click.ClickException):
-    """An expected error, shown as one ``openalgo-events: ...`` message on stderr."""
+    """An expected error, shown as one ``Error: ...`` line on stderr.
 
-    def __init__(self, message: str, exit_code: int) -> None:
+    ``Error:`` is click's own prefix for usage errors, so every failure of every command
+    reads the same way, whether click or this package found it.
+    """
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
         super().__init__(message)
         self.exit_code = exit_code  # type: ignore[misc]  # click reads it per instance
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"openalgo-events: {self.format_message()}", err=True)
+        click.echo(f"Error: {self.format_message()}", err=True)
+
+
+def _config_failure(exc: ConfigError) -> _Failure:
+    """One problem on the error line itself; several as a list under it."""
+    if len(exc.problems) == 1:
+        return _Failure(f"invalid configuration: {exc.problems[0]}", EXIT_CONFIG)
+    listed = "\n".join(f"  - {problem}" for problem in exc.problems)
+    return _Failure(f"invalid configuration ({len(exc.problems)} problems):\n{listed}",
+                    EXIT_CONFIG)
 
 
 class _FriendlyGroup(click.Group):
@@ -47,7 +61,7 @@ class _FriendlyGroup(click.Group):
         except BrokerUnreachableError as exc:
             raise _Failure(str(exc), EXIT_BROKER) from exc
         except ConfigError as exc:
-            raise _Failure(str(exc), EXIT_CONFIG) from exc
+            raise _config_failure(exc) from exc
         except OpenAlgoEventsError as exc:
             raise _Failure(str(exc), 1) from exc
 
@@ -67,7 +81,7 @@ def main(ctx: click.Context, env_file: str) -> None:
     \b
     Examples:
       openalgo-events check                 # is the configuration valid, is Kafka reachable?
-      openalgo-events topics create         # create the topics as the design specifies
+      openalgo-events topics create         # create the order, ESB and dead-letter topics
       openalgo-events tail --user alice     # follow the order topic live
       openalgo-events replay --since 2h --user alice --dry-run
     """
@@ -81,7 +95,8 @@ def _settings(ctx: click.Context) -> Settings:
 
 
 @main.command("dev-broker")
-@click.option("--port", type=int, default=9092, show_default=True, help="Port to listen on.")
+@click.option("--port", type=click.IntRange(1, 65535), default=9092, show_default=True,
+              help="Port to listen on (it must be free).")
 def dev_broker(port: int) -> None:
     """Run the bundled Tansu broker on 127.0.0.1:PORT (memory only) until interrupted.
 
@@ -92,17 +107,20 @@ def dev_broker(port: int) -> None:
     """
     from .devbroker import DevBroker
 
-    broker = DevBroker(port).start()
+    broker = DevBroker(port).start()  # returns once its own process listens on the port
     click.echo(f"Tansu broker listening on {broker.bootstrap_servers} (memory storage; "
                "Ctrl-C stops it and loses its data)")
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    code = None
     try:
-        while broker.process is not None and broker.process.poll() is None:
+        while broker.process is not None and (code := broker.process.poll()) is None:
             time.sleep(0.5)
     except KeyboardInterrupt:
-        pass
+        return
     finally:
         broker.stop()
+    raise _Failure(f"the Tansu broker on {broker.bootstrap_servers} exited by itself "
+                   f"(code {code})")
 
 
 # -- check ----------------------------------------------------------------------------------
@@ -111,55 +129,71 @@ def dev_broker(port: int) -> None:
               help="Test the broker even when ORDER_EVENT_MODE is SOCKETIO.")
 @click.option("--timeout", default=5.0, show_default=True, type=click.FloatRange(0.1),
               help="Seconds to wait for the broker's answer.")
+@click.option("-v", "--verbose", is_flag=True,
+              help="Also list every setting (secrets masked) after the verdict.")
 @click.pass_context
-def check(ctx: click.Context, force_kafka: bool, timeout: float) -> None:
-    """Validate the configuration, show it (secrets masked) and test Kafka.
+def check(ctx: click.Context, force_kafka: bool, timeout: float, verbose: bool) -> None:
+    """Validate the configuration, test Kafka, and say whether publishing would work.
 
-    Exit status: 0 publishing would work, 1 the configuration is invalid, 2 no broker answered.
+    The verdict comes first; the details (broker, topics, and with --verbose every setting,
+    secrets masked) follow it. Exit status: 0 publishing would work, 1 the configuration is
+    invalid, 2 no broker answered, 3 a topic does not exist (create it with 'topics create').
 
     \b
     Examples:
       openalgo-events check
-      openalgo-events check --kafka --timeout 2
+      openalgo-events check --kafka --timeout 2 --verbose
       KAFKA_BOOTSTRAP_SERVERS=kafka1:9092 ORDER_EVENT_MODE=BOTH openalgo-events check
     """
     from .ops.broker import probe
     from .ops.trail import spool_location_problem
 
     settings = _settings(ctx)
-    click.echo("Configuration (secrets masked):")
-    for name, value in settings.describe().items():
-        click.echo(f"  {name:<32} {value}")
     for warning in settings.warnings:
         click.echo(f"warning: {warning}", err=True)
-    if not (settings.mode.uses_kafka or force_kafka):
-        click.echo("Mode SOCKETIO: Kafka is not used, nothing more to check "
-                   "(--kafka tests the broker anyway).")
-        return
-    problem = spool_location_problem(settings.spool_path)
-    if problem:
-        raise ConfigError([problem])
-    topics = [settings.order_events_topic]
-    if settings.consumer_enabled:
-        topics.append(settings.esb_events_topic)
-    found = probe(settings, topics, timeout)
-    click.echo(f"Kafka: {settings.bootstrap_servers} answered: {len(found.brokers)} broker(s) "
-               f"{', '.join(found.brokers)}; cluster id {found.cluster_id}")
-    for topic, partitions in found.partitions.items():
-        if partitions is None:
-            click.echo(f"Topic {topic}: does not exist yet; create it with 'openalgo-events "
-                       "topics create' (or the broker auto-creates it on the first event)")
+    try:
+        if not (settings.mode.uses_kafka or force_kafka):
+            click.echo("OK: mode SOCKETIO: events go to the app's Socket.IO clients; Kafka is "
+                       "not used (--kafka tests the broker anyway).")
+            return
+        problem = spool_location_problem(settings.spool_path)
+        if problem:
+            raise ConfigError([problem])
+        topics = [settings.order_events_topic]
+        if settings.consumer_enabled:
+            topics.append(settings.esb_events_topic)
+        found = probe(settings, topics, timeout)
+        missing = [topic for topic, partitions in found.partitions.items() if partitions is None]
+        if missing:
+            click.echo(f"Not ready: topic {', '.join(missing)} does not exist; create it with "
+                       "'openalgo-events topics create' (events wait in the spool until then).")
         else:
-            click.echo(f"Topic {topic}: {partitions} partition(s)")
-    if found.partitions.get(settings.order_events_topic) is not None:
-        from .ops.broker import client_config
-        from .transports.kafka_limits import topic_limit_problem
+            click.echo("OK: publishing to Kafka would work.")
+        click.echo(f"Kafka: {settings.bootstrap_servers} answered: {len(found.brokers)} "
+                   f"broker(s) {', '.join(found.brokers)}; cluster id {found.cluster_id}")
+        for topic, partitions in found.partitions.items():
+            if partitions is None:
+                click.echo(f"Topic {topic}: does not exist yet; create it with "
+                           "'openalgo-events topics create'")
+            else:
+                click.echo(f"Topic {topic}: {partitions} partition(s)")
+        if found.partitions.get(settings.order_events_topic) is not None:
+            from .ops.broker import client_config
+            from .transports.kafka_limits import topic_limit_problem
 
-        limit = topic_limit_problem(client_config(settings), settings.order_events_topic,
-                                    settings.max_message_bytes)
-        if limit:
-            click.echo(f"warning: {limit}", err=True)
-    click.echo("OK: publishing to Kafka would work.")
+            limit = topic_limit_problem(client_config(settings), settings.order_events_topic,
+                                        settings.max_message_bytes)
+            if limit:
+                click.echo(f"warning: {limit}", err=True)
+    finally:
+        click.echo(f"Mode {settings.mode.value}; spool {settings.spool_path}"
+                   + ("" if verbose else " (--verbose lists every setting)"))
+        if verbose:
+            click.echo("Configuration (secrets masked):")
+            for name, value in settings.describe().items():
+                click.echo(f"  {name:<32} {value}")
+    if missing:
+        ctx.exit(3)
 
 
 # -- topics ---------------------------------------------------------------------------------
@@ -176,10 +210,12 @@ def topics() -> None:
 @click.pass_context
 def topics_create(ctx: click.Context, partitions: int, replication_factor: int,
                   timeout: float) -> None:
-    """Create the topics as the design's Appendix A does; existing ones are left alone.
+    """Create the order, ESB and dead-letter topics; existing ones are left alone.
 
-    The order topic keeps 7 days, the ESB topic 24 hours, the dead-letter topic 7 days; all
-    snappy, max.message.bytes = ORDER_EVENT_MAX_MESSAGE_BYTES (1 MiB). Safe to run twice.
+    Each gets 5 partitions (keyed by user id) and replication factor 3, capped to the number
+    of brokers. The order topic keeps 7 days, the ESB topic 24 hours, the dead-letter topic
+    7 days; all snappy, max.message.bytes = ORDER_EVENT_MAX_MESSAGE_BYTES (1 MiB). Safe to
+    run twice.
 
     \b
     Examples:
@@ -213,10 +249,12 @@ def topics_describe(ctx: click.Context, names: tuple[str, ...], timeout: float) 
     from .ops.topics import describe_topics, planned_topics
 
     settings = _settings(ctx)
+    ours = {plan.name for plan in planned_topics(settings)}
     wanted = list(names) or [plan.name for plan in planned_topics(settings)]
+    missing = []
     for info in describe_topics(settings, wanted, timeout):
         if not info.exists:
-            click.echo(f"{info.name}: does not exist (openalgo-events topics create)\n")
+            missing.append(info.name)
             continue
         click.echo(f"{info.name}: {len(info.partitions)} partition(s)")
         for part in info.partitions:
@@ -227,6 +265,18 @@ def topics_describe(ctx: click.Context, names: tuple[str, ...], timeout: float) 
             shown = "(sensitive)" if value is None else value
             click.echo(f"    {key} = {shown}{'  (default)' if default else ''}")
         click.echo("")
+    if missing:
+        raise _Failure("; ".join(_missing_topic_hint(name, name in ours) for name in missing))
+
+
+def _missing_topic_hint(name: str, ours: bool) -> str:
+    """What to do about a topic that does not exist: create ours, or check a stranger's name."""
+    if ours:
+        return f"topic {name} does not exist; create it with 'openalgo-events topics create'"
+    return (f"topic {name} does not exist and is none of this configuration's topics "
+            "(KAFKA_ORDER_EVENTS_TOPIC, KAFKA_ESB_EVENTS_TOPIC and its .dlq); check the name "
+            "('openalgo-events topics describe' with no name shows this configuration's "
+            "topics)")
 
 
 # -- tail -----------------------------------------------------------------------------------
@@ -465,8 +515,8 @@ def sample_env_command() -> None:
 @click.argument("mode", type=click.Choice(["SOCKETIO", "KAFKA", "BOTH"], case_sensitive=False))
 @click.option("--rollout", type=click.IntRange(0, 100), default=None,
               help="Share of users (0-100, by hash of user id) routed to Kafka; kept if omitted.")
-@click.option("--url", default="http://127.0.0.1:5000", show_default=True,
-              help="Base URL of the running app.")
+@click.option("--url", default=f"http://127.0.0.1:{DEMO_PORT}", show_default=True,
+              help="Base URL of the running app (default: the reference app's).")
 @click.option("--prefix", default="/openalgo-events", show_default=True,
               help="The extension's url_prefix.")
 @click.option("--token", envvar="ORDER_EVENT_ADMIN_TOKEN", show_envvar=True,
@@ -476,14 +526,15 @@ def mode(mode: str, rollout: int | None, url: str, prefix: str, token: str | Non
 
     \b
     Example:
-      openalgo-events mode KAFKA --rollout 10 --url http://127.0.0.1:5000
+      openalgo-events mode BOTH                     # the reference app (openalgo-events demo)
+      openalgo-events mode KAFKA --rollout 10 --url http://127.0.0.1:5000   # OpenAlgo
     """
     import json
     import urllib.error
     import urllib.request
 
     if not token:
-        raise click.UsageError("no admin token: set ORDER_EVENT_ADMIN_TOKEN or pass --token")
+        raise _Failure("no admin token: set ORDER_EVENT_ADMIN_TOKEN or pass --token")
     body = {"mode": mode.upper(), **({"rollout_percent": rollout} if rollout is not None else {})}
     req = urllib.request.Request(
         url.rstrip("/") + prefix + "/mode", data=json.dumps(body).encode(), method="POST",
@@ -492,22 +543,39 @@ def mode(mode: str, rollout: int | None, url: str, prefix: str, token: str | Non
         with urllib.request.urlopen(req, timeout=10) as response:
             answer = json.loads(response.read())
     except urllib.error.HTTPError as exc:
-        detail = exc.read().decode(errors="replace")
-        if detail.startswith("{"):
-            detail = json.loads(detail).get("error", detail)
-        raise click.ClickException(f"{req.full_url} answered {exc.code}: {detail}") from None
-    except urllib.error.URLError as exc:
-        raise click.ClickException(f"cannot reach {req.full_url}: {exc.reason}") from None
+        raise _Failure(_mode_refusal(req.full_url, exc.code, exc.read())) from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise _Failure(f"cannot reach {req.full_url}: {reason}; is the app running there "
+                       "(--url)?") from None
+    except ValueError:
+        raise _Failure(f"{req.full_url} did not answer with JSON; is the openalgo-events "
+                       "extension mounted there (--url, --prefix)?") from None
     click.echo(f"mode {answer['mode']}, rollout {answer['rollout_percent']}% "
                f"(was {answer['previous']['mode']}, {answer['previous']['rollout_percent']}%)"
                if answer.get("previous") else f"mode {answer['mode']}")
 
 
+def _mode_refusal(url: str, status: int, body: bytes) -> str:
+    """One line for a refused mode switch: the extension's own JSON error when it answered,
+    or what a bare 404 from an app without the extension means (never its HTML)."""
+    try:
+        detail = json.loads(body).get("error")
+    except (ValueError, AttributeError):
+        detail = None
+    if isinstance(detail, str):
+        return f"{url} answered {status}: {detail}"
+    if status == 404:
+        return (f"{url} answered 404: no openalgo-events extension there; check --url and "
+                "--prefix (the app must mount OpenAlgoEvents)")
+    return f"{url} answered {status} without an explanation"
+
+
 # -- demo -----------------------------------------------------------------------------------
 @main.command("demo")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", type=click.IntRange(0, 65535), default=5000, show_default=True,
-              help="Port to listen on (0: any free port).")
+@click.option("--port", type=click.IntRange(0, 65535), default=DEMO_PORT, show_default=True,
+              help="Port to listen on (0: any free port; not 5000, OpenAlgo's own).")
 @click.option("--with-broker", is_flag=True,
               help="Start the bundled Tansu broker and send events to it too (mode BOTH).")
 @click.pass_context
@@ -518,6 +586,7 @@ def demo(ctx: click.Context, host: str, port: int, with_broker: bool) -> None:
     Examples:
       openalgo-events demo                  # Socket.IO only, no broker needed
       openalgo-events demo --with-broker    # Socket.IO and a local Kafka broker
+      openalgo-events demo --port 8080      # or OPENALGO_EVENTS_DEMO_PORT=8080
     """
     from .errors import require
 
@@ -525,7 +594,7 @@ def demo(ctx: click.Context, host: str, port: int, with_broker: bool) -> None:
     from .demo.run import run
 
     env_file = (ctx.find_root().obj or {}).get("env_file", ".env")
-    # A port in use or an address not here: werkzeug says so on stderr and exits with 1.
+    # A port in use is refused before anything starts (OpenAlgoEventsError, exit 1).
     left = run(host, port, with_broker, env_file=env_file, echo=click.echo)
     if left:
         click.echo(f"{left} events were not delivered before shutdown", err=True)

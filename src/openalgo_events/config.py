@@ -302,15 +302,31 @@ def _parse(environ: Mapping[str, str]) -> Settings:
                         "your brokers as host:port[,host:port] (or run 'openalgo-events dev-broker' "
                         "for a local one)")
     if servers:
-        bad = [s for s in servers.split(",") if not _valid_host_port(s.strip())]
+        entries = [s.strip() for s in servers.split(",")]
+        bad = [s for s in entries if not _HOST_PORT.match(s)]
+        out_of_range = [s for s in entries if s not in bad and not _valid_host_port(s)]
         if bad:
             problems.append(f"KAFKA_BOOTSTRAP_SERVERS={servers!r} is malformed at {bad[0]!r}; "
                             "use host:port entries separated by commas, e.g. "
                             "'kafka1:9092,kafka2:9092'")
+        elif out_of_range:
+            problems.append(f"KAFKA_BOOTSTRAP_SERVERS={servers!r}: the port of "
+                            f"{out_of_range[0]!r} is out of range; use a port from 1 to 65535, "
+                            "e.g. 'kafka1:9092'")
     protocol = values.get("security_protocol", "PLAINTEXT")
     if protocol.startswith("SASL") and not sasl:
         problems.append(f"KAFKA_SECURITY_PROTOCOL={protocol} requires KAFKA_SASL_MECHANISM "
                         f"(one of: {', '.join(SASL_MECHANISMS)})")
+    if not protocol.startswith("SASL"):
+        unused = [name for name, attr in (("KAFKA_SASL_MECHANISM", "sasl_mechanism"),
+                                          ("KAFKA_SASL_USERNAME", "sasl_username"),
+                                          ("KAFKA_SASL_PASSWORD", "sasl_password"))
+                  if values.get(attr)]
+        if unused:
+            warnings.append(f"{', '.join(unused)} {'is' if len(unused) == 1 else 'are'} set but "
+                            f"KAFKA_SECURITY_PROTOCOL={protocol} does not use SASL, so the "
+                            "credentials are not sent; set KAFKA_SECURITY_PROTOCOL=SASL_SSL "
+                            "(or SASL_PLAINTEXT) to use them")
     if sasl in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512") and not (
         values.get("sasl_username") and values.get("sasl_password")
     ):

@@ -42,24 +42,27 @@ def test_check_passes_and_prints_the_topics_partitions(kafka_bootstrap, cli_env,
             KAFKA_ORDER_EVENTS_TOPIC=topic)
     result = run("check")
     assert result.exit_code == 0, result.output + result.stderr
+    assert result.stdout.splitlines()[0] == "OK: publishing to Kafka would work."
     assert f"Topic {topic}: 3 partition(s)" in result.output
-    assert "OK: publishing to Kafka would work." in result.output
+    assert "KAFKA_PRODUCER_LINGER_MS" not in result.output  # settings only with --verbose
 
 
 def test_check_reports_a_missing_topic_without_creating_it(kafka_bootstrap, cli_env, topic):
-    """check says a topic does not exist yet, and asking did not auto-create it."""
+    """check says first that a topic does not exist (exit 3), and asking did not create it."""
     cli_env(ORDER_EVENT_MODE="BOTH", KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap,
             KAFKA_ORDER_EVENTS_TOPIC=topic)
     result = run("check")
-    assert result.exit_code == 0, result.stderr
+    assert result.exit_code == 3, result.stderr
+    assert result.stdout.splitlines()[0].startswith(f"Not ready: topic {topic} does not exist")
     assert f"Topic {topic}: does not exist yet" in result.output
     assert topic not in _topic_names(kafka_bootstrap)
 
 
-def test_topics_create_is_idempotent_and_describe_shows_the_design(kafka_bootstrap, cli_env,
+def test_topics_create_is_idempotent_and_describe_shows_the_layout(kafka_bootstrap, cli_env,
                                                                    topic):
-    """topics create makes the order, ESB and dead-letter topics with 5 partitions and the
-    design's configs; a second run reports them as existing and succeeds; describe shows them."""
+    """topics create makes the order, ESB and dead-letter topics with 5 partitions, 7 days / 24
+    hours retention, snappy and 1 MiB; a second run reports them as existing and succeeds;
+    describe shows them."""
     esb = f"{topic}-esb"
     cli_env(KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap, KAFKA_ORDER_EVENTS_TOPIC=topic,
             KAFKA_ESB_EVENTS_TOPIC=esb)
@@ -176,3 +179,42 @@ def test_replay_republishes_exactly_the_window_while_the_app_holds_the_spool(
         assert copy.key() == original.key() == b"alice"
         assert copy.value() == original.value()
         assert copy.headers() == [*original.headers(), (REPLAY_HEADER, b"1")]
+
+
+def test_describe_of_a_missing_topic_fails_with_a_hint_that_works(kafka_bootstrap, cli_env,
+                                                                  topic):
+    """describe of a topic that does not exist exits 1 in one line: for one of the package's
+    topics the hint is 'topics create', which then makes describe succeed; for a stranger's
+    name the hint says to check the name and does not promise that create makes it."""
+    esb = f"{topic}-esb"
+    cli_env(KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap, KAFKA_ORDER_EVENTS_TOPIC=topic,
+            KAFKA_ESB_EVENTS_TOPIC=esb)
+    ours = run("topics", "describe", topic)
+    assert ours.exit_code == 1
+    assert ours.stderr.strip() == (f"Error: topic {topic} does not exist; create it with "
+                                   "'openalgo-events topics create'")
+    assert run("topics", "create").exit_code == 0
+    assert run("topics", "describe", topic).exit_code == 0
+    stranger = run("topics", "describe", "no_such_topic")
+    assert stranger.exit_code == 1
+    [line] = stranger.stderr.strip().splitlines()
+    assert line.startswith("Error: topic no_such_topic does not exist and is none of this "
+                           "configuration's topics")
+    assert "check the name" in line and "topics create" not in line
+    assert "no_such_topic" not in _topic_names(kafka_bootstrap)
+
+
+def test_tail_of_a_missing_topic_fails_with_a_hint_that_works(kafka_bootstrap, cli_env, topic):
+    """tail of a missing topic exits 1 in one line: the order topic's hint is 'topics create'
+    (never 'it appears with the first event', which a cluster without auto-creation breaks);
+    a mistyped --topic is told to check the name."""
+    cli_env(KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap, KAFKA_ORDER_EVENTS_TOPIC=topic)
+    ours = run("tail", "--timeout", "5")
+    assert ours.exit_code == 1
+    assert ours.stderr.strip() == (f"Error: topic {topic} does not exist; create it with "
+                                   "'openalgo-events topics create'")
+    typo = run("tail", "--topic", f"{topic}-typo", "--timeout", "5")
+    assert typo.exit_code == 1
+    assert typo.stderr.strip() == (f"Error: topic {topic}-typo does not exist; check --topic "
+                                   f"(the order topic is {topic}, KAFKA_ORDER_EVENTS_TOPIC)")
+    assert topic not in _topic_names(kafka_bootstrap)

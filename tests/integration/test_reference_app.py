@@ -7,11 +7,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -201,6 +204,20 @@ def test_unknown_api_key_is_refused_with_403(app, events, apikey):
     assert events.events == []
 
 
+def test_every_event_is_followed_by_its_meta_for_the_page(app):
+    """Each published event is also announced as demo_event_meta with its event_id, timestamp
+    and the same data, so the page can show the event's own time; the event's Socket.IO payload
+    itself is unchanged."""
+    with DemoServer(app) as server, Listener(server.url, ["polling"]) as listener:
+        requests.post(f"{server.url}/api/v1/placeorder",
+                      json={"apikey": DEMO_API_KEY, **order()}, timeout=5)
+        [(_, meta)] = listener.wait(1, "demo_event_meta")
+        [(_, payload)] = listener.wait(1, "order_event")
+    assert meta["event_type"] == "order_event" and meta["data"] == payload
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", meta["timestamp"])
+    assert "timestamp" not in payload and "event_id" not in payload
+
+
 def test_page_loads_socketio_client_from_npm(app):
     """The page references the npm socket.io-client, which the app serves from node_modules."""
     client = app.test_client()
@@ -227,7 +244,7 @@ def test_socketio_client_sees_the_order(app, transport):
     with DemoServer(app) as server, Listener(server.url, [transport]) as listener:
         answer = requests.post(f"{server.url}/api/v1/placeorder",
                                json={"apikey": DEMO_API_KEY, **order()}, timeout=5).json()
-        [(name, payload)] = listener.wait(1)
+        [(name, payload)] = listener.wait(1, "order_event")
     assert name == "order_event"
     assert payload["orderid"] == answer["orderid"]
     assert payload["symbol"] == "SBIN" and payload["mode"] == "live"
@@ -269,11 +286,11 @@ def test_both_mode_shows_the_kafka_record(kafka_bootstrap, topic, tmp_path, topi
     assert DEMO_API_KEY not in json.dumps(record)
 
 
-def start_demo(*args: str) -> tuple[subprocess.Popen[str], list[str]]:
+def start_demo(*args: str, port: int = 0) -> tuple[subprocess.Popen[str], list[str]]:
     """``openalgo-events demo ARGS`` in a child process; returns it and its first lines, up to
     the one that says how to stop it."""
     child = subprocess.Popen(
-        [sys.executable, "-m", "openalgo_events", "demo", "--port", "0", *args],
+        [sys.executable, "-m", "openalgo_events", "demo", "--port", str(port), *args],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"})
     lines: list[str] = []
@@ -323,10 +340,19 @@ def test_demo_with_broker_sends_to_kafka_and_stops_the_broker(cli_env):
         assert url and broker and "mode BOTH" in text, lines
         requests.post(f"{url.group()}/api/v1/placeorder",
                       json={"apikey": DEMO_API_KEY, **order()}, timeout=5)
-        health = wait_for(lambda: (h := requests.get(f"{url.group()}/health", timeout=5).json())
+        health = wait_for(lambda: (h := requests.get(f"{url.group()}/openalgo-events/health",
+                                                     timeout=5).json())
                           ["transports"]["kafka"]["spool_depth"] == 0 and h, 20,
                           message="the order delivered to Kafka")
         assert health["mode"] == "BOTH" and health["healthy"]
+        bootstrap = f"127.0.0.1:{broker.group(1)}"
+        topic = "from_openalgo_order_events"
+        assert f"topic {topic}: created (5 partitions" in text
+        layout = describe(bootstrap, topic)
+        assert layout["partitions"] == 5
+        assert layout["retention.ms"] == "604800000"
+        assert layout["max.message.bytes"] == "1048576"
+        assert layout["compression.type"] == "snappy"
     finally:
         rest = stop_demo(child, signal.SIGTERM)
     assert child.returncode == 0, rest
@@ -334,9 +360,60 @@ def test_demo_with_broker_sends_to_kafka_and_stops_the_broker(cli_env):
     assert not port_open("127.0.0.1", int(broker.group(1)))
 
 
+def describe(bootstrap: str, topic: str) -> dict[str, Any]:
+    """A topic's partition count and its non-default configs."""
+    from confluent_kafka.admin import AdminClient, ConfigResource
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    partitions = len(admin.list_topics(topic, timeout=10).topics[topic].partitions)
+    [future] = admin.describe_configs(
+        [ConfigResource(ConfigResource.Type.TOPIC, topic)]).values()
+    configs = {k: v.value for k, v in future.result(10).items()}
+    return {"partitions": partitions, **configs}
+
+
+def test_demo_mounts_the_extension_and_the_cli_switches_its_mode(cli_env, free_demo_port):
+    """`openalgo-events demo` serves the extension's health and metrics under
+    /openalgo-events (none at the root), and `openalgo-events mode` with the token it prints
+    switches it (here: refused with the reason, as no broker is configured; the rollout
+    changes)."""
+    child, lines = start_demo(port=free_demo_port)
+    try:
+        text = "".join(lines)
+        url = f"http://127.0.0.1:{free_demo_port}"
+        assert f"openalgo-events reference app: {url}" in text
+        assert "KAFKA and BOTH need a broker" in text
+        health = requests.get(f"{url}/openalgo-events/health", timeout=5)
+        assert health.status_code == 200 and health.json()["mode"] == "SOCKETIO"
+        metrics = requests.get(f"{url}/openalgo-events/metrics", timeout=5)
+        assert metrics.status_code == 200 and "openalgo_events_rollout_percent" in metrics.text
+        assert requests.get(f"{url}/health", timeout=5).status_code == 404
+        env = {**os.environ, "ORDER_EVENT_ADMIN_TOKEN": "demo-admin-token"}
+        refused = subprocess.run(
+            [sys.executable, "-m", "openalgo_events", "mode", "KAFKA", "--url", url],
+            capture_output=True, text=True, timeout=30, env=env)
+        assert refused.returncode == 1
+        assert refused.stderr.startswith(f"Error: {url}/openalgo-events/mode answered 400: "
+                                         "ORDER_EVENT_MODE=KAFKA needs Kafka settings")
+        switched = subprocess.run(
+            [sys.executable, "-m", "openalgo_events", "mode", "SOCKETIO", "--rollout", "40",
+             "--url", url], capture_output=True, text=True, timeout=30, env=env)
+        assert switched.returncode == 0, switched.stderr
+        assert switched.stdout.strip() == "mode SOCKETIO, rollout 40% (was SOCKETIO, 100%)"
+    finally:
+        stop_demo(child, signal.SIGTERM)
+
+
+@pytest.fixture
+def free_demo_port() -> int:
+    from openalgo_events.devbroker import free_port
+
+    return free_port()
+
+
 def test_demo_command_explains_a_port_in_use(cli_env):
-    """A port already taken ends the command with werkzeug's one clear message and exit
-    status 1, not a traceback."""
+    """A port already taken ends the command, before anything starts, with one 'Error:' line
+    naming the port and both ways to choose another, and exit status 1."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -345,5 +422,58 @@ def test_demo_command_explains_a_port_in_use(cli_env):
             [sys.executable, "-m", "openalgo_events", "demo", "--port", port],
             capture_output=True, text=True, timeout=30)
     assert result.returncode == 1
-    assert f"Port {port} is in use by another program" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert result.stderr.strip() == (
+        f"Error: port {port} on 127.0.0.1 is in use by another program; stop it, or choose "
+        "another port with --port or OPENALGO_EVENTS_DEMO_PORT")
+
+
+@pytest.mark.slow
+def test_scripts_demo_on_a_fresh_checkout_then_again_without_reinstalling(tmp_path, cli_env):
+    """scripts/demo on a fresh copy of the repository (no venv, no node_modules) installs what
+    the demo needs, not the dev extra, and serves the page with its socket.io client; run again,
+    it skips pip and npm (its stamps match) and starts at once."""
+    root = Path(__file__).resolve().parents[2]
+    checkout = tmp_path / "checkout"
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True,
+                           check=True).stdout.decode().split("\0")
+    for name in filter(None, files):
+        target = checkout / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(root / name, target)
+
+    def start() -> tuple[subprocess.Popen[str], str]:
+        env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+        child = subprocess.Popen(["bash", "scripts/demo", "--port", "0"], cwd=checkout,
+                                 env={**env, "PYTHONUNBUFFERED": "1"}, text=True,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        lines = []
+        assert child.stdout is not None
+        for line in child.stdout:  # bounded by the test timeout
+            lines.append(line)
+            if "Ctrl-C stops it" in line:
+                break
+        return child, "".join(lines)
+
+    first, text = start()
+    try:
+        assert "installing openalgo-events[socketio,kafka]" in text
+        assert "installing socket.io-client (npm ci)" in text
+        url = re.search(r"http://127\.0\.0\.1:\d+", text)
+        assert url, text
+        with requests.get(f"{url.group()}/vendor/socket.io.min.js", timeout=5) as script:
+            assert script.status_code == 200
+    finally:
+        stop_demo(first, signal.SIGTERM)
+    assert first.returncode == 0
+    venv = checkout / ".venv"
+    installed = subprocess.run([venv / "bin" / "python", "-m", "pip", "list"],
+                               capture_output=True, text=True, check=True).stdout
+    assert "Flask-SocketIO" in installed and "confluent-kafka" in installed
+    assert "mypy" not in installed and "playwright" not in installed
+
+    started = time.monotonic()
+    again, text = start()
+    took = time.monotonic() - started
+    stop_demo(again, signal.SIGTERM)
+    assert "installing" not in text, text
+    assert took < 10, took

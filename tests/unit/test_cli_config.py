@@ -48,11 +48,13 @@ def test_version_option_prints_the_package_version():
 
 
 def test_check_in_socketio_mode_passes_and_masks_secrets(cli_env):
-    """With no Kafka mode, check exits 0, shows the configuration and never a secret."""
+    """With no Kafka mode, check exits 0 with its verdict on the first line, shows the
+    configuration after it with --verbose, and never a secret."""
     cli_env(KAFKA_SASL_PASSWORD=SECRET, ORDER_EVENT_ADMIN_TOKEN=SECRET + "-token",
             KAFKA_LIBRDKAFKA_SSL_KEY_PASSWORD=SECRET + "-key")
-    result = run("check")
+    result = run("check", "--verbose")
     assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[0].startswith("OK: mode SOCKETIO")
     assert "ORDER_EVENT_MODE" in result.output and "SOCKETIO" in result.output
     assert "********" in result.output
     assert SECRET not in result.output + result.stderr

@@ -110,11 +110,12 @@ def test_switch_to_kafka_without_brokers_is_refused():
 
 
 def test_metrics_without_prometheus_client_say_how_to_install(app_state):
-    """When prometheus-client is missing, /metrics is a 404 carrying the pip command."""
+    """When prometheus-client is missing, /metrics is a 501 (not implemented here) carrying the
+    pip command."""
     app, state = app_state()
     state.registry = None
     response = app.test_client().get("/openalgo-events/metrics")
-    assert response.status_code == 404
+    assert response.status_code == 501
     assert "pip install 'openalgo-events[metrics]'" in response.get_data(as_text=True)
 
 

@@ -3,8 +3,10 @@
 A Flask-SocketIO app (``async_mode="threading"``, like OpenAlgo) with an order ticket, a live
 feed of the Socket.IO events it receives, and REST endpoints shaped like OpenAlgo's over a
 simulated position book. Events go out through ``build_publisher``, so ``ORDER_EVENT_MODE``
-decides where: the page (SOCKETIO), Kafka (KAFKA) or both (BOTH). With Kafka configured, a
-tap shows the page each record that reached the topic, as ``kafka_record`` events.
+decides where: the page (SOCKETIO), Kafka (KAFKA) or both (BOTH). The Flask extension is
+mounted as an application would mount it: ``/openalgo-events/health``, ``/metrics`` and
+``/mode``. With Kafka configured, a tap shows the page each record that reached the topic, as
+``kafka_record`` events.
 
 >>> app, socketio = create_app()  # doctest: +SKIP
 """
@@ -24,6 +26,9 @@ from flask.typing import ResponseReturnValue
 from flask_socketio import SocketIO, join_room
 
 from ..config import Settings
+from ..envelope import Envelope
+from ..errors import ConfigError
+from ..integrations.flask import EventsState, OpenAlgoEvents
 from ..publisher import EventPublisher, build_publisher
 from ..transports.socketio import user_room
 from .kafka_tap import KafkaTap
@@ -37,6 +42,8 @@ DEMO_USER = "demo-user"
 SOCKETIO_JS_VAR = "OPENALGO_EVENTS_SOCKETIO_JS"
 SOCKETIO_JS = Path("node_modules", "socket.io-client", "dist", "socket.io.min.js")
 MIN_PASSWORD = 8
+META_EVENT = "demo_event_meta"  # the page's own channel: each event's id and timestamp
+STATIC = Path(__file__).resolve().parent / "static"
 
 
 class Forbidden(Exception):
@@ -51,6 +58,7 @@ class DemoState:
     publisher: EventPublisher
     desk: OrderDesk
     api_keys: Mapping[str, str]
+    events: EventsState | None = None
     tap: KafkaTap | None = None
 
     def user_of(self, body: Mapping[str, Any]) -> str:
@@ -65,16 +73,21 @@ class DemoState:
         """Stop the tap, then flush and close the publisher; returns undelivered events."""
         if self.tap is not None:
             self.tap.stop(timeout)
+        if self.events is not None:
+            self.events.close(timeout)  # the extension's consumer; the publisher is ours
         return self.publisher.close(timeout)
 
 
 def socketio_client_path(environ: Mapping[str, str] | None = None) -> Path | None:
-    """socket.io.min.js from npm: ``$OPENALGO_EVENTS_SOCKETIO_JS``, else the nearest
-    ``node_modules`` above the current directory or above this package."""
+    """socket.io.min.js from npm: ``$OPENALGO_EVENTS_SOCKETIO_JS``, else the copy a wheel
+    ships in ``static/vendor`` (made at build time), else the nearest ``node_modules`` above
+    the current directory or above this package."""
     environ = os.environ if environ is None else environ
     if environ.get(SOCKETIO_JS_VAR):
         path = Path(environ[SOCKETIO_JS_VAR])
         return path if path.is_file() else None
+    if (STATIC / "vendor" / SOCKETIO_JS.name).is_file():
+        return STATIC / "vendor" / SOCKETIO_JS.name
     for start in (Path.cwd(), Path(__file__).resolve().parent):
         for folder in (start, *start.parents):
             if (folder / SOCKETIO_JS).is_file():
@@ -87,7 +100,8 @@ def missing_client_message(environ: Mapping[str, str] | None = None) -> str:
     if environ.get(SOCKETIO_JS_VAR):
         return (f"{SOCKETIO_JS_VAR}={environ[SOCKETIO_JS_VAR]} is not a file; point it at "
                 "socket.io-client's dist/socket.io.min.js, or unset it")
-    return ("socket.io-client is not installed: run `npm ci` in the openalgo-events repository "
+    return ("socket.io-client is missing: an installed wheel ships it as "
+            "openalgo_events/demo/static/vendor/socket.io.min.js; in a checkout run `npm ci` "
             f"(it installs {SOCKETIO_JS}), or set {SOCKETIO_JS_VAR} to the path of "
             "socket.io.min.js")
 
@@ -105,15 +119,37 @@ def create_app(settings: Settings | None = None, *, api_keys: Mapping[str, str] 
     app = Flask(__name__)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     socketio = SocketIO(app, async_mode="threading")
-    publisher = build_publisher(settings, socketio)
+    publisher = _Stamped(build_publisher(settings, socketio), socketio)
     state = DemoState(settings, publisher, OrderDesk(publisher),
                       dict(api_keys or {DEMO_API_KEY: DEMO_USER}))
-    if kafka_tap and settings.mode.uses_kafka:
+    # Health, metrics and the mode switch, exactly as an application mounts them.
+    state.events = OpenAlgoEvents().init_app(app, socketio, settings, publisher=publisher,
+                                             env_file=None)
+    if kafka_tap and settings.bootstrap_servers:
         state.tap = KafkaTap(settings, socketio).start()
     app.extensions[EXTENSION] = state
     _routes(app)
     socketio.on_event("connect", _join_user_room)
     return app, socketio
+
+
+class _Stamped(EventPublisher):
+    """The demo's publisher: the real one, and after each event a ``demo_event_meta`` message
+    with its event_id and timestamp, so that the page shows when the event happened (today's
+    Socket.IO payloads carry neither, and stay unchanged)."""
+
+    def __init__(self, inner: EventPublisher, socketio: Any) -> None:
+        self.__dict__.update(inner.__dict__)  # the same transport, stats and settings
+        self._socketio = socketio
+
+    def publish(self, event_type: str, user_id: str | None,
+                data: Mapping[str, Any] | None = None, **fields: Any) -> Envelope:
+        envelope = super().publish(event_type, user_id, data, **fields)
+        self._socketio.emit(META_EVENT, {"event_type": envelope.event_type,
+                                         "event_id": envelope.event_id,
+                                         "timestamp": envelope.timestamp,
+                                         "data": dict(envelope.data)})
+        return envelope
 
 
 def demo_state(app: Flask) -> DemoState:
@@ -140,10 +176,16 @@ def _routes(app: Flask) -> None:
     @app.get("/")
     def index() -> ResponseReturnValue:
         state = demo_state(app)
+        route = state.events.route if state.events is not None else None
         return render_template(
-            "index.html", mode=state.settings.mode.value, api_key=DEMO_API_KEY,
-            topic=state.settings.order_events_topic if state.settings.mode.uses_kafka else "",
+            "index.html", mode=route.mode.value if route else state.settings.mode.value,
+            api_key=DEMO_API_KEY,
+            topic=state.settings.order_events_topic if state.settings.bootstrap_servers else "",
         )
+
+    @app.get("/favicon.ico")
+    def favicon() -> ResponseReturnValue:
+        return send_file(STATIC / "favicon.svg", mimetype="image/svg+xml", max_age=86400)
 
     @app.get("/vendor/socket.io.min.js")
     def socketio_js() -> ResponseReturnValue:
@@ -202,9 +244,22 @@ def _routes(app: Flask) -> None:
             user_agent=request.headers.get("User-Agent", ""))
         return jsonify(status="success", message=message)
 
-    @app.get("/health")
-    def health() -> ResponseReturnValue:
-        return jsonify(demo_state(app).publisher.health())
+    @app.post("/api/v1/demo/mode")
+    def switch_mode() -> ResponseReturnValue:
+        """The page's mode switch: the extension's switch, behind the demo's API key (the
+        admin token stays on the server; ``openalgo-events mode`` uses /openalgo-events/mode)."""
+        data = body()
+        state = demo_state(app)
+        state.user_of(data)
+        mode = data.get("mode")
+        if not isinstance(mode, str) or state.events is None:
+            raise BadRequest("mode must be one of SOCKETIO, KAFKA, BOTH")
+        try:
+            route = state.events.switch(mode)
+        except ConfigError as exc:
+            raise BadRequest("; ".join(exc.problems)) from None
+        return jsonify(status="success", mode=route.mode.value,
+                       message=f"mode {route.mode.value}")
 
 
 def _join_user_room(auth: Any = None) -> None:

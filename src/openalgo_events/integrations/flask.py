@@ -9,7 +9,8 @@ never on the extension object, so one ``OpenAlgoEvents`` serves any number of ap
 Routes, under ``url_prefix`` (default ``/openalgo-events``):
 
 - ``GET  /health``: JSON status; 200 when events are getting through, 503 when not.
-- ``GET  /metrics``: Prometheus text format (needs ``openalgo-events[metrics]``).
+- ``GET  /metrics``: Prometheus text format (needs ``openalgo-events[metrics]``; without it
+  501 with the install command).
 - ``POST /mode``: ``{"mode": "KAFKA", "rollout_percent": 10}`` with
   ``Authorization: Bearer $ORDER_EVENT_ADMIN_TOKEN``; off (404) while no token is set.
 """
@@ -283,7 +284,7 @@ def _metrics() -> Response | tuple[str, int]:
     state = OpenAlgoEvents.state()
     if state.registry is None:
         return ("Prometheus metrics need prometheus-client: "
-                "pip install 'openalgo-events[metrics]'\n", 404)
+                "pip install 'openalgo-events[metrics]'\n", 501)
     from .metrics import exposition
 
     payload, content_type = exposition(state.registry)

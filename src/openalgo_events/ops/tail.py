@@ -72,8 +72,12 @@ def follow(settings: Settings, topic: str, *, start: str | float = "end",
         deadline = None if timeout is None else time.monotonic() + timeout
         metadata = cluster_metadata(settings, min(timeout or 10.0, 10.0), consumer)
         if topic not in metadata.topics:
-            raise TopicError(f"topic {topic} does not exist yet; it appears with the first "
-                             "published event, or create it with 'openalgo-events topics create'")
+            # Clusters often refuse auto-creation: only a hint that works is given.
+            if topic == settings.order_events_topic:
+                raise TopicError(f"topic {topic} does not exist; create it with "
+                                 "'openalgo-events topics create'")
+            raise TopicError(f"topic {topic} does not exist; check --topic (the order topic "
+                             f"is {settings.order_events_topic}, KAFKA_ORDER_EVENTS_TOPIC)")
         partitions = sorted(metadata.topics[topic].partitions)
         consumer.assign(_start_offsets(ck, consumer, topic, partitions, start))
         on_ready(len(partitions))

@@ -34,6 +34,10 @@ class Route:
     mode: Mode
     rollout_percent: int = 100
 
+    def __str__(self) -> str:
+        """What log lines show: ``BOTH, rollout 10%`` (not the dataclass and enum reprs)."""
+        return f"{self.mode.value}, rollout {self.rollout_percent}%"
+
 
 class RoutingTransport:
     """Sends each envelope to Socket.IO, Kafka or both, by mode and rollout share.
@@ -62,10 +66,11 @@ class RoutingTransport:
             self.kafka = self._kafka_factory()
         needs_socketio = route.mode.uses_socketio or route.rollout_percent < 100
         if needs_socketio and self.socketio is None:
-            raise ConfigError([f"ORDER_EVENT_MODE={route.mode.value} with KAFKA_ROLLOUT_PERCENT="
-                               f"{route.rollout_percent} emits to Socket.IO, so the publisher "
-                               "needs the app's Flask-SocketIO instance: "
-                               "create_publisher(socketio=socketio)"])
+            why = (f"ORDER_EVENT_MODE={route.mode.value}" if route.mode.uses_socketio else
+                   f"ORDER_EVENT_MODE={route.mode.value} with KAFKA_ROLLOUT_PERCENT="
+                   f"{route.rollout_percent} (users outside the share stay on Socket.IO)")
+            raise ConfigError([f"{why} emits to Socket.IO, so the publisher needs the app's "
+                               "Flask-SocketIO instance: create_publisher(socketio=socketio)"])
 
     def switch(self, mode: Mode, rollout_percent: int | None = None) -> Route:
         """Atomically change the route; transports a new route needs are built first."""

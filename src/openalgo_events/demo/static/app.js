@@ -7,7 +7,11 @@
   const $ = (id) => document.getElementById(id);
   const feed = $("feed");
   const MAX_ROWS = 200;
+  const META = "demo_event_meta";  // each event's id and timestamp, sent by the demo app
+  const HEALTH_EVERY_MS = 2000;
+  const SUMMARY_MAX = 240;  // characters of a feed row's one-line summary
   let received = 0;
+  const pendingMeta = new Map();  // event key -> [meta, ...] that arrived before their event
 
   function setConnection(state, text) {
     const badge = $("connection");
@@ -15,9 +19,29 @@
     badge.textContent = text;
   }
 
-  function time() {
-    return new Date().toLocaleTimeString([], { hour12: false }) + "." +
-      String(new Date().getMilliseconds()).padStart(3, "0");
+  function clock(date) {
+    return date.toLocaleTimeString([], { hour12: false }) + "." +
+      String(date.getMilliseconds()).padStart(3, "0");
+  }
+
+  // The event's own time (its envelope's timestamp) when known; the arrival time otherwise.
+  function stamp(el, iso) {
+    if (iso) {
+      el.textContent = clock(new Date(iso));
+      el.dateTime = iso;
+      el.dataset.source = "event";
+      el.title = `event timestamp ${iso}`;
+    } else {
+      const now = new Date();
+      el.textContent = clock(now);
+      el.dateTime = now.toISOString();
+      el.dataset.source = "received";
+      el.title = "received at (no event timestamp yet)";
+    }
+  }
+
+  function eventKey(event, payload) {
+    return event + " " + JSON.stringify(payload);
   }
 
   function summary(event, payload) {
@@ -26,9 +50,14 @@
       return `${env.event_type} → ${payload.topic}[${payload.partition}]@${payload.offset} key ${payload.key}`;
     }
     if (!payload || typeof payload !== "object") return "";
-    const parts = ["symbol", "action", "orderid", "mode", "status", "message", "user", "symbols_count"]
-      .filter((k) => payload[k] !== undefined && payload[k] !== "")
-      .map((k) => `${k}: ${payload[k]}`);
+    const fields = event === "order_event"
+      ? [["symbol"], ["action"], ["quantity"], ["exchange"], ["product_type", "product"],
+         ["price"], ["orderid"], ["mode"]]
+      : [["symbol"], ["action"], ["orderid"], ["mode"], ["status"], ["message"], ["user"],
+         ["symbols_count"]];
+    const parts = fields
+      .filter(([k]) => payload[k] !== undefined && payload[k] !== null && payload[k] !== "")
+      .map(([k, label]) => `${label || k}: ${payload[k]}`);
     if (event === "analyzer_update" && payload.request) {
       parts.unshift(`${payload.request.api_type} ${payload.request.action} ${payload.request.quantity} ${payload.request.symbol}`);
     }
@@ -48,10 +77,24 @@
     name.className = "event-name";
     name.textContent = event;
     const when = document.createElement("time");
-    when.textContent = time();
+    const env = event === "kafka_record" && payload && payload.envelope;
+    stamp(when, env && env.timestamp);
+    if (event !== "kafka_record") {
+      const key = eventKey(event, payload);
+      row.dataset.key = key;
+      const waiting = pendingMeta.get(key);
+      if (waiting && waiting.length) {
+        const meta = waiting.shift();
+        if (!waiting.length) pendingMeta.delete(key);
+        stamp(when, meta.timestamp);
+        row.dataset.eventId = meta.event_id;
+      }
+    }
     const text = document.createElement("span");
     text.className = "event-summary";
-    text.textContent = summary(event, payload);
+    const line = summary(event, payload);
+    // One glance per row: a long value is cut here; the payload below keeps all of it.
+    text.textContent = line.length > SUMMARY_MAX ? line.slice(0, SUMMARY_MAX - 1) + "…" : line;
     head.append(name, text, when);
     const details = document.createElement("details");
     const label = document.createElement("summary");
@@ -64,21 +107,56 @@
     while (feed.children.length > MAX_ROWS) feed.lastElementChild.remove();
   }
 
+  // The timestamp of an event whose row is already shown, or of one still on its way.
+  function applyMeta(meta) {
+    const key = eventKey(meta.event_type, meta.data);
+    for (const row of feed.querySelectorAll("li.event")) {
+      if (row.dataset.key === key && !row.dataset.eventId) {
+        row.dataset.eventId = meta.event_id;
+        stamp(row.querySelector("time"), meta.timestamp);
+        return;
+      }
+    }
+    if (!pendingMeta.has(key)) pendingMeta.set(key, []);
+    pendingMeta.get(key).push(meta);
+    if (pendingMeta.size > MAX_ROWS) pendingMeta.delete(pendingMeta.keys().next().value);
+  }
+
   function showResult(id, ok, text) {
     const el = $(id);
     el.dataset.ok = ok ? "yes" : "no";
     el.textContent = text;
   }
 
+  const UNREACHABLE = `Cannot reach the app at ${location.host}: is openalgo-events demo still running? Nothing was sent.`;
+
   async function post(path, body) {
-    const response = await fetch(path, {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ apikey, ...body }),
-    });
+    let response;
+    try {
+      response = await fetch(path, {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ apikey, ...body }),
+      });
+    } catch (_) {
+      return { ok: false, data: { status: "error", message: UNREACHABLE } };
+    }
     let data;
-    try { data = await response.json(); } catch (_) { data = { status: "error", message: response.statusText }; }
+    try { data = await response.json(); } catch (_) {
+      data = { status: "error", message: `The app answered ${response.status} ${response.statusText}` };
+    }
     return { ok: response.ok && data.status === "success", data };
+  }
+
+  // One request at a time per button: a double click places one order, not two.
+  async function once(button, work) {
+    if (button.disabled) return;
+    button.disabled = true;
+    button.setAttribute("aria-busy", "true");
+    try { await work(); } finally {
+      button.disabled = false;
+      button.removeAttribute("aria-busy");
+    }
   }
 
   async function refreshPositions() {
@@ -107,35 +185,90 @@
   // The ticket.
   $("smart").addEventListener("change", (e) => {
     $("position_size").disabled = !e.target.checked;
+    // A smart order may trade 0 (the position size decides); a plain order at least 1.
+    $("quantity").min = e.target.checked ? "0" : "1";
     $("place").textContent = e.target.checked ? "Place smart order" : "Place order";
   });
-  $("ticket").addEventListener("submit", async (e) => {
+  $("ticket").addEventListener("submit", (e) => {
     e.preventDefault();
-    const form = new FormData(e.target);
-    const smart = $("smart").checked;
-    const order = {
-      symbol: form.get("symbol"), exchange: form.get("exchange"), action: form.get("action"),
-      quantity: form.get("quantity"), product: form.get("product"), pricetype: "MARKET",
-      mode: form.get("mode"), strategy: "reference-page",
-    };
-    if (smart) order.position_size = form.get("position_size");
-    const { ok, data } = await post(smart ? "/api/v1/placesmartorder" : "/api/v1/placeorder", order);
-    const placed = data.mode === "analyze" ? `Sandbox order ${data.orderid} placed` : `Order ${data.orderid} placed`;
-    showResult("ticket-result", ok, ok && data.orderid ? placed : data.message);
-    refreshPositions();
+    once($("place"), async () => {
+      const form = new FormData(e.target);
+      const smart = $("smart").checked;
+      const order = {
+        symbol: form.get("symbol"), exchange: form.get("exchange"), action: form.get("action"),
+        quantity: form.get("quantity"), product: form.get("product"), pricetype: "MARKET",
+        mode: form.get("mode"), strategy: "reference-page",
+      };
+      if (smart) order.position_size = form.get("position_size");
+      showResult("ticket-result", true, "Placing…");
+      const { ok, data } = await post(smart ? "/api/v1/placesmartorder" : "/api/v1/placeorder", order);
+      const placed = data.mode === "analyze" ? `Sandbox order ${data.orderid} placed` : `Order ${data.orderid} placed`;
+      showResult("ticket-result", ok, ok && data.orderid ? placed : data.message);
+      if (ok) refreshPositions();
+    });
   });
 
   // Platform actions.
-  $("master-contract").addEventListener("click", async () => {
-    const { ok, data } = await post("/api/v1/demo/mastercontract", {});
-    showResult("platform-result", ok, data.message);
+  $("master-contract").addEventListener("click", (e) => {
+    once(e.currentTarget, async () => {
+      const { ok, data } = await post("/api/v1/demo/mastercontract", {});
+      showResult("platform-result", ok, data.message);
+    });
   });
-  $("password-form").addEventListener("submit", async (e) => {
+  $("password-form").addEventListener("submit", (e) => {
     e.preventDefault();
-    const { ok, data } = await post("/api/v1/demo/changepassword", { new_password: $("new_password").value });
-    showResult("platform-result", ok, data.message);
-    if (ok) $("new_password").value = "";
+    once($("change-password"), async () => {
+      const { ok, data } = await post("/api/v1/demo/changepassword", { new_password: $("new_password").value });
+      showResult("platform-result", ok, data.message);
+      if (ok) $("new_password").value = "";
+    });
   });
+
+  // The status strip: the extension's health endpoint, polled.
+  function relayText(health) {
+    const kafka = (health.transports || {}).kafka;
+    const relay = health.relay !== undefined ? health.relay : kafka && kafka.relay;
+    if (relay && typeof relay === "object") return relay.state || JSON.stringify(relay);
+    if (relay !== undefined && relay !== null) return String(relay);
+    if (!kafka) return "not used";
+    return kafka.in_flight ? `sending (${kafka.in_flight} in flight)` : "idle";
+  }
+
+  async function refreshStatus() {
+    let health;
+    try {
+      const response = await fetch("/openalgo-events/health", { cache: "no-store" });
+      health = await response.json();
+    } catch (_) {
+      $("status").dataset.state = "down";
+      $("status-error").textContent = `App unreachable at ${location.host}`;
+      return;
+    }
+    $("status").dataset.state = health.healthy ? "up" : "degraded";
+    $("status-mode").textContent = health.mode + (health.rollout_percent < 100 ? ` (${health.rollout_percent}%)` : "");
+    $("route-mode").textContent = `mode ${health.mode}`;
+    // A switch made elsewhere (the CLI, SIGHUP) shows in the selector too, unless in use.
+    if (document.activeElement !== $("mode-select")) $("mode-select").value = health.mode;
+    const reachable = health.broker_reachable;
+    const broker = $("status-broker");
+    broker.textContent = reachable === true ? "reachable" : reachable === false ? "unreachable" : "not used";
+    broker.dataset.ok = reachable === false ? "no" : "yes";
+    const kafka = (health.transports || {}).kafka;
+    $("status-spool").textContent = kafka ? String(health.spool_depth) : "not used";
+    $("status-relay").textContent = relayText(health);
+    $("status-error").textContent = health.last_error ? `last error: ${health.last_error}` : "";
+  }
+
+  $("mode-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    once($("mode-apply"), async () => {
+      const { ok, data } = await post("/api/v1/demo/mode", { mode: $("mode-select").value });
+      showResult("ticket-result", ok, ok ? `Mode switched to ${data.mode}` : data.message);
+      await refreshStatus();
+    });
+  });
+  refreshStatus();
+  setInterval(refreshStatus, HEALTH_EVERY_MS);
   $("clear-feed").addEventListener("click", () => {
     feed.replaceChildren();
     received = 0;
@@ -146,13 +279,13 @@
   // The feed.
   if (typeof io === "undefined") {
     setConnection("error", "socket.io-client missing");
-    $("feed-empty").textContent = "socket.io-client did not load: run `npm ci` in the openalgo-events repository and reload.";
+    $("feed-empty").textContent = "socket.io-client did not load (see /vendor/socket.io.min.js for why), so the feed is off.";
     return;
   }
   const socket = io({ transports: ["polling"], auth: { apikey } });
   socket.on("connect", () => setConnection("up", "connected · polling"));
   socket.on("disconnect", () => setConnection("down", "disconnected"));
   socket.on("connect_error", () => setConnection("down", "cannot connect"));
-  socket.onAny((event, payload) => addRow(event, payload));
+  socket.onAny((event, payload) => (event === META ? applyMeta(payload) : addRow(event, payload)));
   refreshPositions();
 })();
