@@ -21,9 +21,9 @@ import os
 import sqlite3
 import time
 from collections import Counter, deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import IO, NamedTuple
+from typing import IO, Any, NamedTuple
 
 from ._journal import Journal, encode, read_segments, segment_paths
 from ._threads import new_lock
@@ -50,6 +50,7 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_pending ON events(seq) WHERE delivered IS NULL;
 CREATE INDEX IF NOT EXISTS events_by_user ON events(user_id, created);
+CREATE TABLE IF NOT EXISTS writer_cursors (writer TEXT PRIMARY KEY, cursor TEXT NOT NULL);
 """
 # A batch is a JSON array of rows (as journaled, each ending with its value's length) and the
 # values laid end to end, cut out with substr at offsets summed by SQLite (values are not
@@ -219,6 +220,78 @@ class Spool:
             count, released = self._ingest("[]", None)
         self._tidy_journal(released)
         return count
+
+    def adopt(self, records: Sequence[tuple[list[Any], bytes]],
+              cursors: Mapping[str, str]) -> list[int | None]:
+        """The relay's intake: records journaled by writer processes (``spooldir``), stored as
+        pending under new sequence numbers, with the writers' cursors (writer id -> opaque
+        text), in one transaction: after a crash the relay resumes exactly where it committed.
+
+        Returns each record's sequence number, or None for one shed by the overflow policy.
+        On a failed commit nothing of it stays queued: the caller reads the records again from
+        the cursors last committed (``cursors()``).
+        """
+        seqs: list[int | None] = []
+        with self._db_lock:
+            with self._lock:
+                for meta, value in records:
+                    priority = Priority(meta[4])
+                    if self._pending_bytes + len(value) > self.max_bytes:
+                        if priority < Priority.HIGH:
+                            self._shed += 1
+                            self.stats.incr("shed", event_type=meta[2])
+                            log.warning("spool over its limit of %s bytes: shed %s event %s "
+                                        "(priority %s)", self.max_bytes, meta[2], meta[1],
+                                        priority.name)
+                            seqs.append(None)
+                            continue
+                        self._log_over_limit()
+                    seq: int = self._next_seq
+                    self._next_seq = seq + 1
+                    self._fresh.append((seq, json_bytes([seq, *meta[1:9], len(value)]), value))
+                    self._depth += 1
+                    self._pending_bytes += len(value)
+                    seqs.append(seq)
+            self._db.execute("BEGIN")
+            try:
+                _, released = self._ingest("[]", None)
+                self._db.executemany("INSERT OR REPLACE INTO writer_cursors VALUES (?, ?)",
+                                     list(cursors.items()))
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                mine = {seq for seq in seqs if seq is not None}
+                with self._lock:  # read again from the committed cursors: not queued twice
+                    kept = [item for item in self._fresh if item[0] not in mine]
+                    dropped = [item for item in self._fresh if item[0] in mine]
+                    self._fresh.clear()
+                    self._fresh.extend(kept)
+                    self._depth -= len(dropped)
+                    self._pending_bytes -= sum(len(value) for _, _, value in dropped)
+                raise
+        self._tidy_journal(released)
+        return seqs
+
+    def cursors(self) -> dict[str, str]:
+        """The writers' committed cursors (see ``adopt``)."""
+        with self._db_lock:
+            return dict(self._db.execute("SELECT writer, cursor FROM writer_cursors"))
+
+    def forget_writer(self, writer: str) -> None:
+        """Drop the cursor of a writer whose journal is drained and deleted."""
+        with self._db_lock:
+            self._db.execute("DELETE FROM writer_cursors WHERE writer = ?", (writer,))
+
+    def min_pending_seq(self) -> int | None:
+        """The oldest pending event's sequence number (None when nothing is pending)."""
+        with self._db_lock:
+            row = self._db.execute(
+                "SELECT min(seq) FROM events WHERE delivered IS NULL").fetchone()
+        with self._lock:
+            fresh = self._fresh[0][0] if self._fresh else None
+        found = [s for s in (row[0] if row else None, fresh) if s is not None]
+        return min(found) if found else None
 
     def _tidy_journal(self, released: list[str]) -> None:
         """After a commit: delete the segments it emptied, and have the next one ready."""

@@ -1,0 +1,466 @@
+"""The relay process: from the writers' journals to SQLite to Kafka, outside the host.
+
+One relay per spool (the flock on ``<spool>.lock``, taken by ``Spool``). Its main thread waits on
+the doorbell (or ``SCAN_EVERY``), reads every writer's journal from its cursor and commits the
+records with the cursors in one SQLite transaction (``Spool.adopt``), then deletes the segments
+the cursors have passed and the directories of dead writers once drained. Kafka is
+``KafkaTransport``'s relay thread, unchanged: the producer, delivery reports, recovery by
+rebuilding the producer, the trail's retention. A small HTTP server on loopback answers
+``/health`` and ``/metrics``; ``<spool>.status.json`` (``spooldir``) carries the same figures to
+hosts, plus each writer's confirmed sequence number, which their ``flush`` waits on.
+
+SIGTERM or SIGINT: stop reading journals, drain to Kafka for up to ``KAFKA_CLOSE_TIMEOUT_SECONDS``
+(``KafkaTransport.close`` stops its thread before the spool is closed), then exit. What is not
+delivered stays in SQLite or the journals for the next relay.
+
+Started detached by a publisher (``--exit-when-idle``), the relay exits once no writer is left
+and nothing is pending; if a writer appears while it exits, it starts its successor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import mmap
+import os
+import shutil
+import signal
+import socket
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from .. import spooldir
+from ..config import Settings
+from ..errors import ConfigError, SpoolError
+from ..spool import Spool
+from ..stats import Stats
+
+log = logging.getLogger("openalgo_events.relay")
+
+READ_BATCH = 5000  # records per SQLite transaction at most
+CORRUPT_AFTER = 2.0  # seconds a bad frame of a live writer may stay "being written"
+IDLE_EXIT_AFTER = 2.0  # seconds with no writer and nothing pending before an idle exit
+CLAIM_FOR = 1.0  # seconds to retry the relay lock (a host's liveness probe holds it briefly)
+
+
+@dataclass
+class Writer:
+    """What the relay knows of one writer's journal."""
+
+    name: str
+    path: str
+    segment: int
+    offset: int
+    seq: int  # the writer's last sequence number read (and committed once ``adopt`` returns)
+    delivered: int = 0  # every record up to this writer seq is delivered
+    marks: deque[tuple[int, int]] = field(default_factory=deque)  # (spool seq, writer seq)
+    bad_since: float | None = None
+    corrupt: int = 0
+
+    def cursor(self) -> str:
+        return json.dumps([self.segment, self.offset, self.seq])
+
+
+class Relay:
+    """The relay of one spool.
+
+    >>> Relay(Settings.from_env()).run()  # doctest: +SKIP
+    0
+    """
+
+    def __init__(self, settings: Settings, *, exit_when_idle: bool = False,
+                 wait_for_lock: bool = False, port: int = 0) -> None:
+        self.settings = settings
+        self.spool_path = os.path.abspath(settings.spool_path)
+        self.exit_when_idle = exit_when_idle
+        self.wait_for_lock = wait_for_lock
+        self.port = port
+        self.stats = Stats()
+        self.stop = threading.Event()
+        self.writers: dict[str, Writer] = {}
+        self.spool: Spool | None = None
+        self.transport: Any = None
+        self._server: ThreadingHTTPServer | None = None
+        self._bell: socket.socket | None = None
+        self._status_due = self._compute_due = 0.0
+        self._last_status: dict[str, Any] = {}
+        self._idle_since: float | None = None
+
+    # -- start and stop -----------------------------------------------------------------------
+    def run(self) -> int:
+        """Relay until stopped (or idle, with ``exit_when_idle``); the process's exit code."""
+        if self.settings.spool_path == ":memory:":
+            raise ConfigError(["KAFKA_SPOOL_PATH=:memory: keeps the relay inside the publishing "
+                               "process; a relay process needs a spool file path"])
+        spooldir.Identity(self.settings.bootstrap_servers,
+                          self.settings.order_events_topic).claim(self.spool_path)
+        self.spool = self._claim()
+        if self.spool is None:
+            log.info("another relay holds spool %s; exiting", self.spool_path)
+            return 0
+        from ..transports.kafka import KafkaTransport
+
+        try:
+            self.transport = KafkaTransport(
+                self.settings.producer_config(), self.settings.order_events_topic,
+                spool=self.spool, stall_timeout=self.settings.stall_timeout_seconds,
+                stats=self.stats)
+        except BaseException:
+            self.spool.close()
+            raise
+        self._bind_doorbell()
+        self._serve_http()
+        self._load_cursors()
+        log.info("relay for spool %s running (pid %s, port %s, %s pending)", self.spool_path,
+                 os.getpid(), self.port, self.spool.depth)
+        try:
+            while not self.stop.is_set():
+                self._wait_for_bell()
+                try:
+                    self._intake()
+                except Exception:
+                    log.exception("relay: reading the journals failed; retrying")
+                    self._load_cursors()
+                    self.stop.wait(0.5)
+                self._write_status()
+                if self._idle():
+                    break
+        finally:
+            self._shutdown()
+        if self.exit_when_idle and not self.stop.is_set() and self._writer_names():
+            # A writer came while we were exiting, after its own check saw us: start the next.
+            from ..transports.relayed import start_detached
+
+            start_detached(self.settings, self.spool_path)
+        return 0
+
+    def _claim(self) -> Spool | None:
+        deadline = time.monotonic() + CLAIM_FOR
+        while True:
+            try:
+                return Spool(self.spool_path, max_bytes=self.settings.spool_max_bytes,
+                             sync=self.settings.spool_sync,
+                             retention_hours=self.settings.trail_retention_hours,
+                             stats=self.stats)
+            except SpoolError as exc:
+                if "in use" not in str(exc):
+                    raise
+            if self.stop.is_set() or (not self.wait_for_lock and time.monotonic() > deadline):
+                return None
+            self.stop.wait(0.1)
+
+    def _shutdown(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._bell is not None:
+            self._bell.close()
+        if self.transport is not None:
+            left = self.transport.close(self.settings.close_timeout_seconds)
+            log.info("relay for spool %s stopped; %s events pending for the next relay",
+                     self.spool_path, left)
+        with contextlib.suppress(OSError):
+            spooldir.write_json(spooldir.status_path(self.spool_path),
+                                {**self._last_status, "running": False, "updated": time.time()})
+
+    def install_signals(self) -> None:
+        def on_signal(_signum: int, _frame: Any) -> None:
+            self.stop.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+
+    def _bind_doorbell(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.bind(spooldir.doorbell_address(self.spool_path))
+        except OSError as exc:
+            sock.close()
+            log.warning("relay: no doorbell (%s); reading the journals every %s s", exc,
+                        spooldir.SCAN_EVERY)
+            return
+        self._bell = sock
+
+    def _wait_for_bell(self) -> None:
+        if self._bell is None:
+            self.stop.wait(spooldir.SCAN_EVERY)
+            return
+        self._bell.settimeout(spooldir.SCAN_EVERY)
+        with contextlib.suppress(OSError):
+            self._bell.recv(64)
+            self._bell.setblocking(False)
+            with contextlib.suppress(OSError):
+                while self._bell.recv(64):  # one scan serves every ring so far
+                    pass
+
+    # -- the journals -------------------------------------------------------------------------
+    def _writer_names(self) -> list[str]:
+        try:
+            return sorted(n for n in os.listdir(spooldir.writers_dir(self.spool_path))
+                          if not n.startswith("."))
+        except FileNotFoundError:
+            return []
+
+    def _load_cursors(self) -> None:
+        """Reading positions from the committed cursors (at start, and after a failed commit)."""
+        assert self.spool is not None
+        committed = self.spool.cursors()
+        self.writers.clear()
+        for name, text in committed.items():
+            segment, offset, seq = json.loads(text)
+            path = os.path.join(spooldir.writers_dir(self.spool_path), name)
+            if not os.path.isdir(path):
+                self.spool.forget_writer(name)
+                continue
+            writer = Writer(name, path, segment, offset, seq)
+            writer.marks.append((self.spool.last_seq, seq))
+            self.writers[name] = writer
+
+    def _intake(self) -> None:
+        """Read new records of every writer and commit them with the cursors."""
+        assert self.spool is not None
+        records: list[tuple[list[Any], bytes]] = []
+        owners: list[Writer] = []
+        moved: list[Writer] = []
+        finished: list[Writer] = []
+        for name in self._writer_names():
+            writer = self.writers.get(name)
+            if writer is None:
+                path = os.path.join(spooldir.writers_dir(self.spool_path), name)
+                found = spooldir.segments(path)
+                if not found:
+                    continue
+                writer = self.writers[name] = Writer(name, path,
+                                                     spooldir.segment_number(found[0]), 0, 0)
+            dead = not spooldir.locked(os.path.join(writer.path, "lock"))
+            before = len(records)
+            self._read(writer, records, dead)
+            owners.extend([writer] * (len(records) - before))
+            if len(records) > before:
+                moved.append(writer)
+            elif dead:
+                finished.append(writer)
+            if len(records) >= READ_BATCH:
+                break
+        if records:
+            try:
+                seqs = self.spool.adopt(records, {w.name: w.cursor() for w in moved})
+            except Exception:
+                self._load_cursors()
+                raise
+            last: dict[str, tuple[int, int]] = {}
+            for writer, (meta, _), seq in zip(owners, records, seqs, strict=True):
+                last[writer.name] = (seq or 0, int(meta[0]))
+            for writer in moved:
+                spool_seq, writer_seq = last[writer.name]
+                writer.marks.append((spool_seq, writer_seq))
+                self._delete_passed(writer)
+            self.transport._wake.set()  # the Kafka thread sends the new backlog now
+        for writer in finished:
+            log.info("relay: writer %s is gone and its journal drained; removing it", writer.name)
+            shutil.rmtree(writer.path, ignore_errors=True)
+            self.spool.forget_writer(writer.name)
+            del self.writers[writer.name]
+
+    def _read(self, writer: Writer, out: list[tuple[list[Any], bytes]], dead: bool) -> None:
+        """Append ``writer``'s new records to ``out``, moving its reading position."""
+        while len(out) < READ_BATCH:
+            data = _map(self._segment(writer, writer.segment))
+            if data is None:
+                later = [n for n in map(spooldir.segment_number, spooldir.segments(writer.path))
+                         if n > writer.segment]
+                if not later:
+                    return
+                writer.segment, writer.offset = later[0], 0  # a gap: only after a crash
+                continue
+            try:
+                for _start, end, payload in spooldir.frames_from(data, writer.offset):
+                    text, _, value = payload.partition(b"\n")
+                    meta = json.loads(text)
+                    out.append((meta, value))
+                    writer.offset, writer.seq, writer.bad_since = end, int(meta[0]), None
+                    if len(out) >= READ_BATCH:
+                        return
+                if not _at_end(data, writer.offset):
+                    # A frame that does not check out: being written, or corrupt. It is corrupt
+                    # once the writer is dead or has moved on to the next segment.
+                    final = dead or self._started(writer, writer.segment + 1)
+                    if self._skip_bad(writer, data, final):
+                        continue
+                    return
+            finally:
+                data.close()
+            if not self._started(writer, writer.segment + 1):
+                return  # nothing more yet (the next segment may be the writer's spare)
+            writer.segment, writer.offset = writer.segment + 1, 0
+
+    @staticmethod
+    def _segment(writer: Writer, number: int) -> str:
+        return os.path.join(writer.path, f"{spooldir.JOURNAL_NAME}.journal.{number}")
+
+    def _started(self, writer: Writer, number: int) -> bool:
+        """Whether segment ``number`` holds a record: the writer has finished the one before."""
+        data = _map(self._segment(writer, number))
+        if data is None:
+            return False
+        try:
+            return not _at_end(data, 0)
+        finally:
+            data.close()
+
+    def _skip_bad(self, writer: Writer, data: mmap.mmap, final: bool) -> bool:
+        """Skip the bad frame at the reading position (resynchronise on the next intact one),
+        count it and say so; or, while a live writer may still be writing it, wait (False)."""
+        now = time.monotonic()
+        if not final:
+            if writer.bad_since is None:
+                writer.bad_since = now
+            if now - writer.bad_since < CORRUPT_AFTER:
+                return False
+        found = spooldir.resync(data, writer.offset)
+        writer.corrupt += 1
+        writer.bad_since = None
+        self.stats.incr("journal_corrupt_frames")
+        log.error("relay: corrupt frame in writer %s's journal, segment %s at offset %s; "
+                  "skipped (%s so far for this writer)", writer.name, writer.segment,
+                  writer.offset, writer.corrupt)
+        writer.offset = len(data) if found is None else found
+        return True
+
+    def _delete_passed(self, writer: Writer) -> None:
+        """Segments before the committed cursor's: every record of them is in SQLite."""
+        for path in spooldir.segments(writer.path):
+            if spooldir.segment_number(path) < writer.segment:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)
+
+    # -- status ------------------------------------------------------------------------------
+    def _confirm(self) -> None:
+        """Move each writer's confirmed seq past every mark whose events are all delivered."""
+        assert self.spool is not None
+        oldest = self.spool.min_pending_seq()
+        for writer in self.writers.values():
+            while writer.marks and (oldest is None or writer.marks[0][0] < oldest):
+                writer.delivered = max(writer.delivered, writer.marks.popleft()[1])
+
+    def status(self) -> dict[str, Any]:
+        health = dict(self.transport.health())
+        self._confirm()
+        return {
+            "version": spooldir.VERSION,
+            "running": True,
+            "pid": os.getpid(),
+            "port": self.port,
+            "updated": time.time(),
+            "healthy": health["healthy"],
+            "broker_reachable": health["broker_reachable"],
+            "topic": self.settings.order_events_topic,
+            "spool_depth": health["spool_depth"],
+            "spool_pending_bytes": health["spool_pending_bytes"],
+            "spool_over_limit": health["spool_over_limit"],
+            "spool_shed": health["spool_shed"],
+            "oldest_pending_age_seconds": health["oldest_pending_age_seconds"],
+            "in_flight": health["in_flight"],
+            "producer_rebuilds": health["producer_rebuilds"],
+            "last_error": health["last_error"],
+            "journal_corrupt_frames": sum(w.corrupt for w in self.writers.values()),
+            "writers": {w.name: {"read": w.seq, "delivered": w.delivered}
+                        for w in self.writers.values()},
+        }
+
+    def _write_status(self) -> None:
+        """Replace the status file when a figure changed (at most every ``SCAN_EVERY``) and at
+        least every ``STATUS_EVERY`` seconds (hosts read its age as liveness)."""
+        now = time.monotonic()
+        if now < self._compute_due:
+            return
+        self._compute_due = now + spooldir.SCAN_EVERY  # the trail's counts are not free
+        doc = self.status()
+        changed = {k: v for k, v in doc.items() if k != "updated"} != {
+            k: v for k, v in self._last_status.items() if k != "updated"}
+        if changed or now >= self._status_due:
+            spooldir.write_json(spooldir.status_path(self.spool_path), doc)
+            self._last_status = doc
+            self._status_due = now + spooldir.STATUS_EVERY
+
+    def _idle(self) -> bool:
+        if not self.exit_when_idle:
+            return False
+        assert self.spool is not None
+        busy = bool(self.writers or self._writer_names() or self.spool.depth
+                    or self.spool.queued)
+        now = time.monotonic()
+        if busy:
+            self._idle_since = None
+            return False
+        if self._idle_since is None:
+            self._idle_since = now
+        return now - self._idle_since >= IDLE_EXIT_AFTER
+
+    # -- HTTP ----------------------------------------------------------------------------------
+    def _serve_http(self) -> None:
+        relay = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.startswith("/health"):
+                    doc = relay._last_status or {"running": True, "healthy": False}
+                    body, kind = json.dumps(doc).encode(), "application/json"
+                    code = 200 if doc.get("healthy") else 503
+                elif self.path.startswith("/metrics"):
+                    try:
+                        body, kind = relay.metrics()
+                        code = 200
+                    except Exception as exc:  # prometheus_client missing: say how to get it
+                        body, kind, code = str(exc).encode(), "text/plain", 501
+                else:
+                    body, kind, code = b"not found: try /health or /metrics", "text/plain", 404
+                self.send_response(code)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # no access log
+
+        try:
+            self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        except OSError as exc:
+            log.warning("relay: no HTTP endpoint on 127.0.0.1:%s (%s)", self.port, exc)
+            return
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, name="openalgo-events-relay-http",
+                         daemon=True).start()
+
+    def metrics(self) -> tuple[bytes, str]:
+        from ..integrations.metrics import exposition, metrics_registry
+        from ..publisher import EventPublisher
+
+        publisher = EventPublisher(self.transport, stats=self.stats)
+        return exposition(metrics_registry(lambda: publisher))
+
+
+def _at_end(data: mmap.mmap, offset: int) -> bool:
+    """Whether ``offset`` is past the last frame: the end, or the zeroed, unwritten rest."""
+    return offset + 8 > len(data) or data[offset:offset + 4] == b"\0\0\0\0"
+
+
+def _map(path: str) -> mmap.mmap | None:
+    """A segment mapped read-only, or None when it does not exist (yet, or any more)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        if os.fstat(fd).st_size == 0:
+            return None
+        return mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+    finally:
+        os.close(fd)

