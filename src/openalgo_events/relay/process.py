@@ -45,6 +45,9 @@ log = logging.getLogger("openalgo_events.relay")
 READ_BATCH = 5000  # records per SQLite transaction at most
 CORRUPT_AFTER = 2.0  # seconds a bad frame of a live writer may stay "being written"
 IDLE_EXIT_AFTER = 2.0  # seconds with no writer and nothing pending before an idle exit
+# Seconds a relay started by a publisher stays with no writer left while events stay pending
+# (the broker down): then it exits, and the spool waits for the next publisher's relay.
+GIVE_UP_AFTER = 60.0
 CLAIM_FOR = 1.0  # seconds to retry the relay lock (a host's liveness probe holds it briefly)
 
 
@@ -389,17 +392,24 @@ class Relay:
             self._status_due = now + spooldir.STATUS_EVERY
 
     def _idle(self) -> bool:
+        """With ``exit_when_idle``: whether to exit now (no writer, nothing pending, for a
+        moment; or no writer and no delivery for ``GIVE_UP_AFTER``)."""
         if not self.exit_when_idle:
             return False
         assert self.spool is not None
-        busy = bool(self.writers or self._writer_names() or self.spool.depth
-                    or self.spool.queued)
         now = time.monotonic()
-        if busy:
+        if self.writers or self._writer_names():
             self._idle_since = None
             return False
         if self._idle_since is None:
             self._idle_since = now
+        if self.spool.depth or self.spool.queued:
+            if now - self._idle_since < GIVE_UP_AFTER:
+                return False
+            log.warning("relay: no publisher left and %s events undeliverable for %s s; "
+                        "exiting, they stay in spool %s for the next relay", self.spool.depth,
+                        GIVE_UP_AFTER, self.spool_path)
+            return True
         return now - self._idle_since >= IDLE_EXIT_AFTER
 
     # -- HTTP ----------------------------------------------------------------------------------

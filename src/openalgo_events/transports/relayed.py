@@ -38,6 +38,8 @@ from ..stats import Stats
 log = logging.getLogger("openalgo_events.kafka")
 
 CHECK_RELAY_EVERY = 1.0  # seconds between checks that a relay holds the spool directory
+# FALSE where something else runs the relay (systemd, a sidecar) or none may run (unit tests).
+ENV_AUTOSTART = "OPENALGO_EVENTS_RELAY_AUTOSTART"
 _LIVE: weakref.WeakSet[RelayedKafkaTransport] = weakref.WeakSet()
 
 
@@ -68,7 +70,8 @@ class RelayedKafkaTransport:
         self.topic = settings.order_events_topic
         self.stats = stats or Stats()
         self._catalog = catalog
-        self._start_relay = start_relay
+        self._start_relay = start_relay and os.environ.get(ENV_AUTOSTART, "TRUE").upper() not in (
+            "FALSE", "0", "NO")
         self._lock = new_lock()  # guards the journal and the sequence
         self._journal: Journal | None = None
         self._lock_file: IO[bytes] | None = None
@@ -177,6 +180,11 @@ class RelayedKafkaTransport:
         wait_until(lambda: self._unconfirmed() == 0, timeout, step=0.005)
         return self._unconfirmed()
 
+    @property
+    def journaled(self) -> int:
+        """Events this process has written to its journal (since it opened it)."""
+        return self._seq
+
     def _unconfirmed(self) -> int:
         if not self._seq:
             return 0
@@ -215,9 +223,16 @@ def relay_health(spool_path: str, topic: str, stall_timeout: float,
     status = spooldir.read_status(spool_path) or {}
     running = spooldir.relay_running(spool_path)
     age = status.get("oldest_pending_age_seconds")
-    fresh = time.time() - float(status.get("updated", 0)) < spooldir.STALE_AFTER
-    healthy = running and fresh and status.get("broker_reachable") is not False and not (
-        age is not None and age > max(stall_timeout, 30.0))
+    if running:
+        fresh = time.time() - float(status.get("updated", 0)) < spooldir.STALE_AFTER
+        healthy = fresh and status.get("broker_reachable") is not False and not (
+            age is not None and age > max(stall_timeout, 30.0))
+    else:
+        # No relay: healthy only while nothing waits for one (an auto-started relay exits when
+        # idle; the next publish starts one again).
+        status = {k: v for k, v in status.items() if k in ("spool_depth", "spool_shed")}
+        healthy = not status.get("spool_depth") and not unconfirmed
+        age = None
     return {
         "transport": "kafka",
         "healthy": healthy,
