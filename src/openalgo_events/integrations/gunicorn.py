@@ -3,9 +3,11 @@
     gunicorn -c python:openalgo_events.integrations.gunicorn --worker-class eventlet -w 1 app:app
 
 ``post_worker_init`` runs in the worker once the app is imported (and, for the eventlet worker,
-monkey-patched), and calls ``install()``; ``worker_exit`` flushes. To keep an existing config
-file, name it in ``OPENALGO_EVENTS_GUNICORN_CONFIG``: its settings are loaded here and its own
-``post_worker_init``/``worker_exit`` run before ours. Or import these two hooks into it.
+monkey-patched), and calls ``install()``; ``worker_exit`` releases the worker's journal (it never
+waits on Kafka). In the master, ``when_ready`` starts the Kafka relay process and supervises it
+(restarted if it dies; ``relay.supervisor``) and ``on_exit`` stops it, after the workers. To
+keep an existing config file, name it in ``OPENALGO_EVENTS_GUNICORN_CONFIG``: its settings are
+loaded here and its own hooks of these names run before ours. Or import these hooks into it.
 
 Only hook names are public here: gunicorn reads every public name of a config module as a
 setting.
@@ -27,7 +29,7 @@ def _load_existing_config() -> None:
     for name, value in _runpy.run_path(path).items():
         if name.startswith("_"):
             continue
-        if name in ("post_worker_init", "worker_exit"):
+        if name in ("post_worker_init", "worker_exit", "when_ready", "on_exit"):
             _CHAINED[name] = value
         else:
             globals()[name] = value
@@ -43,7 +45,7 @@ def post_worker_init(worker: _Any) -> None:
 
 
 def worker_exit(server: _Any, worker: _Any) -> None:
-    """Flush what the worker published; undelivered events stay in the spool."""
+    """Release the worker's journal at once; the relay delivers what it holds."""
     if "worker_exit" in _CHAINED:
         _CHAINED["worker_exit"](server, worker)
     from openalgo_events.integrations import installation as _install
@@ -51,6 +53,38 @@ def worker_exit(server: _Any, worker: _Any) -> None:
     if _install.current is not None:
         _install.current.close()
         _install.current = None
+
+
+_SUPERVISOR: list[_Any] = []
+
+
+def when_ready(server: _Any) -> None:
+    """In the master, before the workers: start the relay process and supervise it."""
+    if "when_ready" in _CHAINED:
+        _CHAINED["when_ready"](server)
+    import logging
+
+    from openalgo_events.config import Settings
+    from openalgo_events.errors import ConfigError
+    from openalgo_events.relay.supervisor import RelaySupervisor
+
+    log = logging.getLogger("openalgo_events.install")
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        log.error("openalgo-events: no relay started: %s", exc)
+        return
+    if not settings.mode.uses_kafka or settings.spool_path == ":memory:":
+        return  # no Kafka, or the in-process relay of an in-memory spool
+    _SUPERVISOR.append(RelaySupervisor(settings).start())
+
+
+def on_exit(server: _Any) -> None:
+    """In the master, after the workers have stopped: stop the relay (it drains first)."""
+    if "on_exit" in _CHAINED:
+        _CHAINED["on_exit"](server)
+    while _SUPERVISOR:
+        _SUPERVISOR.pop().stop()
 
 
 _load_existing_config()
