@@ -19,6 +19,11 @@ from openalgo_events.integrations import installation
 from tests.doubles.event_bus import EventBus
 from tests.doubles.events import TOPIC_FIELDS, synthetic
 
+if os.environ.get("LOOKALIKE_OPENALGO_LOGGING"):
+    from tests.doubles import openalgo_logging
+
+    openalgo_logging.install()
+
 app = Flask(__name__)
 socketio = SocketIO(app, async_mode=os.environ.get("LOOKALIKE_ASYNC_MODE", "eventlet"),
                     cors_allowed_origins="*")
@@ -55,6 +60,19 @@ def publish() -> Any:
         bus.publish(synthetic(topic, request.args.get("mode", "live"),
                               orderid=f"{prefix}-{i}"))
     return jsonify(published=count)
+
+
+@app.route("/publish_direct", methods=["POST"])
+def publish_direct() -> Any:
+    """Publish through the installed publisher on the request's thread: the answer carries the
+    event id only once ``publish`` returned (the event is journaled)."""
+    current = installation.current
+    if current is None:
+        return jsonify(error="not installed"), 503
+    envelope = current.publisher.publish_order_event(
+        request.args.get("user", "alice"), "SBIN-EQ", "BUY", request.args.get("orderid", "O"),
+        "live")
+    return jsonify(event_id=envelope.event_id, pid=os.getpid())
 
 
 @app.route("/emit", methods=["POST"])

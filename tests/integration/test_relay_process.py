@@ -142,5 +142,5 @@ def test_other_cluster_or_topic_is_refused(kafka_bootstrap, topic, spool):
     construction, with the way out."""
     settings = Settings.from_env({"KAFKA_SPOOL_PATH": spool})
     KafkaEventPublisher(kafka_bootstrap, topic, settings=settings).close()
-    with pytest.raises(ConfigError, match="belongs to a relay for .* own KAFKA_SPOOL_PATH"):
+    with pytest.raises(ConfigError, match=r"belongs to a relay for .* own KAFKA_SPOOL_PATH"):
         KafkaEventPublisher(kafka_bootstrap, topic + "-other", settings=settings)

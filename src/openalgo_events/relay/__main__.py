@@ -15,9 +15,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--exit-when-idle", action="store_true")
     parser.add_argument("--wait-for-lock", action="store_true")
+    parser.add_argument("--exit-with-parent", action="store_true")
     args = parser.parse_args(argv)
     try:
-        return run(args.spool, args.port, args.exit_when_idle, args.wait_for_lock, env_file=None)
+        return run(args.spool, args.port, args.exit_when_idle, args.wait_for_lock, env_file=None,
+                   exit_with_parent=args.exit_with_parent)
     except ConfigError as exc:
         print(f"openalgo-events relay: {exc}", file=sys.stderr)
         return 2

@@ -15,7 +15,7 @@ from ..errors import ConfigError
 
 
 def run(spool: str | None, port: int, exit_when_idle: bool, wait_for_lock: bool,
-        env_file: str | None = ".env") -> int:
+        env_file: str | None = ".env", exit_with_parent: bool = False) -> int:
     """Configure logging, build the relay from the environment, run it until SIGTERM."""
     from .process import Relay
 
@@ -27,7 +27,7 @@ def run(spool: str | None, port: int, exit_when_idle: bool, wait_for_lock: bool,
     if not settings.bootstrap_servers:
         raise ConfigError(["the relay needs KAFKA_BOOTSTRAP_SERVERS"])
     relay = Relay(settings, exit_when_idle=exit_when_idle, wait_for_lock=wait_for_lock,
-                  port=port)
+                  port=port, exit_with_parent=exit_with_parent)
     relay.install_signals()
     return relay.run()
 

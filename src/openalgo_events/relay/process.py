@@ -77,8 +77,11 @@ class Relay:
     """
 
     def __init__(self, settings: Settings, *, exit_when_idle: bool = False,
-                 wait_for_lock: bool = False, port: int = 0) -> None:
+                 wait_for_lock: bool = False, port: int = 0,
+                 exit_with_parent: bool = False) -> None:
         self.settings = settings
+        self.exit_with_parent = exit_with_parent  # a supervised relay orphaned by a kill -9
+        self._parent = os.getppid()
         self.spool_path = os.path.abspath(settings.spool_path)
         self.exit_when_idle = exit_when_idle
         self.wait_for_lock = wait_for_lock
@@ -131,6 +134,11 @@ class Relay:
                     self._load_cursors()
                     self.stop.wait(0.5)
                 self._write_status()
+                if self.exit_with_parent and not self.exit_when_idle and os.getppid() != (
+                        self._parent):
+                    log.warning("relay: its supervisor (pid %s) is gone; exiting once the "
+                                "journals are drained and nothing is pending", self._parent)
+                    self.exit_when_idle = True
                 if self._idle():
                     break
         finally:

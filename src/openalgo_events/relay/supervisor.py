@@ -42,7 +42,7 @@ class RelaySupervisor:
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         command = [sys.executable, "-m", "openalgo_events.relay", "--spool", self.spool_path,
-                   "--wait-for-lock", "--port", os.environ.get(ENV_PORT, "0")]
+                   "--wait-for-lock", "--exit-with-parent", "--port", os.environ.get(ENV_PORT, "0")]
         env = {**os.environ, **self.settings.to_env()}
         env.setdefault("PYTHONPATH", os.pathsep.join(p for p in sys.path if p))
         return subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, close_fds=True)
