@@ -144,3 +144,72 @@ def test_other_cluster_or_topic_is_refused(kafka_bootstrap, topic, spool):
     KafkaEventPublisher(kafka_bootstrap, topic, settings=settings).close()
     with pytest.raises(ConfigError, match=r"belongs to a relay for .* own KAFKA_SPOOL_PATH"):
         KafkaEventPublisher(kafka_bootstrap, topic + "-other", settings=settings)
+
+
+def test_spool_deleted_under_the_relay_stops_it(kafka_bootstrap, topic, spool):
+    """Deleting the spool's lock file under a running relay (a tmp cleaner) stops that relay,
+    so that two relays never serve one spool path."""
+    settings = Settings.from_env({"KAFKA_SPOOL_PATH": spool})
+    publisher = KafkaEventPublisher(kafka_bootstrap, topic, settings=settings)
+    try:
+        publisher.publish_order_event("alice", "SBIN", "BUY", "1", "live")
+        pid = wait_for(lambda: relay_pid(spool), 10, message="a relay")
+        os.remove(spooldir.relay_lock_path(spool))
+        wait_for(lambda: not os.path.exists(f"/proc/{pid}") or _zombie(pid), 10,
+                 message="the relay to stop")
+        assert "deleted or replaced under the running relay" in Path(
+            spooldir.log_path(spool)).read_text()
+    finally:
+        publisher.close()
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split()[2] == "Z"
+    except OSError:
+        return True
+
+
+def test_corrupt_frame_in_a_dead_writers_journal_is_skipped_and_counted(kafka_bootstrap, topic,
+                                                                        spool):
+    """A dead writer's journal with a corrupt frame between two good ones: the relay delivers
+    both good records, skips the bad one and logs it with a count."""
+    from openalgo_events._journal import Journal, encode
+    from openalgo_events.envelope import Envelope, json_bytes
+
+    create_topic(kafka_bootstrap, topic)
+    collector = TopicCollector(kafka_bootstrap, topic)
+    writer = Path(spooldir.writers_dir(spool)) / "99999-1"
+    writer.mkdir(parents=True)
+    (writer / "lock").touch()  # nobody holds it: a dead writer
+    journal = Journal(str(writer / spooldir.JOURNAL_NAME))
+    ids = []
+    for seq in (1, 2, 3):
+        envelope = Envelope("order_event", "alice", {"orderid": str(seq)})
+        ids.append(envelope.event_id)
+        row = json_bytes([seq, envelope.event_id, "order_event", "alice", 3, time.time(), topic,
+                          "alice", None, len(envelope.value)])
+        frame = bytearray(encode(row, envelope.value))
+        if seq == 2:
+            frame[12] ^= 0xFF  # a flipped byte in the payload: the CRC no longer matches
+        journal.write(bytes(frame))
+    journal.close()
+    spooldir.Identity(kafka_bootstrap, topic).claim(spool)
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+           "KAFKA_ORDER_EVENTS_TOPIC": topic}
+    relay = subprocess.Popen([sys.executable, "-m", "openalgo_events.relay", "--spool", spool,
+                              "--exit-when-idle"], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: {ids[0], ids[2]} <= set(collector.event_ids()), 20,
+                 message="the two good records on the topic")
+        _, err = relay.communicate(timeout=30)  # it exits once the dead writer is drained
+        assert "corrupt frame in writer 99999-1's journal, segment 1 at offset" in err
+        assert "(1 so far for this writer)" in err
+        assert ids[1] not in collector.event_ids()
+        assert not writer.exists()
+    finally:
+        if relay.poll() is None:
+            relay.kill()
+            relay.wait()
+        collector.stop()

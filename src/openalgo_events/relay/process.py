@@ -93,7 +93,7 @@ class Relay:
         self.transport: Any = None
         self._server: ThreadingHTTPServer | None = None
         self._bell: socket.socket | None = None
-        self._status_due = self._compute_due = 0.0
+        self._status_due = self._compute_due = self._next_lock_check = 0.0
         self._last_status: dict[str, Any] = {}
         self._idle_since: float | None = None
 
@@ -134,6 +134,8 @@ class Relay:
                     self._load_cursors()
                     self.stop.wait(0.5)
                 self._write_status()
+                if not self._still_ours():
+                    break
                 if self.exit_with_parent and not self.exit_when_idle and os.getppid() != (
                         self._parent):
                     log.warning("relay: its supervisor (pid %s) is gone; exiting once the "
@@ -164,6 +166,26 @@ class Relay:
             if self.stop.is_set() or (not self.wait_for_lock and time.monotonic() > deadline):
                 return None
             self.stop.wait(0.1)
+
+    def _still_ours(self) -> bool:
+        """Whether the lock file we hold is still the one at the spool's path: deleted or
+        replaced (a tmp cleaner, an operator), another relay could start there; this one
+        stops instead of relaying a spool nobody can find."""
+        now = time.monotonic()
+        if now < self._next_lock_check:
+            return True
+        self._next_lock_check = now + 1.0
+        assert self.spool is not None and self.spool._lock_file is not None
+        try:
+            same = os.stat(spooldir.relay_lock_path(self.spool_path)).st_ino == os.fstat(
+                self.spool._lock_file.fileno()).st_ino
+        except OSError:
+            same = False
+        if not same:
+            log.error("relay: %s was deleted or replaced under the running relay; stopping "
+                      "(start the app or 'openalgo-events relay' again to use a new spool)",
+                      spooldir.relay_lock_path(self.spool_path))
+        return same
 
     def _shutdown(self) -> None:
         if self._server is not None:
@@ -239,7 +261,12 @@ class Relay:
         owners: list[Writer] = []
         moved: list[Writer] = []
         finished: list[Writer] = []
-        for name in self._writer_names():
+        names = self._writer_names()
+        for gone in set(self.writers) - set(names):  # removed by hand: nothing left to read
+            log.warning("relay: writer directory %s disappeared", gone)
+            del self.writers[gone]
+            self.spool.forget_writer(gone)
+        for name in names:
             writer = self.writers.get(name)
             if writer is None:
                 path = os.path.join(spooldir.writers_dir(self.spool_path), name)
