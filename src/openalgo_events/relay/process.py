@@ -125,11 +125,14 @@ class Relay:
         log.info("relay for spool %s running (pid %s, port %s, %s pending)", self.spool_path,
                  os.getpid(), self.port, self.spool.depth)
         try:
+            busy = False
             while not self.stop.is_set():
-                self._wait_for_bell()
+                if not busy:  # after a read that found records, read again at once
+                    self._wait_for_bell()
                 try:
-                    self._intake()
+                    busy = self._intake()
                 except Exception:
+                    busy = False
                     log.exception("relay: reading the journals failed; retrying")
                     self._load_cursors()
                     self.stop.wait(0.5)
@@ -254,8 +257,8 @@ class Relay:
             writer.marks.append((self.spool.last_seq, seq))
             self.writers[name] = writer
 
-    def _intake(self) -> None:
-        """Read new records of every writer and commit them with the cursors."""
+    def _intake(self) -> bool:
+        """Read new records of every writer and commit them with the cursors; whether any."""
         assert self.spool is not None
         records: list[tuple[list[Any], bytes]] = []
         owners: list[Writer] = []
@@ -304,6 +307,7 @@ class Relay:
             shutil.rmtree(writer.path, ignore_errors=True)
             self.spool.forget_writer(writer.name)
             del self.writers[writer.name]
+        return bool(records)
 
     def _read(self, writer: Writer, out: list[tuple[list[Any], bytes]], dead: bool) -> None:
         """Append ``writer``'s new records to ``out``, moving its reading position."""

@@ -38,6 +38,11 @@ from ..stats import Stats
 log = logging.getLogger("openalgo_events.kafka")
 
 CHECK_RELAY_EVERY = 1.0  # seconds between checks that a relay holds the spool directory
+# A ring costs a system call (about 3 µs, a fifth of a publish) and the relay, once woken, keeps
+# reading until a read finds nothing: so a publish within this many seconds of the last ring
+# skips its own. At 100 events/s every event rings; flat out, about one in 30 does. The price:
+# the last event of a burst may wait for the relay's next scan (spooldir.SCAN_EVERY, 50 ms).
+RING_GAP = 0.0005
 # FALSE where something else runs the relay (systemd, a sidecar) or none may run (unit tests).
 ENV_AUTOSTART = "OPENALGO_EVENTS_RELAY_AUTOSTART"
 _LIVE: weakref.WeakSet[RelayedKafkaTransport] = weakref.WeakSet()
@@ -79,7 +84,7 @@ class RelayedKafkaTransport:
         self._seq = 0
         self._pid = os.getpid()
         self._bell_address = spooldir.doorbell_address(self.spool_path)
-        self._next_check = 0.0
+        self._next_check = self._last_ring = 0.0
         self._closed = False
         directory = os.path.dirname(self.spool_path)
         if not os.path.isdir(directory):
@@ -111,9 +116,11 @@ class RelayedKafkaTransport:
                                  f" cannot be written ({exc}); free space or fix "
                                  "permissions") from exc
             self._journal.take_retired()  # the relay deletes segments, not the writer
-        spooldir.ring(self._bell, self._bell_address)
-        self.stats.add(Stats.event_key("published", envelope.event_type, self.name))
         now = time.monotonic()
+        if now - self._last_ring >= RING_GAP:
+            self._last_ring = now
+            spooldir.ring(self._bell, self._bell_address)
+        self.stats.add(Stats.event_key("published", envelope.event_type, self.name))
         if now >= self._next_check:
             self._next_check = now + CHECK_RELAY_EVERY
             self._ensure_relay()
