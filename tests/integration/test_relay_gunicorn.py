@@ -180,8 +180,11 @@ def test_preload_three_workers_share_one_relay(kafka_bootstrap, topic, tmp_path)
                      message="requests served by the workers")
             acked = loader.finish()
             assert len(relay_processes(app.spool)) == 1
-            writers = (spooldir.read_status(app.spool) or {}).get("writers", {})
-            assert {int(name.split("-")[0]) for name in writers} >= loader.pids
+            def writer_pids() -> set[int]:
+                writers = (spooldir.read_status(app.spool) or {}).get("writers", {})
+                return {int(name.split("-")[0]) for name in writers}
+
+            wait_for(lambda: writer_pids() >= loader.pids, 5, message="a journal per worker")
             assert len(loader.pids) >= 2  # the journals of several workers, one relay
             wait_for(lambda: set(acked) <= set(collector.event_ids()), 30,
                      message="every acknowledged event on the topic")
