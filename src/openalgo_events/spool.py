@@ -120,6 +120,9 @@ class Spool:
         self._db_lock = new_lock()  # guards the SQLite connection
         # journaled, not yet committed: (seq, the row as JSON, the value)
         self._fresh: deque[tuple[int, bytes, bytes]] = deque()
+        # writer cursors adopted with records of ``_fresh``, committed with them (see adopt)
+        self._cursors_pending: dict[str, str] = {}
+        self.committed_cursors: dict[str, str] = {}
         self._lock_file: IO[str] | None = None
         self._journal: Journal | None = None
         self._last_over_limit_log = 0.0
@@ -217,71 +220,86 @@ class Spool:
         everything appended before it is in SQLite (a delivery mark cannot overtake its row).
         """
         with self._db_lock:
-            count, released = self._ingest("[]", None)
+            if not self._cursors_pending:
+                count, released = self._ingest("[]", None)
+            else:  # the rows and the cursors of the writers they came from, together
+                self._db.execute("BEGIN")
+                try:
+                    count, released = self._ingest("[]", None)
+                    cursors = self._commit_cursors()
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    raise
+                self._cursors_committed(cursors)
         self._tidy_journal(released)
         return count
 
     def adopt(self, records: Sequence[tuple[list[Any], bytes]],
               cursors: Mapping[str, str]) -> list[int | None]:
-        """The relay's intake: records journaled by writer processes (``spooldir``), stored as
+        """The relay's intake: records journaled by writer processes (``spooldir``), queued as
         pending under new sequence numbers, with the writers' cursors (writer id -> opaque
-        text), in one transaction: after a crash the relay resumes exactly where it committed.
+        text). Both are committed by the next commit (``mark_delivered``, ``ingest``) in one
+        transaction, so that after a crash the relay resumes exactly where it committed; a
+        record already reported delivered by then is inserted delivered (one write).
 
         Returns each record's sequence number, or None for one shed by the overflow policy.
-        On a failed commit nothing of it stays queued: the caller reads the records again from
-        the cursors last committed (``cursors()``).
+        ``committed_cursors`` tells which cursors are committed.
         """
         seqs: list[int | None] = []
-        with self._db_lock:
-            with self._lock:
-                for meta, value in records:
-                    priority = Priority(meta[4])
-                    if self._pending_bytes + len(value) > self.max_bytes:
-                        if priority < Priority.HIGH:
-                            self._shed += 1
-                            self.stats.incr("shed", event_type=meta[2])
-                            log.warning("spool over its limit of %s bytes: shed %s event %s "
-                                        "(priority %s)", self.max_bytes, meta[2], meta[1],
-                                        priority.name)
-                            seqs.append(None)
-                            continue
-                        self._log_over_limit()
-                    seq: int = self._next_seq
-                    self._next_seq = seq + 1
-                    self._fresh.append((seq, json_bytes([seq, *meta[1:9], len(value)]), value))
-                    self._depth += 1
-                    self._pending_bytes += len(value)
-                    seqs.append(seq)
-            self._db.execute("BEGIN")
-            try:
-                _, released = self._ingest("[]", None)
-                self._db.executemany("INSERT OR REPLACE INTO writer_cursors VALUES (?, ?)",
-                                     list(cursors.items()))
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                mine = {seq for seq in seqs if seq is not None}
-                with self._lock:  # read again from the committed cursors: not queued twice
-                    kept = [item for item in self._fresh if item[0] not in mine]
-                    dropped = [item for item in self._fresh if item[0] in mine]
-                    self._fresh.clear()
-                    self._fresh.extend(kept)
-                    self._depth -= len(dropped)
-                    self._pending_bytes -= sum(len(value) for _, _, value in dropped)
-                raise
-        self._tidy_journal(released)
+        with self._lock:
+            for meta, value in records:
+                priority = Priority(meta[4])
+                if self._pending_bytes + len(value) > self.max_bytes:
+                    if priority < Priority.HIGH:
+                        self._shed += 1
+                        self.stats.incr("shed", event_type=meta[2])
+                        log.warning("spool over its limit of %s bytes: shed %s event %s "
+                                    "(priority %s)", self.max_bytes, meta[2], meta[1],
+                                    priority.name)
+                        seqs.append(None)
+                        continue
+                    self._log_over_limit()
+                seq: int = self._next_seq
+                self._next_seq = seq + 1
+                self._fresh.append((seq, json_bytes([seq, *meta[1:9], len(value)]), value))
+                self._depth += 1
+                self._pending_bytes += len(value)
+                seqs.append(seq)
+            self._cursors_pending.update(cursors)
         return seqs
+
+    def _commit_cursors(self) -> dict[str, str]:
+        """Write the queued cursors (inside the caller's transaction); those written."""
+        with self._lock:
+            cursors = dict(self._cursors_pending)
+        if cursors:
+            self._db.executemany("INSERT OR REPLACE INTO writer_cursors VALUES (?, ?)",
+                                 list(cursors.items()))
+        return cursors
+
+    def _cursors_committed(self, cursors: dict[str, str]) -> None:
+        with self._lock:
+            for name, cursor in cursors.items():
+                if self._cursors_pending.get(name) == cursor:
+                    del self._cursors_pending[name]
+            self.committed_cursors.update(cursors)
 
     def cursors(self) -> dict[str, str]:
         """The writers' committed cursors (see ``adopt``)."""
         with self._db_lock:
-            return dict(self._db.execute("SELECT writer, cursor FROM writer_cursors"))
+            found = dict(self._db.execute("SELECT writer, cursor FROM writer_cursors"))
+        with self._lock:
+            self.committed_cursors = dict(found)
+        return found
 
     def forget_writer(self, writer: str) -> None:
         """Drop the cursor of a writer whose journal is drained and deleted."""
         with self._db_lock:
             self._db.execute("DELETE FROM writer_cursors WHERE writer = ?", (writer,))
+        with self._lock:
+            self.committed_cursors.pop(writer, None)
 
     def min_pending_seq(self) -> int | None:
         """The oldest pending event's sequence number (None when nothing is pending)."""
@@ -345,7 +363,7 @@ class Spool:
         not an insert and then an update.
         """
         seqs = list(seqs)
-        if not seqs and not self._fresh:
+        if not seqs and not self._fresh and not self._cursors_pending:
             return Counter()
         batch, now = compact_json(seqs), time.time()
         marked = "seq IN (SELECT value FROM json_each(?1))"
@@ -363,11 +381,13 @@ class Spool:
                 elif any(unmarked for *_, unmarked in rows):
                     self._db.execute(f"UPDATE events SET delivered = ?2 WHERE {marked} AND "
                                      "delivered IS NULL", (batch, now))
+                cursors = self._commit_cursors()
                 self._db.execute("COMMIT")
             except BaseException:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 raise
+            self._cursors_committed(cursors)
         self._tidy_journal(released)
         with self._lock:
             self._depth -= sum(count for _, count, _, _ in rows)
@@ -447,7 +467,12 @@ class Spool:
 
     def close(self) -> None:
         with self._db_lock:
-            self._ingest("[]", None)  # not ingest(): no next segment is prepared, all go below
+            # not ingest(): no next segment is prepared, all go below; the adopted writers'
+            # cursors go with their records
+            self._db.execute("BEGIN")
+            self._ingest("[]", None)
+            self._commit_cursors()
+            self._db.execute("COMMIT")
             self._db.close()
         if self._journal is not None:
             self._journal.close()

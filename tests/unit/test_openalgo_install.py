@@ -94,4 +94,5 @@ def test_gunicorn_module_chains_an_existing_config(tmp_path, monkeypatch):
     config["post_worker_init"]("worker-1")
     assert config["calls"] == ["worker-1"]
     assert not [k for k in config if not k.startswith("_") and k not in {
-        "annotations", "post_worker_init", "worker_exit", "workers", "calls"}]
+        "annotations", "post_worker_init", "worker_exit", "when_ready", "on_exit", "workers",
+        "calls"}]

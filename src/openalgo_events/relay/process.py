@@ -37,7 +37,7 @@ from typing import Any
 from .. import spooldir
 from ..config import Settings
 from ..errors import ConfigError, SpoolError
-from ..spool import Spool
+from ..spool import Spool, record_headers
 from ..stats import Stats
 
 log = logging.getLogger("openalgo_events.relay")
@@ -64,6 +64,7 @@ class Writer:
     marks: deque[tuple[int, int]] = field(default_factory=deque)  # (spool seq, writer seq)
     bad_since: float | None = None
     corrupt: int = 0
+    deleted_below: int = 0  # segments before this one are deleted
 
     def cursor(self) -> str:
         return json.dumps([self.segment, self.offset, self.seq])
@@ -289,24 +290,31 @@ class Relay:
             if len(records) >= READ_BATCH:
                 break
         if records:
-            try:
-                seqs = self.spool.adopt(records, {w.name: w.cursor() for w in moved})
-            except Exception:
-                self._load_cursors()
-                raise
+            seqs = self.spool.adopt(records, {w.name: w.cursor() for w in moved})
             last: dict[str, tuple[int, int]] = {}
-            for writer, (meta, _), seq in zip(owners, records, seqs, strict=True):
+            events = []
+            for writer, (meta, value), seq in zip(owners, records, seqs, strict=True):
                 last[writer.name] = (seq or 0, int(meta[0]))
+                if seq is not None:
+                    events.append((seq, meta[6], meta[7].encode(), value,
+                                   record_headers(value, meta[8]), meta[5]))
             for writer in moved:
-                spool_seq, writer_seq = last[writer.name]
-                writer.marks.append((spool_seq, writer_seq))
-                self._delete_passed(writer)
-            self.transport._wake.set()  # the Kafka thread sends the new backlog now
+                writer.marks.append(last[writer.name])
+            # Produced now, from here, as callers did in-process: the rows and cursors are
+            # committed with the delivery marks, a record delivered by then written once.
+            self.transport.hand_over(events)
+        committed = self.spool.committed_cursors
+        for writer in self.writers.values():
+            self._delete_passed(writer, committed.get(writer.name))
         for writer in finished:
+            if writer.seq and committed.get(writer.name) != writer.cursor():
+                continue  # its last records are not committed yet
             log.info("relay: writer %s is gone and its journal drained; removing it", writer.name)
             shutil.rmtree(writer.path, ignore_errors=True)
             self.spool.forget_writer(writer.name)
             del self.writers[writer.name]
+        if not self.spool.queued and self.spool._cursors_pending:
+            self.spool.ingest()  # cursors with no record left to commit them (all shed)
         return bool(records)
 
     def _read(self, writer: Writer, out: list[tuple[list[Any], bytes]], dead: bool) -> None:
@@ -374,12 +382,18 @@ class Relay:
         writer.offset = len(data) if found is None else found
         return True
 
-    def _delete_passed(self, writer: Writer) -> None:
+    def _delete_passed(self, writer: Writer, committed: str | None) -> None:
         """Segments before the committed cursor's: every record of them is in SQLite."""
+        if committed is None:
+            return
+        segment = int(json.loads(committed)[0])
+        if segment <= writer.deleted_below:
+            return
         for path in spooldir.segments(writer.path):
-            if spooldir.segment_number(path) < writer.segment:
+            if spooldir.segment_number(path) < segment:
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(path)
+        writer.deleted_below = segment
 
     # -- status ------------------------------------------------------------------------------
     def _confirm(self) -> None:

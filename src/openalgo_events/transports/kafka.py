@@ -197,6 +197,25 @@ class KafkaTransport:
             self._behind = True
             self._wake.set()
 
+    def hand_over(self, events: list[tuple[int, str, bytes, bytes, list[tuple[str, bytes]],
+                                           float]]) -> None:
+        """Produce events already queued in the spool, in spool order: ``(seq, topic, key,
+        value, headers, created)``, as the relay process reads them from the writers' journals
+        (``Spool.adopt``). What cannot go now (a gap, a full queue, a rebuild) is read back
+        from the spool by the relay thread."""
+        behind = False
+        with self._produce_lock:
+            for event in events:
+                if self._paused or event[0] != self._cursor + 1 or not self._produce(*event):
+                    behind = True
+                    break
+                while self._cursor + 1 in self._waiting and self._produce(
+                        *self._waiting.pop(self._cursor + 1)):
+                    pass
+        if behind:
+            self._behind = True
+        self._wake.set()
+
     def _priority(self, event_type: str) -> Priority:
         spec = self._catalog.get(event_type)
         return spec.priority if spec else Priority.HIGH
