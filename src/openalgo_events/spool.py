@@ -301,6 +301,16 @@ class Spool:
         with self._lock:
             self.committed_cursors.pop(writer, None)
 
+    def oldest_pending_created(self) -> float | None:
+        """When the oldest pending event was created (unix time), by the pending index."""
+        with self._db_lock:
+            row = self._db.execute("SELECT created FROM events WHERE delivered IS NULL "
+                                   "ORDER BY seq LIMIT 1").fetchone()
+        with self._lock:
+            fresh = json.loads(self._fresh[0][1])[5] if self._fresh else None
+        found = [c for c in (row[0] if row else None, fresh) if c is not None]
+        return min(found) if found else None
+
     def min_pending_seq(self) -> int | None:
         """The oldest pending event's sequence number (None when nothing is pending)."""
         with self._db_lock:

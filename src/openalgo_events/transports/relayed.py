@@ -183,8 +183,11 @@ class RelayedKafkaTransport:
     def flush(self, timeout: float = 5.0) -> int:
         """Wait (cooperatively) until the relay reports this process's events delivered;
         return how many are not confirmed yet."""
-        spooldir.ring(self._bell, self._bell_address)
-        wait_until(lambda: self._unconfirmed() == 0, timeout, step=0.005)
+        def confirmed() -> bool:
+            spooldir.ring(self._bell, self._bell_address)  # a relay asleep turns at once
+            return self._unconfirmed() == 0
+
+        wait_until(confirmed, timeout, step=0.002)
         return self._unconfirmed()
 
     @property
