@@ -250,8 +250,8 @@ class Spool:
         seqs: list[int | None] = []
         with self._lock:
             for meta, value in records:
-                priority = Priority(meta[4])
                 if self._pending_bytes + len(value) > self.max_bytes:
+                    priority = Priority(meta[4])
                     if priority < Priority.HIGH:
                         self._shed += 1
                         self.stats.incr("shed", event_type=meta[2])

@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import orjson
+
 from .. import spooldir
 from ..config import Settings
 from ..errors import ConfigError, SpoolError
@@ -42,7 +44,7 @@ from ..stats import Stats
 
 log = logging.getLogger("openalgo_events.relay")
 
-READ_BATCH = 5000  # records per SQLite transaction at most
+READ_BATCH = 1000  # records read per turn at most (then produced, before reading on)
 CORRUPT_AFTER = 2.0  # seconds a bad frame of a live writer may stay "being written"
 IDLE_EXIT_AFTER = 2.0  # seconds with no writer and nothing pending before an idle exit
 # Seconds a relay started by a publisher stays with no writer left while events stay pending
@@ -295,19 +297,21 @@ class Relay:
             if len(records) >= READ_BATCH:
                 break
         if records:
-            seqs = self.spool.adopt(records, {w.name: w.cursor() for w in moved})
+            headers = [record_headers(value, meta[8]) for meta, value in records]
+            # Queued and produced at once, from here, as callers did in-process: rows and
+            # cursors are committed with the delivery marks (a record delivered by then is
+            # written once). Under the produce lock: see KafkaTransport.hand_over_locked.
+            with self.transport.produce_lock:
+                seqs = self.spool.adopt(records, {w.name: w.cursor() for w in moved})
+                events = [(seq, meta[6], meta[7].encode(), value, header, meta[5])
+                          for (meta, value), seq, header in zip(records, seqs, headers,
+                                                                strict=True) if seq is not None]
+                self.transport.hand_over_locked(events)
             last: dict[str, tuple[int, int]] = {}
-            events = []
-            for writer, (meta, value), seq in zip(owners, records, seqs, strict=True):
+            for writer, (meta, _), seq in zip(owners, records, seqs, strict=True):
                 last[writer.name] = (seq or 0, int(meta[0]))
-                if seq is not None:
-                    events.append((seq, meta[6], meta[7].encode(), value,
-                                   record_headers(value, meta[8]), meta[5]))
             for writer in moved:
                 writer.marks.append(last[writer.name])
-            # Produced now, from here, as callers did in-process: the rows and cursors are
-            # committed with the delivery marks, a record delivered by then written once.
-            self.transport.hand_over(events)
         committed = self.spool.committed_cursors
         for writer in self.writers.values():
             self._delete_passed(writer, committed.get(writer.name))
@@ -336,7 +340,7 @@ class Relay:
             try:
                 for _start, end, payload in spooldir.frames_from(data, writer.offset):
                     text, _, value = payload.partition(b"\n")
-                    meta = json.loads(text)
+                    meta = orjson.loads(text)
                     out.append((meta, value))
                     writer.offset, writer.seq, writer.bad_since = end, int(meta[0]), None
                     if len(out) >= READ_BATCH:
