@@ -75,8 +75,7 @@ class RelayedKafkaTransport:
         self.topic = settings.order_events_topic
         self.stats = stats or Stats()
         self._catalog = catalog
-        self._start_relay = start_relay and os.environ.get(ENV_AUTOSTART, "TRUE").upper() not in (
-            "FALSE", "0", "NO")
+        self._start_relay = start_relay
         self._lock = new_lock()  # guards the journal and the sequence
         self._journal: Journal | None = None
         self._lock_file: IO[bytes] | None = None
@@ -175,7 +174,9 @@ class RelayedKafkaTransport:
 
     def _ensure_relay(self) -> None:
         """Start a detached relay when none holds the spool directory."""
-        if not self._start_relay or spooldir.relay_running(self.spool_path):
+        # read now, not at construction: gunicorn's master sets it after a --preload import
+        autostart = os.environ.get(ENV_AUTOSTART, "TRUE").upper() not in ("FALSE", "0", "NO")
+        if not (self._start_relay and autostart) or spooldir.relay_running(self.spool_path):
             return
         start_detached(self.settings, self.spool_path)
 
@@ -183,6 +184,9 @@ class RelayedKafkaTransport:
     def flush(self, timeout: float = 5.0) -> int:
         """Wait (cooperatively) until the relay reports this process's events delivered;
         return how many are not confirmed yet."""
+        if self._seq:
+            self._ensure_relay()  # one killed while this process was idle
+
         def confirmed() -> bool:
             spooldir.ring(self._bell, self._bell_address)  # a relay asleep turns at once
             return self._unconfirmed() == 0
