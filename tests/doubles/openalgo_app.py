@@ -62,6 +62,30 @@ def publish() -> Any:
     return jsonify(published=count)
 
 
+# A publisher built at import (an app that does so, or gunicorn --preload): under --preload it
+# is built, and publishes once, in the master, before the workers are forked.
+IMPORT_PUBLISHER = None
+if os.environ.get("LOOKALIKE_PUBLISHER_AT_IMPORT"):
+    from openalgo_events import KafkaEventPublisher, Settings
+
+    IMPORT_PUBLISHER = KafkaEventPublisher(os.environ["KAFKA_BOOTSTRAP_SERVERS"],
+                                           os.environ["KAFKA_ORDER_EVENTS_TOPIC"],
+                                           settings=Settings.from_env())
+    IMPORT_EVENT = IMPORT_PUBLISHER.publish_order_event("alice", "SBIN-EQ", "BUY", "import",
+                                                        "live").event_id
+
+
+@app.route("/publish_import", methods=["POST"])
+def publish_import() -> Any:
+    """Publish through the publisher built at import; answers with the journal it used."""
+    if IMPORT_PUBLISHER is None:
+        return jsonify(error="no publisher at import"), 404
+    envelope = IMPORT_PUBLISHER.publish_order_event("bob", "SBIN-EQ", "BUY",
+                                                    request.args.get("orderid", "I"), "live")
+    return jsonify(event_id=envelope.event_id, pid=os.getpid(), import_event=IMPORT_EVENT,
+                   writer=IMPORT_PUBLISHER.transport._writer)  # type: ignore[attr-defined]
+
+
 @app.route("/publish_direct", methods=["POST"])
 def publish_direct() -> Any:
     """Publish through the installed publisher on the request's thread: the answer carries the

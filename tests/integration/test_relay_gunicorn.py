@@ -192,6 +192,49 @@ def test_preload_three_workers_share_one_relay(kafka_bootstrap, topic, tmp_path)
         collector.stop()
 
 
+def test_preload_publisher_built_before_fork_writes_one_journal_per_worker(
+        kafka_bootstrap, topic, tmp_path):
+    """A publisher built and used in gunicorn's master at import (--preload), then used by 3
+    forked workers: each worker writes its own journal, never the master's, and every event
+    arrives, through one relay."""
+    create_topic(kafka_bootstrap, topic, 3)
+    collector = TopicCollector(kafka_bootstrap, topic)
+    app = App(tmp_path, "--preload", workers=3, ORDER_EVENT_MODE="KAFKA",
+              LOOKALIKE_PUBLISHER_AT_IMPORT="1", KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap,
+              KAFKA_ORDER_EVENTS_TOPIC=topic)
+    answers: list[dict[str, object]] = []
+    lock = threading.Lock()
+
+    def load(n: int) -> None:
+        with requests.Session() as session:
+            for i in range(n, 300, 6):
+                body = session.post(f"{app.url}/publish_import?orderid=I{i}", timeout=5).json()
+                with lock:
+                    answers.append(body)
+
+    try:
+        with running(app):
+            threads = [threading.Thread(target=load, args=(n,)) for n in range(6)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(60)
+            assert len(answers) == 300
+            by_pid: dict[object, set[object]] = {}
+            for body in answers:
+                by_pid.setdefault(body["pid"], set()).add(body["writer"])
+            assert all(len(writers) == 1 for writers in by_pid.values())  # one journal each
+            writers = [w for ws in by_pid.values() for w in ws]
+            assert len(set(writers)) == len(by_pid)  # no two workers share one
+            assert not [w for w in writers if str(w).startswith(f"{app.proc.pid}-")]  # type: ignore[union-attr]
+            assert len(relay_processes(app.spool)) == 1
+            ids = {str(body["event_id"]) for body in answers} | {str(answers[0]["import_event"])}
+            wait_for(lambda: ids <= set(collector.event_ids()), 30,
+                     message="the master's and every worker's events on the topic")
+    finally:
+        collector.stop()
+
+
 def test_kill_9_of_relay_worker_and_everything_loses_nothing(kafka_bootstrap, topic, tmp_path):
     """At 100 events/s: kill -9 of the relay (the master restarts it), of the worker (gunicorn
     restarts it), then of master, worker and relay at once and a new start: every event the

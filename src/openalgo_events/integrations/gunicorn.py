@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os as _os
 import runpy as _runpy
+import sys as _sys
 from typing import Any as _Any
 
 _CHAINED: dict[str, _Any] = {}
@@ -56,6 +57,12 @@ def worker_exit(server: _Any, worker: _Any) -> None:
 
 
 _SUPERVISOR: list[_Any] = []
+_AUTOSTART = "OPENALGO_EVENTS_RELAY_AUTOSTART"
+_AUTOSTART_BEFORE = _os.environ.get(_AUTOSTART)
+if _os.path.basename(_sys.argv[0] if _sys.argv else "").startswith("gunicorn"):
+    # Loaded by gunicorn's master, before a --preload import of the app: a publisher used at
+    # import must not start a relay of its own, the master starts one in when_ready.
+    _os.environ[_AUTOSTART] = "FALSE"
 
 
 def when_ready(server: _Any) -> None:
@@ -75,7 +82,13 @@ def when_ready(server: _Any) -> None:
         log.error("openalgo-events: no relay started: %s", exc)
         return
     if not settings.mode.uses_kafka or settings.spool_path == ":memory:":
-        return  # no Kafka, or the in-process relay of an in-memory spool
+        # No Kafka from the hook (or the in-process relay of an in-memory spool): a publisher
+        # the app builds itself starts its own relay, as outside gunicorn.
+        if _AUTOSTART_BEFORE is None:
+            _os.environ.pop(_AUTOSTART, None)
+        else:
+            _os.environ[_AUTOSTART] = _AUTOSTART_BEFORE
+        return
     _SUPERVISOR.append(RelaySupervisor(settings).start())
 
 
