@@ -16,10 +16,14 @@ of the process that publishes: for OpenAlgo, the directory gunicorn is started i
 
 **Records.** A segment is a run of frames (``_journal.encode``): ``<u32 length><u32 CRC-32>`` in
 little-endian, then ``length`` payload bytes: a JSON array ``[seq, event_id, event_type,
-user_id, priority, created, topic, key, extra_headers, value_length]``, a newline, the Kafka
-message value. ``seq`` counts from 1 per writer. A zero length is the unwritten rest of a
-preallocated segment. A frame whose CRC does not match is either being written (the writer is
-alive and has written nothing after it: read again later) or corrupt (skipped, counted, logged).
+user_id, priority, created, topic, key, extra_headers, value_length, timestamp, source]``, a
+newline, the Kafka message value. ``seq`` counts from 1 per writer; ``created`` is unix time;
+``timestamp`` and ``source`` are the envelope's, from which the relay builds the CloudEvents
+headers without parsing the value (a reader accepts a row without them and parses the value).
+The first ten fields are the SQLite row of ``spool.Spool``, which the relay renumbers. A zero
+length is the unwritten rest of a preallocated segment. A frame whose CRC does not match is
+either being written (the writer is alive and has written nothing after it: read again later)
+or corrupt (skipped, counted, logged).
 
 **Who does what.** A writer creates its directory, takes its lock, and only appends; it never
 deletes. The relay reads every writer directory, inserts the records into SQLite with the

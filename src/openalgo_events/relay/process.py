@@ -38,6 +38,7 @@ import orjson
 
 from .. import spooldir
 from ..config import Settings
+from ..envelope import cloudevents_headers
 from ..errors import ConfigError, SpoolError
 from ..spool import Spool, record_headers
 from ..stats import Stats
@@ -297,7 +298,9 @@ class Relay:
             if len(records) >= READ_BATCH:
                 break
         if records:
-            headers = [record_headers(value, meta[8]) for meta, value in records]
+            headers = [cloudevents_headers(meta[1], meta[2], meta[11], meta[10])
+                       if len(meta) > 11 and meta[8] is None else record_headers(value, meta[8])
+                       for meta, value in records]
             # Queued and produced at once, from here, as callers did in-process: rows and
             # cursors are committed with the delivery marks (a record delivered by then is
             # written once). Under the produce lock: see KafkaTransport.hand_over_locked.

@@ -105,7 +105,8 @@ class RelayedKafkaTransport:
             self._seq += 1
             row = json_bytes([self._seq, envelope.event_id, envelope.event_type,
                               envelope.user_id, int(priority), time.time(), self.topic,
-                              envelope.key.decode(), None, len(value)])
+                              envelope.key.decode(), None, len(value), envelope.timestamp,
+                              envelope.source])
             try:
                 assert self._journal is not None
                 self._journal.write(encode(row, value))
