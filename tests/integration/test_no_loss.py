@@ -25,7 +25,7 @@ import pytest
 
 from openalgo_events import KafkaEventPublisher, Settings
 from openalgo_events.devbroker import DevBroker, free_port
-from tests.integration.test_relay_gunicorn import relay_processes
+from tests.integration.relay_support import relay_processes
 from tests.support import TopicCollector, wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]

@@ -23,25 +23,10 @@ import requests
 from openalgo_events import spooldir
 from openalgo_events.devbroker import DevBroker
 from tests.integration.openalgo_procs import gunicorn
+from tests.integration.relay_support import relay_processes
 from tests.support import TopicCollector, create_topic, wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
-
-
-def relay_processes(spool: str) -> list[int]:
-    """Pids of the relay processes of ``spool`` running on this machine."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                args = handle.read().split(b"\0")
-            if b"openalgo_events.relay" in args and spool.encode() in args:
-                with open(f"/proc/{entry}/stat") as stat:
-                    if stat.read().split()[2] != "Z":
-                        found.append(int(entry))
-    return found
 
 
 def relay_pid(spool: str) -> int | None:

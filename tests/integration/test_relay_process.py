@@ -213,3 +213,49 @@ def test_corrupt_frame_in_a_dead_writers_journal_is_skipped_and_counted(kafka_bo
             relay.kill()
             relay.wait()
         collector.stop()
+
+
+def test_cli_relay_in_the_foreground_serves_health_and_stops_on_sigterm(kafka_bootstrap, topic,
+                                                                         spool, monkeypatch):
+    """`openalgo-events relay` (systemd, sidecar) sends a host's events with autostart off,
+    answers /health and /metrics on its loopback port, and exits 0 on SIGTERM, having let go
+    of the spool."""
+    import urllib.request
+
+    from openalgo_events.devbroker import free_port
+
+    create_topic(kafka_bootstrap, topic)
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+           "KAFKA_ORDER_EVENTS_TOPIC": topic, "KAFKA_SPOOL_PATH": spool}
+    cli = str(Path(sys.executable).parent / "openalgo-events")
+    relay = subprocess.Popen([cli, "relay", "--port", str(port)], env=env,
+                             stderr=subprocess.PIPE, text=True)
+    collector = TopicCollector(kafka_bootstrap, topic)
+    monkeypatch.setenv("OPENALGO_EVENTS_RELAY_AUTOSTART", "FALSE")  # the relay is ours
+    publisher = KafkaEventPublisher(kafka_bootstrap, topic, settings=Settings.from_env(
+        {"KAFKA_SPOOL_PATH": spool}))
+    try:
+        wait_for(lambda: spooldir.relay_running(spool), 15, message="the relay holds the spool")
+        ids = [publisher.publish_order_event("alice", "SBIN", "BUY", str(i), "live").event_id
+               for i in range(20)]
+        assert publisher.flush(15) == 0
+        wait_for(lambda: set(ids) <= set(collector.event_ids()), 15, message="20 on the topic")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as answer:
+            health = json.loads(answer.read())
+        assert health["healthy"] is True and health["spool_depth"] == 0
+        assert health["pid"] == relay.pid and health["port"] == port
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+            assert b'openalgo_events_delivered_total{event_type="order_event",transport="kafka"}' \
+                in answer.read()
+        relay.send_signal(signal.SIGTERM)
+        _, err = relay.communicate(timeout=15)
+        assert relay.returncode == 0, err
+        assert not spooldir.relay_running(spool)
+        assert "stopped; 0 events pending" in err
+    finally:
+        publisher.close()
+        collector.stop()
+        if relay.poll() is None:
+            relay.kill()
+            relay.wait()
