@@ -18,12 +18,14 @@ its first publish: the parent's mapping and lock are dropped in the child (``os.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
 import sys
 import time
 import weakref
+from collections.abc import Iterable
 from typing import IO, Any
 
 from .. import spooldir
@@ -31,7 +33,7 @@ from .._journal import Journal, encode
 from .._threads import new_lock, wait_until
 from ..catalog import CATALOG, Catalog, Priority
 from ..config import Settings
-from ..envelope import Envelope, json_bytes
+from ..envelope import Envelope, compact_json, json_bytes
 from ..errors import SpoolError
 from ..stats import Stats
 
@@ -98,15 +100,19 @@ class RelayedKafkaTransport:
     def publish(self, envelope: Envelope) -> None:
         spec = self._catalog.get(envelope.event_type)
         priority = spec.priority if spec else Priority.HIGH
-        value = envelope.value
+        self._write(envelope.value, [envelope.event_id, envelope.event_type, envelope.user_id,
+                                     int(priority), time.time(), self.topic,
+                                     envelope.key.decode(), None], envelope.event_type,
+                    [envelope.timestamp, envelope.source])
+
+    def _write(self, value: bytes, fields: list[Any], event_type: str,
+               tail: list[Any] | None = None) -> None:
+        """Journal one record: ``fields`` are the row's event_id .. extra_headers (spooldir)."""
         with self._lock:
             if self._journal is None:
                 self._open()
             self._seq += 1
-            row = json_bytes([self._seq, envelope.event_id, envelope.event_type,
-                              envelope.user_id, int(priority), time.time(), self.topic,
-                              envelope.key.decode(), None, len(value), envelope.timestamp,
-                              envelope.source])
+            row = json_bytes([self._seq, *fields, len(value), *(tail or ())])
             try:
                 assert self._journal is not None
                 self._journal.write(encode(row, value))
@@ -120,7 +126,7 @@ class RelayedKafkaTransport:
         if now - self._last_ring >= RING_GAP:
             self._last_ring = now
             spooldir.ring(self._bell, self._bell_address)
-        self.stats.add(Stats.event_key("published", envelope.event_type, self.name))
+        self.stats.add(Stats.event_key("published", event_type, self.name))
         if now >= self._next_check:
             self._next_check = now + CHECK_RELAY_EVERY
             self._ensure_relay()
@@ -180,6 +186,11 @@ class RelayedKafkaTransport:
         if not (self._start_relay and autostart) or spooldir.relay_running(self.spool_path):
             return
         start_detached(self.settings, self.spool_path)
+
+    @property
+    def spool(self) -> Trail:
+        """The delivered-events trail, for replays (``inbound`` replay requests)."""
+        return Trail(self)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def flush(self, timeout: float = 5.0) -> int:
@@ -296,3 +307,50 @@ def start_detached(settings: Settings, spool_path: str) -> None:
         return
     log.info("started a Kafka relay for spool %s (log: %s)", spool_path,
              spooldir.log_path(spool_path))
+
+
+class Trail:
+    """The relay's trail of delivered events, seen from a host: replays are read from SQLite
+    (read-only, off the publish path) and journaled again by this process, as new records with
+    the same event ids and the ``openalgo_replay: 1`` header, for the relay to send.
+
+    >>> transport.spool.replay(user_id="alice", since=time.time() - 3600)  # doctest: +SKIP
+    2
+    """
+
+    def __init__(self, transport: RelayedKafkaTransport) -> None:
+        self.transport = transport
+        self.path = transport.spool_path
+
+    def replay(self, *, user_id: str | None = None, since: float | None = None,
+               until: float | None = None, topic: str | None = None,
+               event_types: Iterable[str] | None = None, dry_run: bool = False) -> int:
+        """Journal again the delivered events of a user (or everyone) in a window; how many
+        match. The same selection as ``Spool.replay``."""
+        import sqlite3
+
+        from ..spool import REPLAY_HEADER, stored_headers
+
+        where = ["delivered IS NOT NULL", "created >= ?", "created <= ?"]
+        params: list[object] = [since or 0.0, until or time.time()]
+        if user_id is not None:
+            where.append("user_id = ?")
+            params.append(user_id)
+        types = list(event_types or ())
+        if types:
+            where.append(f"event_type IN ({','.join('?' * len(types))})")
+            params.extend(types)
+        if not os.path.exists(self.path):
+            return 0
+        with contextlib.closing(sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)) as db:
+            rows = db.execute(
+                "SELECT topic, key, value, extra_headers, event_id, event_type, user_id, priority "
+                f"FROM events WHERE {' AND '.join(where)} ORDER BY seq", params).fetchall()
+        if not dry_run:
+            for old_topic, key, value, extra, event_id, event_type, user, priority in rows:
+                marked = [(k, v.decode()) for k, v in stored_headers(extra)]
+                marked.append((REPLAY_HEADER, "1"))
+                self.transport._write(value, [event_id, event_type, user, priority, time.time(),
+                                              topic or old_topic, bytes(key).decode(),
+                                              compact_json(marked)], event_type)
+        return len(rows)
