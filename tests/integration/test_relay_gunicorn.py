@@ -58,7 +58,7 @@ class App:
             assert self.proc is not None and self.proc.poll() is None, self.text()[-3000:]
             try:
                 return requests.get(f"{self.url}/ping", timeout=1).ok
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # not serving yet
                 return False
 
         wait_for(up, 30, message="gunicorn up")
@@ -100,8 +100,8 @@ class App:
 
 @contextlib.contextmanager
 def running(app: App) -> Iterator[App]:
-    app.start()
     try:
+        app.start()
         yield app
     finally:
         if app.proc is not None and app.proc.poll() is None:
@@ -315,6 +315,7 @@ def test_eventlet_host_survives_a_frozen_broker(topic, tmp_path):
                 os.kill(broker.process.pid, signal.SIGCONT)
             if app.proc is not None and app.proc.poll() is None:
                 app.proc.kill()
+                app.proc.wait(10)
             for pid in relay_processes(app.spool):
                 os.kill(pid, signal.SIGKILL)
     pings.sort()

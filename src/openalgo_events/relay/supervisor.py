@@ -17,7 +17,6 @@ import sys
 import time
 from typing import Any
 
-from .. import spooldir
 from .._threads import new_event, start_thread
 from ..config import Settings
 
@@ -47,15 +46,11 @@ class RelaySupervisor:
         env.setdefault("PYTHONPATH", os.pathsep.join(p for p in sys.path if p))
         return subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, close_fds=True)
 
-    def start(self, ready_timeout: float = 10.0) -> RelaySupervisor:
-        """Start the relay and wait (up to ``ready_timeout``) until it holds the spool."""
+    def start(self) -> RelaySupervisor:
+        """Start the relay and its watcher; returns at once (the workers are not held back:
+        what they journal before the relay is up waits in their journals)."""
         os.environ["OPENALGO_EVENTS_RELAY_AUTOSTART"] = "FALSE"
         self.process = self._spawn()
-        deadline = time.monotonic() + ready_timeout
-        while not spooldir.relay_running(self.spool_path) and time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.02)
         self._thread = start_thread(self._watch, "openalgo-events-relay-supervisor")
         log.info("openalgo-events: relay started (pid %s) for spool %s", self.process.pid,
                  self.spool_path)
