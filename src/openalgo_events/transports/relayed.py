@@ -103,25 +103,22 @@ class RelayedKafkaTransport:
         self._write(envelope.value, [envelope.event_id, envelope.event_type, envelope.user_id,
                                      int(priority), time.time(), self.topic,
                                      envelope.key.decode(), None], envelope.event_type,
-                    [envelope.timestamp, envelope.source])
+                    (envelope.timestamp, envelope.source))
 
     def _write(self, value: bytes, fields: list[Any], event_type: str,
-               tail: list[Any] | None = None) -> None:
+               tail: tuple[Any, ...] | list[Any] = ()) -> None:
         """Journal one record: ``fields`` are the row's event_id .. extra_headers (spooldir)."""
         with self._lock:
-            if self._journal is None:
-                self._open()
-            self._seq += 1
-            row = json_bytes([self._seq, *fields, len(value), *(tail or ())])
+            journal = self._journal or self._open()
+            seq = self._seq + 1
             try:
-                assert self._journal is not None
-                self._journal.write(encode(row, value))
+                journal.write(encode(json_bytes([seq, *fields, len(value), *tail]), value))
             except (OSError, ValueError) as exc:
-                self._seq -= 1
-                raise SpoolError(f"spool journal {self._journal.current if self._journal else ''}"
-                                 f" cannot be written ({exc}); free space or fix "
-                                 "permissions") from exc
-            self._journal.take_retired()  # the relay deletes segments, not the writer
+                raise SpoolError(f"spool journal {journal.current} cannot be written ({exc}); "
+                                 "free space or fix permissions") from exc
+            self._seq = seq
+            if journal._retired:
+                journal._retired.clear()  # full segments: the relay deletes them, not the writer
         now = time.monotonic()
         if now - self._last_ring >= RING_GAP:
             self._last_ring = now
@@ -131,7 +128,7 @@ class RelayedKafkaTransport:
             self._next_check = now + CHECK_RELAY_EVERY
             self._ensure_relay()
 
-    def _open(self) -> None:
+    def _open(self) -> Journal:
         """This process's journal: its own directory and lock (called under the lock)."""
         if self._closed:
             raise SpoolError("this publisher is closed; build a new one")
@@ -160,6 +157,7 @@ class RelayedKafkaTransport:
         # (it scans for writers once more after releasing its lock; see relay.process).
         self._next_check = time.monotonic() + CHECK_RELAY_EVERY
         self._ensure_relay()
+        return self._journal
 
     def _forget_parent(self) -> None:
         """In a forked child: drop the parent's journal and lock without touching its files.
