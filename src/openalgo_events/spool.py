@@ -511,10 +511,48 @@ def record_headers(value: bytes, extra: str | None) -> list[tuple[str, bytes]]:
 
 def uncommitted(path: str, committed_seq: int) -> list[tuple[int, float, int]]:
     """(seq, created, size) of events journaled next to spool ``path`` but not yet committed to
-    its SQLite file: the last few milliseconds of a running app, or what a crashed one left for
-    its next start. Read-only."""
-    return [(meta[0], meta[5], len(value))
-            for meta, value in read_segments(segment_paths(path)) if meta[0] > committed_seq]
+    its SQLite file, oldest first: the last few milliseconds of a running relay, what a crashed
+    one left for its next start, and what app processes journaled that no relay has read yet
+    (seq 0 for those). Read-only."""
+    found = [(meta[0], meta[5], len(value))
+             for meta, value in read_segments(segment_paths(path)) if meta[0] > committed_seq]
+    return sorted(found + _unread_by_relay(path), key=lambda record: record[1])
+
+
+def _unread_by_relay(path: str) -> list[tuple[int, float, int]]:
+    """(0, created, size) of the records app processes journaled (``spooldir``) past the
+    relay's committed cursors: accepted, not yet in SQLite (the relay is behind or down)."""
+    from . import spooldir
+
+    cursors: dict[str, tuple[int, int]] = {}
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+            for writer, text in db.execute("SELECT writer, cursor FROM writer_cursors"):
+                segment, offset, _ = json.loads(text)
+                cursors[writer] = (segment, offset)
+    except sqlite3.Error:
+        pass  # no trail yet, or one from before the relay process: nothing committed
+    found: list[tuple[int, float, int]] = []
+    try:
+        writers = [n for n in os.listdir(spooldir.writers_dir(path)) if not n.startswith(".")]
+    except OSError:
+        return found
+    for writer in writers:
+        segment, offset = cursors.get(writer, (0, 0))
+        for each in spooldir.segments(os.path.join(spooldir.writers_dir(path), writer)):
+            number = spooldir.segment_number(each)
+            if number < segment:
+                continue
+            try:
+                with open(each, "rb") as handle:
+                    data = handle.read()
+            except FileNotFoundError:
+                continue
+            start = offset if number == segment else 0
+            for _, _, payload in spooldir.frames_from(data, start):
+                meta, _, value = payload.partition(b"\n")
+                found.append((0, json.loads(meta)[5], len(value)))
+    return found
 
 
 def _claim(path: str) -> IO[str]:

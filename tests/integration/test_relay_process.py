@@ -253,6 +253,13 @@ def test_cli_relay_in_the_foreground_serves_health_and_stops_on_sigterm(kafka_bo
         assert relay.returncode == 0, err
         assert not spooldir.relay_running(spool)
         assert "stopped; 0 events pending" in err
+        # with no relay, what the app journals is still counted as pending by the operator's
+        # read-only status
+        for i in range(3):
+            publisher.publish_order_event("alice", "SBIN", "BUY", f"late{i}", "live")
+        status = subprocess.run([cli, "spool", "status", "--json"], env=env, text=True,
+                                capture_output=True, timeout=30)
+        assert json.loads(status.stdout)["depth"] == 3, status.stderr
     finally:
         publisher.close()
         collector.stop()
