@@ -7,6 +7,7 @@ mismatch refused.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -266,3 +267,52 @@ def test_cli_relay_in_the_foreground_serves_health_and_stops_on_sigterm(kafka_bo
         if relay.poll() is None:
             relay.kill()
             relay.wait()
+
+
+def test_sigterm_with_the_broker_frozen_stops_in_time_and_keeps_the_events(topic, tmp_path,
+                                                                           monkeypatch):
+    """SIGTERM to a relay whose broker is frozen: it stops within the close timeout plus a
+    margin, exit status 0, the events kept in the spool, and the next relay delivers them."""
+    from openalgo_events.devbroker import DevBroker
+
+    spool = str(tmp_path / "spool.db")
+    monkeypatch.setenv("OPENALGO_EVENTS_RELAY_AUTOSTART", "FALSE")  # the relays are ours
+    with DevBroker() as broker:
+        create_topic(broker.bootstrap_servers, topic)
+        collector = TopicCollector(broker.bootstrap_servers, topic)
+        env = {**os.environ, "PYTHONPATH": os.getcwd(),
+               "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
+               "KAFKA_ORDER_EVENTS_TOPIC": topic, "KAFKA_SPOOL_PATH": spool,
+               "KAFKA_CLOSE_TIMEOUT_SECONDS": "2"}
+        command = [sys.executable, "-m", "openalgo_events.relay"]
+        publisher = KafkaEventPublisher(broker.bootstrap_servers, topic, settings=Settings
+                                        .from_env({"KAFKA_SPOOL_PATH": spool}))
+        first = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+        second = None
+        try:
+            wait_for(lambda: spooldir.relay_running(spool), 15, message="the first relay")
+            os.kill(broker.process.pid, signal.SIGSTOP)
+            ids = [publisher.publish_order_event("alice", "SBIN", "BUY", str(i), "live")
+                   .event_id for i in range(50)]
+            wait_for(lambda: (spooldir.read_status(spool) or {}).get("spool_depth") == 50, 10,
+                     message="the relay to hold the 50 events")
+            started = time.monotonic()
+            first.send_signal(signal.SIGTERM)
+            _, err = first.communicate(timeout=20)
+            assert time.monotonic() - started < 2 + 5
+            assert first.returncode == 0, err
+            assert "stopped; 50 events pending for the next relay" in err
+            assert "Traceback" not in err
+            os.kill(broker.process.pid, signal.SIGCONT)
+            second = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
+            wait_for(lambda: set(ids) <= set(collector.event_ids()), 30,
+                     message="the next relay to deliver the kept events")
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(broker.process.pid, signal.SIGCONT)
+            publisher.close()
+            collector.stop()
+            for relay in (first, second):
+                if relay is not None and relay.poll() is None:
+                    relay.terminate()
+                    relay.wait(20)
