@@ -316,3 +316,29 @@ def test_sigterm_with_the_broker_frozen_stops_in_time_and_keeps_the_events(topic
                 if relay is not None and relay.poll() is None:
                     relay.terminate()
                     relay.wait(20)
+
+
+def test_full_segments_of_a_live_writer_are_read_on_and_deleted(kafka_bootstrap, topic, spool):
+    """A writer filling three journal segments (4 MiB each): the relay follows it from one
+    segment to the next, delivers every event, and deletes each segment once committed, while
+    the writer keeps its current one."""
+    create_topic(kafka_bootstrap, topic)
+    collector = TopicCollector(kafka_bootstrap, topic)
+    publisher = KafkaEventPublisher(kafka_bootstrap, topic, settings=Settings.from_env(
+        {"KAFKA_SPOOL_PATH": spool}))
+    note = "x" * 4000  # about 4.4 KB a record: a segment holds about 950 of them
+    try:
+        ids = [publisher.publish_order_event("alice", "SBIN", "BUY", str(i), "live", note=note)
+               .event_id for i in range(2600)]
+        writer = os.path.join(spooldir.writers_dir(spool),
+                              publisher.transport._writer)  # type: ignore[attr-defined]
+        assert publisher.transport._journal._number >= 3  # type: ignore[attr-defined]
+        assert publisher.flush(60) == 0
+        wait_for(lambda: set(ids) <= set(collector.event_ids()), 60,
+                 message="every event on the topic")
+        current = publisher.transport._journal.current  # type: ignore[attr-defined]
+        wait_for(lambda: spooldir.segments(writer) == [current], 10,
+                 message="only the segment being written left")
+    finally:
+        publisher.close()
+        collector.stop()
