@@ -101,6 +101,7 @@ class Relay:
         self._status_due = self._compute_due = self._next_lock_check = 0.0
         self._last_status: dict[str, Any] = {}
         self._idle_since: float | None = None
+        self._status_failed = False
 
     # -- start and stop -----------------------------------------------------------------------
     def run(self) -> int:
@@ -462,9 +463,17 @@ class Relay:
             k: v for k, v in self._last_status.items() if k not in (
                 "updated", "oldest_pending_age_seconds")}
         if changed or now >= self._status_due:
-            spooldir.write_json(spooldir.status_path(self.spool_path), doc)
             self._last_status = doc
             self._status_due = now + spooldir.STATUS_EVERY
+            try:
+                spooldir.write_json(spooldir.status_path(self.spool_path), doc)
+            except OSError as exc:  # a full disk: hosts then see a stale status, say so once
+                if not self._status_failed:
+                    log.error("relay: cannot write %s (%s); hosts will report the relay as "
+                              "not running", spooldir.status_path(self.spool_path), exc)
+                self._status_failed = True
+            else:
+                self._status_failed = False
 
     def _idle(self) -> bool:
         """With ``exit_when_idle``: whether to exit now (no writer, nothing pending, for a
