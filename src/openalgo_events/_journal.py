@@ -219,6 +219,14 @@ class Journal:
         """Segments taken for a commit that failed: kept until the next one."""
         self._retired[:0] = retired
 
+    def release(self, paths: list[str]) -> None:
+        """Close full segments without deleting them: a reader in another process (the relay)
+        owns them now and deletes them once their records are committed."""
+        for path in paths:
+            fd = self._fds.pop(path, None)
+            if fd is not None:
+                os.close(fd)
+
     def remove(self, paths: list[str]) -> list[str]:
         """Delete segments whose records are all committed (one already gone is fine); returns
         those that could not be deleted (a read-only directory): give them back, to try again.

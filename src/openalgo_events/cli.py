@@ -621,3 +621,8 @@ def consume(ctx: click.Context) -> None:
     health = consumer.health()
     click.echo(f"stopped: {health['handled']} handled, {health['dead_lettered']} dead-lettered, "
                f"{health['duplicates_skipped']} duplicates skipped")
+
+
+from .relay.command import register as _register_relay  # noqa: E402
+
+_register_relay(main)

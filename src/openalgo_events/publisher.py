@@ -239,15 +239,22 @@ class KafkaEventPublisher(EventPublisher):
 
 
 def kafka_transport(settings: Settings, stats: Stats | None = None) -> Transport:
-    """The Kafka transport for ``settings``, with its spool."""
+    """The Kafka transport for ``settings``.
+
+    With a spool file (``KAFKA_SPOOL_PATH``, the default), the host only journals and a relay
+    process sends (``transports.relayed``, ``relay``). ``KAFKA_SPOOL_PATH=:memory:`` keeps the
+    relay in this process without durability (tests, notebooks): the same relay logic
+    (``KafkaTransport``), on an in-memory spool.
+    """
+    stats = stats or Stats()
+    if settings.spool_path != ":memory:":
+        from .transports.relayed import RelayedKafkaTransport
+
+        return RelayedKafkaTransport(settings, stats=stats)
     from .transports.kafka import KafkaTransport
 
-    stats = stats or Stats()
-    spool = Spool(settings.spool_path, max_bytes=settings.spool_max_bytes,
-                  sync=settings.spool_sync, retention_hours=settings.trail_retention_hours,
-                  trail_max_bytes=settings.trail_max_bytes,
-                  stats=stats)
-    return KafkaTransport(settings.producer_config(), settings.order_events_topic, spool=spool,
+    return KafkaTransport(settings.producer_config(), settings.order_events_topic,
+                          spool=Spool.for_settings(settings, stats),
                           stall_timeout=settings.stall_timeout_seconds, stats=stats)
 
 

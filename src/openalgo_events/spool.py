@@ -27,9 +27,9 @@ import os
 import sqlite3
 import time
 from collections import Counter, deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import IO, NamedTuple
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 from ._journal import Journal, _same_file, encode, read_segments, segment_paths
 from ._threads import new_lock
@@ -37,6 +37,9 @@ from .catalog import Priority
 from .envelope import Envelope, compact_json, headers_of, json_bytes
 from .errors import SpoolError
 from .stats import Stats
+
+if TYPE_CHECKING:
+    from .config import Settings
 
 log = logging.getLogger("openalgo_events.spool")
 
@@ -72,6 +75,7 @@ CREATE TABLE IF NOT EXISTS rejected (
     retry REAL
 );
 CREATE INDEX IF NOT EXISTS rejected_by_event ON rejected(event_id);
+CREATE TABLE IF NOT EXISTS writer_cursors (writer TEXT PRIMARY KEY, cursor TEXT NOT NULL);
 """
 # Events Kafka refused for good (too large, invalid) or the relay could not read: moved out of
 # ``events`` into ``rejected`` (a table added by CREATE IF NOT EXISTS, so a spool file of an
@@ -164,6 +168,9 @@ class Spool:
         self._db_lock = new_lock()  # guards the SQLite connection
         # journaled, not yet committed: (seq, the row as JSON, the value)
         self._fresh: deque[tuple[int, bytes, bytes]] = deque()
+        # writer cursors adopted with records of ``_fresh``, committed with them (see adopt)
+        self._cursors_pending: dict[str, str] = {}
+        self.committed_cursors: dict[str, str] = {}
         self._lock_file: IO[str] | None = None
         self._journal: Journal | None = None
         self._last_over_limit_log = 0.0
@@ -221,6 +228,15 @@ class Spool:
         for fd in self._files.values():
             os.close(fd)
         self._files.clear()
+
+    @classmethod
+    def for_settings(cls, settings: Settings, stats: Stats | None = None,
+                     path: str | None = None) -> Spool:
+        """The spool ``settings`` describe (``KAFKA_SPOOL_*``, ``KAFKA_TRAIL_*``), at ``path``
+        if given; raises ``SpoolError`` as the constructor does."""
+        return cls(path or settings.spool_path, max_bytes=settings.spool_max_bytes,
+                   sync=settings.spool_sync, retention_hours=settings.trail_retention_hours,
+                   trail_max_bytes=settings.trail_max_bytes, stats=stats)
 
     def _recover(self) -> None:
         """Move what an earlier run journaled but did not commit into SQLite."""
@@ -293,9 +309,112 @@ class Spool:
         everything appended before it is in SQLite (a delivery mark cannot overtake its row).
         """
         with self._db_lock:
-            batch, released = self._ingest("[]", None)
+            if not self._cursors_pending:
+                batch, released = self._ingest("[]", None)
+            else:  # the rows and the cursors of the writers they came from, together
+                self._db.execute("BEGIN")
+                committed = self.committed_seq
+                batch, released = [], []
+                try:
+                    batch, released = self._ingest("[]", None)
+                    cursors = self._commit_cursors()
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    if self._db.in_transaction:
+                        with contextlib.suppress(sqlite3.Error):
+                            self._db.execute("ROLLBACK")
+                    if batch or released:  # a failed COMMIT: queued again (see mark_delivered)
+                        self.committed_seq = committed
+                        self._requeue(batch, released)
+                    raise
+                self._cursors_committed(cursors)
         self._tidy_journal(released)
         return len(batch)
+
+    def adopt(self, records: Sequence[tuple[list[Any], bytes]],
+              cursors: Mapping[str, str]) -> list[int | None]:
+        """The relay's intake: records journaled by writer processes (``spooldir``), queued as
+        pending under new sequence numbers, with the writers' cursors (writer id -> opaque
+        text). Both are committed by the next commit (``mark_delivered``, ``ingest``) in one
+        transaction, so that after a crash the relay resumes exactly where it committed; a
+        record already reported delivered by then is inserted delivered (one write).
+
+        Returns each record's sequence number, or None for one shed by the overflow policy.
+        ``committed_cursors`` tells which cursors are committed.
+        """
+        seqs: list[int | None] = []
+        with self._lock:
+            for meta, value in records:
+                if self._pending_bytes + len(value) > self.max_bytes:
+                    priority = Priority(meta[4])
+                    if priority < Priority.HIGH:
+                        self._shed += 1
+                        self.stats.incr("shed", event_type=meta[2])
+                        log.warning("spool over its limit of %s bytes: shed %s event %s "
+                                    "(priority %s)", self.max_bytes, meta[2], meta[1],
+                                    priority.name)
+                        seqs.append(None)
+                        continue
+                    self._log_over_limit()
+                seq: int = self._next_seq
+                self._next_seq = seq + 1
+                self._fresh.append((seq, json_bytes([seq, *meta[1:9], len(value)]), value))
+                self._depth += 1
+                self._pending_bytes += len(value)
+                seqs.append(seq)
+            self._cursors_pending.update(cursors)
+        return seqs
+
+    def _commit_cursors(self) -> dict[str, str]:
+        """Write the queued cursors (inside the caller's transaction); those written."""
+        with self._lock:
+            cursors = dict(self._cursors_pending)
+        if cursors:
+            self._db.executemany("INSERT OR REPLACE INTO writer_cursors VALUES (?, ?)",
+                                 list(cursors.items()))
+        return cursors
+
+    def _cursors_committed(self, cursors: dict[str, str]) -> None:
+        with self._lock:
+            for name, cursor in cursors.items():
+                if self._cursors_pending.get(name) == cursor:
+                    del self._cursors_pending[name]
+            self.committed_cursors.update(cursors)
+
+    def cursors(self) -> dict[str, str]:
+        """The writers' committed cursors (see ``adopt``)."""
+        with self._db_lock:
+            found = dict(self._db.execute("SELECT writer, cursor FROM writer_cursors"))
+        with self._lock:
+            self.committed_cursors = dict(found)
+        return found
+
+    def forget_writer(self, writer: str) -> None:
+        """Drop the cursor of a writer whose journal is drained and deleted."""
+        with self._db_lock:
+            self._db.execute("DELETE FROM writer_cursors WHERE writer = ?", (writer,))
+        with self._lock:
+            self.committed_cursors.pop(writer, None)
+
+    def oldest_pending_created(self) -> float | None:
+        """When the oldest pending event was created (unix time), by the pending index."""
+        with self._db_lock:
+            row = self._db.execute("SELECT created FROM events WHERE delivered IS NULL "
+                                   "ORDER BY seq LIMIT 1").fetchone()
+        with self._lock:
+            fresh = json.loads(self._fresh[0][1])[5] if self._fresh else None
+        found = [c for c in (row[0] if row else None, fresh) if c is not None]
+        return min(found) if found else None
+
+    def min_pending_seq(self) -> int | None:
+        """The oldest pending event's sequence number (None when nothing is pending)."""
+        with self._db_lock:
+            row = self._db.execute(
+                "SELECT min(seq) FROM events WHERE delivered IS NULL").fetchone()
+        with self._lock:
+            fresh = self._fresh[0][0] if self._fresh else None
+        found = [s for s in (row[0] if row else None, fresh) if s is not None]
+        return min(found) if found else None
 
     def _tidy_journal(self, released: list[str]) -> None:
         """After a commit: delete the segments it emptied, and have the next one ready.
@@ -456,7 +575,7 @@ class Spool:
         not an insert and then an update.
         """
         seqs = list(seqs)
-        if not seqs and not self._fresh:
+        if not seqs and not self._fresh and not self._cursors_pending:
             return Counter()
         batch, now = compact_json(seqs), time.time()
         marked = "seq IN (SELECT value FROM json_each(?1))"
@@ -477,6 +596,7 @@ class Spool:
                 elif any(unmarked for *_, unmarked in rows):
                     self._db.execute(f"UPDATE events SET delivered = ?2 WHERE {marked} AND "
                                      "delivered IS NULL", (batch, now))
+                cursors = self._commit_cursors()
                 self._db.execute("COMMIT")
             except BaseException:
                 # A failed COMMIT (a full disk: SQLite writes the WAL at commit) loses the
@@ -489,6 +609,7 @@ class Spool:
                     self.committed_seq = committed
                     self._requeue(inserted, released)
                 raise
+            self._cursors_committed(cursors)
         self._tidy_journal(released)
         with self._lock:
             self._depth -= sum(count for _, count, _, _ in rows)
@@ -653,7 +774,12 @@ class Spool:
 
     def close(self) -> None:
         with self._db_lock:
-            self._ingest("[]", None)  # not ingest(): no next segment is prepared, all go below
+            # not ingest(): no next segment is prepared, all go below; the adopted writers'
+            # cursors go with their records
+            self._db.execute("BEGIN")
+            self._ingest("[]", None)
+            self._commit_cursors()
+            self._db.execute("COMMIT")
             self._db.close()
         if self._journal is not None:
             self._journal.close()
@@ -683,10 +809,48 @@ def record_headers(value: bytes, extra: str | None) -> list[tuple[str, bytes]]:
 
 def uncommitted(path: str, committed_seq: int) -> list[tuple[int, float, int]]:
     """(seq, created, size) of events journaled next to spool ``path`` but not yet committed to
-    its SQLite file: the last few milliseconds of a running app, or what a crashed one left for
-    its next start. Read-only."""
-    return [(meta[0], meta[5], len(value))
-            for meta, value in read_segments(segment_paths(path)) if meta[0] > committed_seq]
+    its SQLite file, oldest first: the last few milliseconds of a running relay, what a crashed
+    one left for its next start, and what app processes journaled that no relay has read yet
+    (seq 0 for those). Read-only."""
+    found = [(meta[0], meta[5], len(value))
+             for meta, value in read_segments(segment_paths(path)) if meta[0] > committed_seq]
+    return sorted(found + _unread_by_relay(path), key=lambda record: record[1])
+
+
+def _unread_by_relay(path: str) -> list[tuple[int, float, int]]:
+    """(0, created, size) of the records app processes journaled (``spooldir``) past the
+    relay's committed cursors: accepted, not yet in SQLite (the relay is behind or down)."""
+    from . import spooldir
+
+    cursors: dict[str, tuple[int, int]] = {}
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+            for writer, text in db.execute("SELECT writer, cursor FROM writer_cursors"):
+                segment, offset, _ = json.loads(text)
+                cursors[writer] = (segment, offset)
+    except sqlite3.Error:
+        pass  # no trail yet, or one from before the relay process: nothing committed
+    found: list[tuple[int, float, int]] = []
+    try:
+        writers = [n for n in os.listdir(spooldir.writers_dir(path)) if not n.startswith(".")]
+    except OSError:
+        return found
+    for writer in writers:
+        segment, offset = cursors.get(writer, (0, 0))
+        for each in spooldir.segments(os.path.join(spooldir.writers_dir(path), writer)):
+            number = spooldir.segment_number(each)
+            if number < segment:
+                continue
+            try:
+                with open(each, "rb") as handle:
+                    data = handle.read()
+            except FileNotFoundError:
+                continue
+            start = offset if number == segment else 0
+            for _, _, payload in spooldir.frames_from(data, start):
+                meta, _, value = payload.partition(b"\n")
+                found.append((0, json.loads(meta)[5], len(value)))
+    return found
 
 
 def _claim(path: str) -> IO[str]:

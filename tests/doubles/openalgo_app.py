@@ -19,6 +19,11 @@ from openalgo_events.integrations import installation
 from tests.doubles.event_bus import EventBus
 from tests.doubles.events import TOPIC_FIELDS, synthetic
 
+if os.environ.get("LOOKALIKE_OPENALGO_LOGGING"):
+    from tests.doubles import openalgo_logging
+
+    openalgo_logging.install()
+
 app = Flask(__name__)
 socketio = SocketIO(app, async_mode=os.environ.get("LOOKALIKE_ASYNC_MODE", "eventlet"),
                     cors_allowed_origins="*")
@@ -55,6 +60,43 @@ def publish() -> Any:
         bus.publish(synthetic(topic, request.args.get("mode", "live"),
                               orderid=f"{prefix}-{i}"))
     return jsonify(published=count)
+
+
+# A publisher built at import (an app that does so, or gunicorn --preload): under --preload it
+# is built, and publishes once, in the master, before the workers are forked.
+IMPORT_PUBLISHER = None
+if os.environ.get("LOOKALIKE_PUBLISHER_AT_IMPORT"):
+    from openalgo_events import KafkaEventPublisher, Settings
+
+    IMPORT_PUBLISHER = KafkaEventPublisher(os.environ["KAFKA_BOOTSTRAP_SERVERS"],
+                                           os.environ["KAFKA_ORDER_EVENTS_TOPIC"],
+                                           settings=Settings.from_env())
+    IMPORT_EVENT = IMPORT_PUBLISHER.publish_order_event("alice", "SBIN-EQ", "BUY", "import",
+                                                        "live").event_id
+
+
+@app.route("/publish_import", methods=["POST"])
+def publish_import() -> Any:
+    """Publish through the publisher built at import; answers with the journal it used."""
+    if IMPORT_PUBLISHER is None:
+        return jsonify(error="no publisher at import"), 404
+    envelope = IMPORT_PUBLISHER.publish_order_event("bob", "SBIN-EQ", "BUY",
+                                                    request.args.get("orderid", "I"), "live")
+    return jsonify(event_id=envelope.event_id, pid=os.getpid(), import_event=IMPORT_EVENT,
+                   writer=IMPORT_PUBLISHER.transport._writer)  # type: ignore[attr-defined]
+
+
+@app.route("/publish_direct", methods=["POST"])
+def publish_direct() -> Any:
+    """Publish through the installed publisher on the request's thread: the answer carries the
+    event id only once ``publish`` returned (the event is journaled)."""
+    current = installation.current
+    if current is None:
+        return jsonify(error="not installed"), 503
+    envelope = current.publisher.publish_order_event(
+        request.args.get("user", "alice"), "SBIN-EQ", "BUY", request.args.get("orderid", "O"),
+        "live")
+    return jsonify(event_id=envelope.event_id, pid=os.getpid())
 
 
 @app.route("/emit", methods=["POST"])

@@ -37,8 +37,10 @@ def test_health_follows_the_broker(broker, topic, tmp_path):
         return response.get_json() if response.status_code == status else None
 
     try:
-        body = wait_for(lambda: (b := health(200)) and b["broker_reachable"] and b, 15,
-                        message="healthy, broker reached")
+        state.publisher.publish("force_logout", "alice", message="hello")  # starts the relay
+        body = wait_for(lambda: (b := health(200)) and b["broker_reachable"]
+                        and b["spool_depth"] == 0 and b, 15, message="healthy, broker reached")
+        assert body["transports"]["kafka"]["relay_running"] is True
         assert body["mode"] == "KAFKA" and body["rollout_percent"] == 100
         assert body["spool_depth"] == 0 and "consumer" not in body
 
@@ -47,8 +49,8 @@ def test_health_follows_the_broker(broker, topic, tmp_path):
         assert body["healthy"] is False and body["broker_reachable"] is False
         assert body["last_error"]
         envelope = state.publisher.publish("force_logout", "alice", message="bye")
-        body = wait_for(lambda: health(503), 5, message="still 503")
-        assert body["spool_depth"] == 1
+        body = wait_for(lambda: (b := health(503)) and b["spool_depth"] == 1 and b, 5,
+                        message="still 503, the event counted (by the relay, a moment later)")
         assert body["transports"]["kafka"]["spool_depth"] == 1
 
         broker.start()

@@ -322,18 +322,17 @@ def test_a_deleted_lock_file_is_taken_again(tmp_path, caplog):
 
 
 def test_trail_max_bytes_is_configured_and_checked(tmp_path):
-    """KAFKA_TRAIL_MAX_BYTES reaches the Kafka transport's spool; a value under 1 MiB stops
+    """KAFKA_TRAIL_MAX_BYTES reaches the spool the relay opens; a value under 1 MiB stops
     start-up with a ConfigError naming the variable."""
     from openalgo_events import ConfigError, Settings
-    from openalgo_events.publisher import kafka_transport
 
     env = {"ORDER_EVENT_MODE": "KAFKA", "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
            "KAFKA_SPOOL_PATH": str(tmp_path / "s.db")}
-    transport = kafka_transport(Settings.from_env({**env, "KAFKA_TRAIL_MAX_BYTES": "5000000"}))
+    spool = Spool.for_settings(Settings.from_env({**env, "KAFKA_TRAIL_MAX_BYTES": "5000000"}))
     try:
-        assert transport.spool.trail_max_bytes == 5_000_000  # type: ignore[attr-defined]
+        assert spool.trail_max_bytes == 5_000_000
     finally:
-        transport.close(0)
+        spool.close()
     assert Settings.from_env(env).trail_max_bytes == 1024 ** 3
     with pytest.raises(ConfigError, match="KAFKA_TRAIL_MAX_BYTES"):
         Settings.from_env({**env, "KAFKA_TRAIL_MAX_BYTES": "1000"})

@@ -6,9 +6,11 @@
 monkey-patched), and calls ``install()``; then it mounts the operations routes on the app
 (``/openalgo-events/health``, ``/metrics``, ``POST /mode``; skipped when the app already uses
 the Flask extension) and, with ``KAFKA_CONSUMER_ENABLED=TRUE``, starts the inbound consumer.
-``worker_exit`` flushes. To keep an existing config
+``worker_exit`` releases the worker's journal (it never waits on Kafka). In the master,
+``when_ready`` starts the Kafka relay process and supervises it (restarted if it dies;
+``relay.supervisor``) and ``on_exit`` stops it, after the workers. To keep an existing config
 file, name it in ``OPENALGO_EVENTS_GUNICORN_CONFIG``: its settings are loaded here and its own
-``post_worker_init``/``worker_exit`` run before ours. Or import these two hooks into it.
+hooks of these names run before ours. Or import these hooks into it.
 
 Only hook names are public here: gunicorn reads every public name of a config module as a
 setting.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import os as _os
 import runpy as _runpy
+import sys as _sys
 from typing import Any as _Any
 
 _CHAINED: dict[str, _Any] = {}
@@ -30,7 +33,7 @@ def _load_existing_config() -> None:
     for name, value in _runpy.run_path(path).items():
         if name.startswith("_"):
             continue
-        if name in ("post_worker_init", "worker_exit"):
+        if name in ("post_worker_init", "worker_exit", "when_ready", "on_exit"):
             _CHAINED[name] = value
         else:
             globals()[name] = value
@@ -48,7 +51,7 @@ def post_worker_init(worker: _Any) -> None:
 
 
 def worker_exit(server: _Any, worker: _Any) -> None:
-    """Flush what the worker published; undelivered events stay in the spool."""
+    """Release the worker's journal at once; the relay delivers what it holds."""
     if "worker_exit" in _CHAINED:
         _CHAINED["worker_exit"](server, worker)
     from openalgo_events.integrations import installation as _install
@@ -59,6 +62,50 @@ def worker_exit(server: _Any, worker: _Any) -> None:
     from openalgo_events._hostlog import drain
 
     drain()  # log records our threads handed to the hub and it has not forwarded yet
+
+
+_SUPERVISOR: list[_Any] = []
+_AUTOSTART = "OPENALGO_EVENTS_RELAY_AUTOSTART"
+_AUTOSTART_BEFORE = _os.environ.get(_AUTOSTART)
+if _os.path.basename(_sys.argv[0] if _sys.argv else "").startswith("gunicorn"):
+    # Loaded by gunicorn's master, before a --preload import of the app: a publisher used at
+    # import must not start a relay of its own, the master starts one in when_ready.
+    _os.environ[_AUTOSTART] = "FALSE"
+
+
+def when_ready(server: _Any) -> None:
+    """In the master, before the workers: start the relay process and supervise it."""
+    if "when_ready" in _CHAINED:
+        _CHAINED["when_ready"](server)
+    import logging
+
+    from openalgo_events.config import Settings
+    from openalgo_events.errors import ConfigError
+    from openalgo_events.relay.supervisor import RelaySupervisor
+
+    log = logging.getLogger("openalgo_events.install")
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        log.error("openalgo-events: no relay started: %s", exc)
+        return
+    if not settings.mode.uses_kafka or settings.spool_path == ":memory:":
+        # No Kafka from the hook (or the in-process relay of an in-memory spool): a publisher
+        # the app builds itself starts its own relay, as outside gunicorn.
+        if _AUTOSTART_BEFORE is None:
+            _os.environ.pop(_AUTOSTART, None)
+        else:
+            _os.environ[_AUTOSTART] = _AUTOSTART_BEFORE
+        return
+    _SUPERVISOR.append(RelaySupervisor(settings).start())
+
+
+def on_exit(server: _Any) -> None:
+    """In the master, after the workers have stopped: stop the relay (it drains first)."""
+    if "on_exit" in _CHAINED:
+        _CHAINED["on_exit"](server)
+    while _SUPERVISOR:
+        _SUPERVISOR.pop().stop()
 
 
 _load_existing_config()

@@ -125,7 +125,7 @@ class EventsCollector:
             return
         yield pc.GaugeMetricFamily(f"{PREFIX}_spool_depth",
                                    "Events in the spool not yet confirmed by Kafka.",
-                                   value=float(kafka.get("spool_depth", 0)))
+                                   value=float(kafka.get("spool_depth") or 0))
         yield pc.GaugeMetricFamily(f"{PREFIX}_spool_oldest_pending_age_seconds",
                                    "Age of the oldest event waiting for Kafka (0 when none).",
                                    value=float(kafka.get("oldest_pending_age_seconds") or 0.0))

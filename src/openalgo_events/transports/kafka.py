@@ -223,6 +223,37 @@ class KafkaTransport:
             self._behind = True
             self._wake.set()
 
+    def hand_over(self, events: list[tuple[int, str, bytes, bytes, list[tuple[str, bytes]],
+                                           float]]) -> None:
+        """Produce events already queued in the spool, in spool order: ``(seq, topic, key,
+        value, headers, created)``, as the relay process reads them from the writers' journals
+        (``Spool.adopt``). What cannot go now (a gap, a full queue, a rebuild) is read back
+        from the spool by the relay thread."""
+        with self._produce_lock:
+            self.hand_over_locked(events)
+
+    def hand_over_locked(self, events: list[tuple[int, str, bytes, bytes,
+                                                  list[tuple[str, bytes]], float]]) -> None:
+        """``hand_over``, for a caller holding ``produce_lock`` since it queued the events in
+        the spool: the relay thread then never finds them queued and not yet handed over,
+        which would send it reading them back from SQLite."""
+        behind = False
+        for event in events:
+            if self._paused or event[0] != self._cursor + 1 or not self._produce(*event):
+                behind = True
+                break
+            while self._cursor + 1 in self._waiting and self._produce(
+                    *self._waiting.pop(self._cursor + 1)):
+                pass
+        if behind:
+            self._behind = True
+        self._wake.set()
+
+    @property
+    def produce_lock(self) -> Any:
+        """Held while the producer, the cursor or the queue of events to send change."""
+        return self._produce_lock
+
     def _priority(self, event_type: str) -> Priority:
         spec = self._catalog.get(event_type)
         return spec.priority if spec else Priority.HIGH
@@ -353,15 +384,15 @@ class KafkaTransport:
         """
         if self.condition:
             return 0  # nothing is sent until the condition clears (see _probe_condition)
-        if self._cursor == self._cursor_seen and (self._waiting
-                                                  or self.spool.last_seq > self._cursor):
-            # Spooled events nobody is producing: parked ones whose predecessor never came, or
-            # ones not appended through publish (a replay). Sent from here.
-            self._behind = True
-        self._cursor_seen = self._cursor
-        if not self._behind:
-            return 0  # callers produced everything themselves
-        with self._produce_lock:
+        with self._produce_lock:  # so that a hand-over under way is not mistaken for a gap
+            if self._cursor == self._cursor_seen and (self._waiting
+                                                      or self.spool.last_seq > self._cursor):
+                # Spooled events nobody is producing: parked ones whose predecessor never came,
+                # or ones not appended through publish (a replay). Sent from here.
+                self._behind = True
+            self._cursor_seen = self._cursor
+            if not self._behind:
+                return 0  # callers produced everything themselves
             if len(self._in_flight) >= MAX_IN_FLIGHT:
                 return 0
             sent = 0
