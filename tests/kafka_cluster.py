@@ -47,8 +47,12 @@ from typing import Any
 KAFKA_VERSION = os.environ.get("OPENALGO_EVENTS_TEST_KAFKA_VERSION", "4.4.0")
 POM = Path(__file__).resolve().parent / "kafka" / "pom.xml"
 SCRAM_USER = "openalgo-test"
-SCRAM_PASSWORD = "scram-test-" + "password-7f3a"  # noqa: S105 (a throwaway test credential)
-NODE_COUNT = 3
+SCRAM_PASSWORD = "scram-test-" + "password-7f3a"
+NODE_COUNT = 3  # combined controller + broker nodes
+# Controller-only nodes beside them: 5 voters, so that two brokers down still leave a controller
+# majority (the partition leaders can then shrink their ISR, and producers get
+# NOT_ENOUGH_REPLICAS as in a production cluster whose controllers run apart).
+CONTROLLER_ONLY = 2
 STATE_FILE = "cluster.json"
 JVM_OPTIONS = [
     "-Xms96m", "-Xmx384m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
@@ -145,6 +149,7 @@ class Node:
     proxy_port: int  # where a test's TCP proxy listens, advertised for the PROXIED listener
     directory: str
     pid: int | None = None
+    broker: bool = True  # False: a controller-only node (no client listeners)
 
     @property
     def log_path(self) -> Path:
@@ -178,13 +183,14 @@ class KafkaCluster:
         shutil.rmtree(state, ignore_errors=True)
         state.mkdir(parents=True)
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        ports = free_ports(5 * NODE_COUNT)
+        total = NODE_COUNT + CONTROLLER_ONLY
+        ports = free_ports(5 * total)
         nodes = []
-        for i in range(NODE_COUNT):
+        for i in range(total):
             c, b, s, p, x = ports[5 * i: 5 * i + 5]
             directory = state / f"node-{i + 1}"
             directory.mkdir()
-            nodes.append(Node(i + 1, c, b, s, p, x, str(directory)))
+            nodes.append(Node(i + 1, c, b, s, p, x, str(directory), broker=i < NODE_COUNT))
         cluster = cls(str(state), version, cluster_id, nodes)
         cluster.save()
         return cluster
@@ -210,21 +216,38 @@ class KafkaCluster:
         return self.nodes[node_id - 1]
 
     @property
+    def broker_nodes(self) -> list[Node]:
+        return [n for n in self.nodes if n.broker]
+
+    @property
     def bootstrap_servers(self) -> str:
-        return ",".join(f"127.0.0.1:{n.broker_port}" for n in self.nodes)
+        return ",".join(f"127.0.0.1:{n.broker_port}" for n in self.broker_nodes)
 
     @property
     def sasl_bootstrap_servers(self) -> str:
-        return ",".join(f"127.0.0.1:{n.sasl_port}" for n in self.nodes)
+        return ",".join(f"127.0.0.1:{n.sasl_port}" for n in self.broker_nodes)
 
     @property
     def proxied_bootstrap_servers(self) -> str:
         """Bootstrap through the test's proxies (they must be listening on ``proxy_port``)."""
-        return ",".join(f"127.0.0.1:{n.proxy_port}" for n in self.nodes)
+        return ",".join(f"127.0.0.1:{n.proxy_port}" for n in self.broker_nodes)
 
     # ----------------------------------------------------------------- configuration
     def _properties(self, node: Node) -> str:
         voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in self.nodes)
+        if not node.broker:
+            return "".join(f"{key}={value}\n" for key, value in {
+                "process.roles": "controller", "node.id": node.node_id,
+                "controller.quorum.voters": voters,
+                "listeners": f"CONTROLLER://127.0.0.1:{node.controller_port}",
+                "listener.security.protocol.map": "CONTROLLER:PLAINTEXT",
+                "controller.listener.names": "CONTROLLER",
+                "log.dirs": str(Path(node.directory) / "data"),
+                "broker.session.timeout.ms": 4000,
+                "controller.quorum.election.timeout.ms": 1000,
+                "controller.quorum.fetch.timeout.ms": 2000,
+                "num.io.threads": 1, "num.network.threads": 1, "background.threads": 1,
+            }.items())
         settings = {
             "process.roles": "broker,controller",
             "node.id": node.node_id,
@@ -276,9 +299,10 @@ class KafkaCluster:
         }
         return "".join(f"{key}={value}\n" for key, value in settings.items())
 
-    def _java(self, main: str, *args: str) -> list[str]:
+    def _java(self, main: str, *args: str, heap: str = "-Xmx384m") -> list[str]:
         classpath = str(Path(self.classpath_dir) / "*")
-        return [java_binary(), *JVM_OPTIONS, "-cp", classpath, main, *args]
+        options = [heap if o.startswith("-Xmx") else o for o in JVM_OPTIONS]
+        return [java_binary(), *options, "-cp", classpath, main, *args]
 
     def _format(self, node: Node) -> None:
         data = Path(node.directory) / "data"
@@ -289,6 +313,8 @@ class KafkaCluster:
         command = self._java("kafka.tools.StorageTool", "format", "-t", self.cluster_id,
                              "-c", str(node.config_path), "--add-scram", scram,
                              "--ignore-formatted")
+        if not node.broker:
+            command = [*command[:command.index("--add-scram")], "--ignore-formatted"]
         result = subprocess.run(command, capture_output=True, text=True, timeout=120,
                                 check=False)
         if result.returncode != 0:
@@ -333,7 +359,8 @@ class KafkaCluster:
         with open(node.log_path, "ab") as log:
             log.write(f"---- starting node {node.node_id} at {time.ctime()}\n".encode())
             process = subprocess.Popen(
-                self._java("kafka.Kafka", str(node.config_path)), stdout=log,
+                self._java("kafka.Kafka", str(node.config_path),
+                           heap="-Xmx384m" if node.broker else "-Xmx160m"), stdout=log,
                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                 cwd=node.directory)
         node.pid = process.pid
@@ -417,7 +444,7 @@ class KafkaCluster:
 
     def brokers(self, timeout: float = 2.0) -> set[int]:
         """Ids of the brokers the cluster's metadata lists now (empty if none answers)."""
-        running = [n for n in self.nodes if self.running(n.node_id)]
+        running = [n for n in self.broker_nodes if self.running(n.node_id)]
         if not running:
             return set()
         bootstrap = ",".join(f"127.0.0.1:{n.broker_port}" for n in running)
@@ -428,7 +455,7 @@ class KafkaCluster:
 
     def wait_ready(self, timeout: float = 120.0, brokers: set[int] | None = None) -> None:
         """Poll metadata until it lists ``brokers`` (default: every node)."""
-        wanted = brokers or {n.node_id for n in self.nodes}
+        wanted = brokers or {n.node_id for n in self.broker_nodes}
         deadline = time.monotonic() + timeout
         while not wanted <= self.brokers():
             for node_id in wanted:
@@ -451,7 +478,7 @@ class KafkaCluster:
         """Node id leading ``topic``'s ``partition`` now (ClusterError if none within timeout)."""
         deadline = time.monotonic() + timeout
         while True:
-            running = [n for n in self.nodes if self.running(n.node_id)]
+            running = [n for n in self.broker_nodes if self.running(n.node_id)]
             bootstrap = ",".join(f"127.0.0.1:{n.broker_port}" for n in running)
             with contextlib.suppress(Exception):
                 meta = self._admin(bootstrap).list_topics(topic, timeout=2)
@@ -489,7 +516,7 @@ class KafkaCluster:
     def alive(self) -> bool:
         """True when every node's process runs and metadata lists every broker."""
         return (all(self.running(n.node_id) for n in self.nodes)
-                and self.brokers() == {n.node_id for n in self.nodes})
+                and self.brokers() == {n.node_id for n in self.broker_nodes})
 
 
 def java_and_maven_missing() -> str | None:
@@ -536,7 +563,8 @@ def main(argv: list[str] | None = None) -> int:
             cluster.start()
             print(f"KAFKA_BOOTSTRAP_SERVERS={cluster.bootstrap_servers}")
             print(f"OPENALGO_EVENTS_TEST_CLUSTER={cluster.state_dir}")
-            print(f"# {len(cluster.nodes)} nodes ready in {time.monotonic() - started:.1f}s",
+            ready = time.monotonic() - started
+            print(f"# {len(cluster.broker_nodes)} brokers ready in {ready:.1f}s",
                   file=sys.stderr)
             return 0
         cluster = KafkaCluster.load(state)
@@ -544,7 +572,8 @@ def main(argv: list[str] | None = None) -> int:
             cluster.stop()
             return 0
         for node in cluster.nodes:
-            print(f"node {node.node_id}: pid {node.pid} "
+            print(f"node {node.node_id} ({'broker' if node.broker else 'controller'}): "
+                  f"pid {node.pid} "
                   f"{'running' if cluster.running(node.node_id) else 'stopped'} "
                   f"broker 127.0.0.1:{node.broker_port}")
         print(f"metadata lists brokers {sorted(cluster.brokers())}")

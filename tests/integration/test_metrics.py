@@ -52,6 +52,7 @@ def scrape(app: Flask) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
 def test_counters_move_by_event_type_and_transport(make_app, kafka_bootstrap, topic):
     """Publishing in BOTH mode moves published and delivered for the right event type on each
     transport, and fills the latency histograms and the gauges."""
+    create_topic(kafka_bootstrap, topic)
     app, state = make_app(ORDER_EVENT_MODE="BOTH", KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap,
                           KAFKA_ORDER_EVENTS_TOPIC=topic)
     before = scrape(app)
