@@ -161,6 +161,7 @@ def test_consumer_health_and_metrics(make_app, kafka_bootstrap, topic, tmp_path)
     from confluent_kafka import Producer
 
     create_topic(kafka_bootstrap, topic)
+    create_topic(kafka_bootstrap, f"{topic}.dlq")  # the dead-letter topic (no auto-create)
     app, state = make_app(
         KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap, KAFKA_CONSUMER_ENABLED="TRUE",
         KAFKA_ESB_EVENTS_TOPIC=topic, KAFKA_CONSUMER_GROUP=f"g-{topic}",
