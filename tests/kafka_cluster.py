@@ -287,6 +287,10 @@ class KafkaCluster:
             "controller.quorum.fetch.timeout.ms": 2000,
             "replica.lag.time.max.ms": 8000,
             "controlled.shutdown.enable": "true",
+            # Expire idle producer ids within a second once a test lowers
+            # producer.id.expiration.ms (a dynamic config): the idempotent producer's
+            # lost-state errors can then be provoked.
+            "producer.id.expiration.check.interval.ms": 1000,
             # Small footprint: 2 cores shared with the suite.
             "num.network.threads": 2,
             "num.io.threads": 2,
