@@ -157,6 +157,9 @@ class KafkaTransport:
         self._last_commit = 0.0
         self.broker_up: bool | None = None
         self.last_error: str | None = None
+        # A cluster-wide problem no resend fixes (authentication, the topic missing): logged at
+        # ERROR once per change, shown in health until a delivery succeeds.
+        self.problem: str | None = None
         self.rebuilds = 0
         try:
             self._producer = self._ck.Producer(self._config)  # no I/O yet: the relay warms it up
@@ -231,7 +234,7 @@ class KafkaTransport:
 
     def health(self) -> dict[str, Any]:
         status = self.spool.status()
-        healthy = self.broker_up is not False and not (
+        healthy = self.broker_up is not False and self.problem is None and not (
             status.oldest_pending_age is not None
             and status.oldest_pending_age > max(self._stall_timeout, 30.0)
         )
@@ -249,6 +252,7 @@ class KafkaTransport:
             "in_flight": len(self._in_flight),
             "producer_rebuilds": self.rebuilds,
             "last_error": self.last_error,
+            "problem": self.problem,
         }
 
     # -- relay thread -------------------------------------------------------------------------
@@ -358,6 +362,9 @@ class KafkaTransport:
             self._last_progress = time.monotonic()
             self.broker_up = True
             self._backoff = 0.5
+            if self.problem is not None:
+                log.warning("Kafka deliveries succeed again (was: %s)", self.problem)
+                self.problem = None
         queued, marks = self.spool.queued, len(self._to_mark)
         if (queued or marks) and (commit or (marks and not self._in_flight)
                                   or max(queued, marks) >= COMMIT_AT
@@ -365,6 +372,10 @@ class KafkaTransport:
             self._commit()
         if self._failed:
             failed = _drain(self._failed)
+            errors = self._ck.KafkaError
+            if any(err.code() in (errors.UNKNOWN_TOPIC_OR_PART, errors._UNKNOWN_TOPIC)
+                   for _, err, _ in failed):
+                self._topic_missing()
             for seq, err, msg in failed:
                 self.stats.incr("failed", transport=self.name)
                 log.error("delivery of event %s (spool #%s) failed: %s; it stays in the spool "
@@ -388,7 +399,14 @@ class KafkaTransport:
         """librdkafka's error callback (runs inside poll, on the relay thread)."""
         code = err.code()
         self.last_error = str(err)
-        if code == self._ck.KafkaError._ALL_BROKERS_DOWN:
+        if code == self._ck.KafkaError._AUTHENTICATION:
+            self._set_problem(
+                "authentication failed",
+                "Kafka authentication failed (%s as user %s): %s; check KAFKA_SASL_MECHANISM, "
+                "KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD. Events are kept in the spool.",
+                self._config.get("sasl.mechanism", "SASL"),
+                self._config.get("sasl.username", "?"), err.str())
+        elif code == self._ck.KafkaError._ALL_BROKERS_DOWN:
             self.broker_up = False
             log.warning("Kafka brokers unreachable; events are kept in the spool: %s", err)
         elif err.fatal():
@@ -396,10 +414,29 @@ class KafkaTransport:
         else:
             log.info("Kafka client error: %s", err)
 
+    def _set_problem(self, problem: str, message: str, *args: Any) -> None:
+        """Record a cluster-wide problem; ERROR once per change of problem, not per retry."""
+        self.last_error = problem
+        if problem != self.problem:
+            self.problem = problem
+            log.error(message, *args)
+
+    def _topic_missing(self) -> None:
+        self._set_problem(
+            f"topic {self.topic} does not exist",
+            "Kafka topic %s does not exist and the cluster does not create topics "
+            "automatically: create it with `openalgo-events topics create`. Events are kept in "
+            "the spool and sent once it exists.", self.topic)
+
     def _warm(self) -> None:
         """Connect and fetch metadata now, so the first event does not pay for it."""
         try:
-            self._producer.list_topics(self.topic, timeout=2.0)
+            metadata = self._producer.list_topics(self.topic, timeout=2.0)
+            topic = metadata.topics.get(self.topic)
+            if topic is not None and topic.error is not None and topic.error.code() in (
+                    self._ck.KafkaError.UNKNOWN_TOPIC_OR_PART,
+                    self._ck.KafkaError._UNKNOWN_TOPIC):
+                self._topic_missing()
             self.broker_up = True
         except Exception as exc:
             self.broker_up = False
