@@ -206,7 +206,7 @@ def test_two_of_three_brokers_down_waits_in_the_spool_as_not_enough_replicas(clu
     broker returns."""
     # librdkafka retries NOT_ENOUGH_REPLICAS until message.timeout.ms and then reports only
     # "Message timed out"; with a finite number of retries the report carries the broker's
-    # error, which is what an operator needs to see (measured: docs in the report of issue 14).
+    # error, which is what an operator needs to see (measured with Kafka 4.4, librdkafka 2.x).
     with outage_run("two of three down", cluster, tmp_path, topic,
                     KAFKA_LIBRDKAFKA_MESSAGE_TIMEOUT_MS="10000",
                     KAFKA_LIBRDKAFKA_RETRIES="3") as run:
