@@ -182,7 +182,9 @@ class KafkaCluster:
         state = Path(state_dir)
         shutil.rmtree(state, ignore_errors=True)
         state.mkdir(parents=True)
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = "-"
+        while cluster_id.startswith("-"):  # the storage tool would read "-..." as an option
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         total = NODE_COUNT + CONTROLLER_ONLY
         ports = free_ports(5 * total)
         nodes = []
@@ -308,22 +310,30 @@ class KafkaCluster:
         options = [heap if o.startswith("-Xmx") else o for o in JVM_OPTIONS]
         return [java_binary(), *options, "-cp", classpath, main, *args]
 
-    def _format(self, node: Node) -> None:
-        data = Path(node.directory) / "data"
-        if (data / "meta.properties").exists():
-            return
-        node.config_path.write_text(self._properties(node))
+    def _format(self, nodes: list[Node]) -> None:
+        """Format the storage of each unformatted node, in parallel (one JVM each).
+
+        Every node gets the same bootstrap metadata, the SCRAM user included: whichever
+        controller is elected first writes it into the cluster's metadata log."""
         scram = f"SCRAM-SHA-512=[name={SCRAM_USER},password={SCRAM_PASSWORD}]"
-        command = self._java("kafka.tools.StorageTool", "format", "-t", self.cluster_id,
-                             "-c", str(node.config_path), "--add-scram", scram,
-                             "--ignore-formatted")
-        if not node.broker:
-            command = [*command[:command.index("--add-scram")], "--ignore-formatted"]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=120,
-                                check=False)
-        if result.returncode != 0:
-            output = (result.stdout + result.stderr).replace(SCRAM_PASSWORD, "***")
-            raise ClusterError(f"formatting node {node.node_id} failed:\n{output[-3000:]}")
+        running = []
+        for node in nodes:
+            if (Path(node.directory) / "data" / "meta.properties").exists():
+                continue
+            node.config_path.write_text(self._properties(node))
+            command = self._java("kafka.tools.StorageTool", "format", "-t", self.cluster_id,
+                                 "-c", str(node.config_path), "--add-scram", scram,
+                                 "--ignore-formatted", heap="-Xmx160m")
+            running.append((node, subprocess.Popen(command, stdout=subprocess.PIPE,
+                                                   stderr=subprocess.STDOUT, text=True)))
+        failures = []
+        for node, process in running:
+            output, _ = process.communicate(timeout=120)
+            if process.returncode != 0:
+                failures.append(f"node {node.node_id}:\n"
+                                f"{output.replace(SCRAM_PASSWORD, '***')[-2000:]}")
+        if failures:
+            raise ClusterError("formatting failed: " + "\n".join(failures))
 
     # ----------------------------------------------------------------- processes
     def running(self, node_id: int) -> bool:
@@ -349,8 +359,7 @@ class KafkaCluster:
         """Resolve the jars, format storage where needed, start every stopped node, and return
         once metadata shows every broker (ClusterError after ``timeout`` seconds)."""
         self.classpath_dir = str(resolve_jars(self.version))
-        for node in self.nodes:
-            self._format(node)
+        self._format(self.nodes)
         for node in self.nodes:
             if not self.running(node.node_id):
                 self._spawn(node)

@@ -10,15 +10,17 @@ from typing import Any
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, step: float = 0.02,
-             message: str = "condition") -> Any:
-    """Poll ``predicate`` until it returns something truthy, or fail after ``timeout``."""
+             message: str | Callable[[], str] = "condition") -> Any:
+    """Poll ``predicate`` until it returns something truthy, or fail after ``timeout``
+    (``message`` may be a function, called then, to describe the state at the failure)."""
     deadline = time.monotonic() + timeout
     while True:
         result = predicate()
         if result:
             return result
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+            raise AssertionError(f"timed out after {timeout}s waiting for "
+                                 f"{message() if callable(message) else message}")
         time.sleep(step)
 
 

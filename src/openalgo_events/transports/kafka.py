@@ -373,9 +373,16 @@ class KafkaTransport:
         if self._failed:
             failed = _drain(self._failed)
             errors = self._ck.KafkaError
-            if any(err.code() in (errors.UNKNOWN_TOPIC_OR_PART, errors._UNKNOWN_TOPIC)
-                   for _, err, _ in failed):
+            codes = {err.code() for _, err, _ in failed}
+            if codes & {errors.UNKNOWN_TOPIC_OR_PART, errors._UNKNOWN_TOPIC}:
                 self._topic_missing()
+            if codes & {errors.NOT_ENOUGH_REPLICAS, errors.NOT_ENOUGH_REPLICAS_AFTER_APPEND}:
+                self._set_problem(
+                    f"NOT_ENOUGH_REPLICAS: {self.topic} has fewer in-sync replicas than its "
+                    "min.insync.replicas",
+                    "Kafka refuses writes to %s: fewer in-sync replicas than its "
+                    "min.insync.replicas (brokers down?). Events are kept in the spool and sent "
+                    "once enough replicas are back.", self.topic)
             for seq, err, msg in failed:
                 self.stats.incr("failed", transport=self.name)
                 log.error("delivery of event %s (spool #%s) failed: %s; it stays in the spool "
