@@ -195,3 +195,43 @@ def test_expired_producer_state_loses_and_reorders_nothing(cluster, tmp_path, to
     finally:
         collector.stop()
         publisher.close(5)
+
+
+def test_topic_deleted_under_a_running_publisher_is_named_once_and_recovered(
+        kafka_cluster: KafkaCluster, tmp_path, topic, caplog):
+    """The topic deleted while the publisher runs: failed deliveries are recognised as the
+    topic missing (ERROR once, naming the topic and `topics create`; health names it), the
+    events stay spooled, and everything arrives once the topic is created again."""
+    from confluent_kafka.admin import AdminClient
+
+    caplog.set_level(logging.INFO)
+    create_topic(kafka_cluster.bootstrap_servers, topic, partitions=5)
+    publisher = KafkaEventPublisher(kafka_cluster.bootstrap_servers, topic, settings=settings(
+        tmp_path, KAFKA_LIBRDKAFKA_TOPIC_METADATA_PROPAGATION_MAX_MS="3000",
+        KAFKA_LIBRDKAFKA_TOPIC_METADATA_REFRESH_INTERVAL_MS="1000"))
+    collector = None
+    try:
+        first = publisher.publish_order_event("alice", "SBIN", "BUY", "0", "live").event_id
+        assert publisher.flush(30) == 0
+        admin = AdminClient({"bootstrap.servers": kafka_cluster.bootstrap_servers})
+        for future in admin.delete_topics([topic]).values():
+            future.result(30)
+        wait_for(lambda: topic not in admin.list_topics(timeout=5).topics, 30,
+                 message="the topic gone")
+        ids = {publisher.publish_order_event("alice", "SBIN", "BUY", str(i), "live").event_id
+               for i in range(1, 21)}
+        wait_for(lambda: errors_mentioning(caplog, topic, "topics create"), 90,
+                 message="an ERROR naming the topic and the command")
+        assert topic in str(publisher.health()["problem"])
+        assert publisher.health()["spool_depth"] >= 1
+        create_topic(kafka_cluster.bootstrap_servers, topic, partitions=5)
+        collector = TopicCollector(kafka_cluster.bootstrap_servers, topic)
+        wait_for(lambda: ids <= set(collector.event_ids()), 120,
+                 message="every event once the topic exists again")
+        wait_for(lambda: publisher.health()["healthy"], 30, message="healthy again")
+        assert first not in collector.event_ids()  # it went down with the deleted topic
+        assert len(errors_mentioning(caplog, topic, "topics create")) == 1
+    finally:
+        if collector:
+            collector.stop()
+        publisher.close(5)
