@@ -10,26 +10,50 @@ from typing import Any
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, step: float = 0.02,
-             message: str = "condition") -> Any:
-    """Poll ``predicate`` until it returns something truthy, or fail after ``timeout``."""
+             message: str | Callable[[], str] = "condition") -> Any:
+    """Poll ``predicate`` until it returns something truthy, or fail after ``timeout``
+    (``message`` may be a function, called then, to describe the state at the failure)."""
     deadline = time.monotonic() + timeout
     while True:
         result = predicate()
         if result:
             return result
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+            raise AssertionError(f"timed out after {timeout}s waiting for "
+                                 f"{message() if callable(message) else message}")
         time.sleep(step)
 
 
-def create_topic(bootstrap: str, name: str, partitions: int = 1) -> None:
+def create_topic(bootstrap: str, name: str, partitions: int = 1,
+                 configs: dict[str, str] | None = None, timeout: float = 30.0) -> None:
+    """Create ``name`` with ``partitions`` partitions, replicated on up to 3 brokers, and return
+    once every partition has a leader (a real cluster answers CreateTopics before that)."""
     from confluent_kafka.admin import AdminClient, NewTopic
 
     admin = AdminClient({"bootstrap.servers": bootstrap})
+    brokers = len(admin.list_topics(timeout=10).brokers)
     futures = admin.create_topics([NewTopic(name, num_partitions=partitions,
-                                            replication_factor=1)])
+                                            replication_factor=max(1, min(3, brokers)),
+                                            config=configs or {})])
     for future in futures.values():
-        future.result(10)
+        future.result(timeout)
+
+    def leaders_elected() -> bool:
+        topic = admin.list_topics(name, timeout=5).topics[name]
+        return (topic.error is None and len(topic.partitions) == partitions
+                and all(p.leader >= 0 for p in topic.partitions.values()))
+
+    wait_for(leaders_elected, timeout, step=0.05, message=f"leaders of {name}")
+
+
+def ensure_topic(bootstrap: str, name: str, partitions: int = 1) -> None:
+    """Create ``name`` unless it exists (a topic a component writes to, e.g. a dead-letter
+    topic: the cluster does not auto-create topics)."""
+    from confluent_kafka.admin import AdminClient
+
+    topics = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10).topics
+    if name not in topics:
+        create_topic(bootstrap, name, partitions)
 
 
 def read_topic(bootstrap: str, name: str, count: int, timeout: float = 30.0) -> list[Any]:
@@ -76,7 +100,8 @@ class TopicCollector:
 
         consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": uuid.uuid4().hex,
                              "enable.auto.commit": False, "fetch.wait.max.ms": 10,
-                             "topic.metadata.refresh.interval.ms": 1000})
+                             "topic.metadata.refresh.interval.ms": 1000,
+                             "log_level": 2})  # outage tests: no line per refused connect
         assigned: set[int] = set()
         next_check = 0.0
         try:
@@ -105,3 +130,120 @@ class TopicCollector:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(10)
+
+
+class TcpProxy:
+    """A loopback TCP proxy ``127.0.0.1:listen_port`` -> ``127.0.0.1:target_port`` that a test
+    can cut and restore, to break the network between a client and one broker.
+
+    ``cut()`` resets every open connection and refuses new ones; ``cut(blackhole=True)`` keeps
+    connections open and accepts new ones but forwards nothing (a silent network, as when a
+    cable is pulled), so the client only notices through its own timeouts. ``restore()`` forwards
+    again (blackholed connections are then reset: their bytes were dropped).
+    """
+
+    def __init__(self, listen_port: int, target_port: int) -> None:
+        import threading
+
+        self.listen_port, self.target_port = listen_port, target_port
+        self._lock = threading.Lock()
+        self._conns: list[Any] = []
+        self._listener: Any = None
+        self._blackhole = False
+        self._closed = False
+        self.connections = 0
+        self._listen()
+
+    def _listen(self) -> None:
+        import socket
+        import threading
+
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.listen_port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def _accept(self, listener: Any) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # the listener was closed (cut or close)
+            if self._blackhole:
+                with self._lock:
+                    self._conns.append(client)
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port), 2)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns += [client, upstream]
+                self.connections += 1
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    def _pump(self, src: Any, dst: Any) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                while self._blackhole and not self._closed:
+                    time.sleep(0.05)  # hold the bytes: nothing crosses while blackholed
+                if self._closed:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            self._reset(src)
+            self._reset(dst)
+
+    @staticmethod
+    def _reset(sock: Any) -> None:
+        import socket
+        import struct
+
+        try:  # RST rather than FIN: the peer sees the connection broken, as in a real cut
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+        except OSError:
+            pass
+
+    def cut(self, blackhole: bool = False) -> None:
+        """Break the link: reset connections and refuse new ones, or (``blackhole``) go silent."""
+        if blackhole:
+            self._blackhole = True
+            return
+        self._listener.close()
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for sock in conns:
+            self._reset(sock)
+
+    def restore(self) -> None:
+        """Forward again, on the same port."""
+        if self._blackhole:
+            self._blackhole = False
+            with self._lock:
+                conns, self._conns = self._conns, []
+            for sock in conns:
+                self._reset(sock)
+            return
+        self._listen()
+
+    def close(self) -> None:
+        self._closed = True
+        self._blackhole = False
+        self._listener.close()
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for sock in conns:
+            self._reset(sock)

@@ -16,8 +16,11 @@ from openalgo_events.envelope import new_event_id, utc_timestamp
 
 
 def consumer_settings(bootstrap: str, topic: str, tmp_path: Path, **env: str) -> Settings:
-    """Settings for a consumer of ``topic`` with its own group, state file and fast retries."""
-    return Settings.from_env({
+    """Settings for a consumer of ``topic`` with its own group, state file and fast retries; its
+    dead-letter topic is created (the cluster does not auto-create topics)."""
+    from tests.support import ensure_topic
+
+    settings = Settings.from_env({
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         "KAFKA_ESB_EVENTS_TOPIC": topic,
         "KAFKA_CONSUMER_GROUP": f"group-{uuid.uuid4().hex[:8]}",
@@ -27,6 +30,8 @@ def consumer_settings(bootstrap: str, topic: str, tmp_path: Path, **env: str) ->
         "KAFKA_CONSUMER_MAX_ATTEMPTS": "3",
         **env,
     })
+    ensure_topic(bootstrap, settings.dlq_topic)
+    return settings
 
 
 def esb_message(event_type: str, user_id: str, data: dict[str, Any], *,

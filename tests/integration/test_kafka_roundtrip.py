@@ -21,6 +21,7 @@ def _publisher(bootstrap: str, topic: str, tmp_path, **env: str) -> KafkaEventPu
 def test_each_catalog_event_round_trips(kafka_bootstrap, topic, tmp_path):
     """Each of the design's five events arrives with the user key, CloudEvents headers and
     the documented JSON envelope."""
+    create_topic(kafka_bootstrap, topic)
     publisher = _publisher(kafka_bootstrap, topic, tmp_path)
     sent = [
         publisher.publish_order_event("alice", "SBIN-EQ", "BUY", "ORD1", "live",

@@ -65,6 +65,7 @@ def relay_scrape(port: int) -> dict[str, dict[tuple[tuple[str, str], ...], float
 def test_counters_move_by_event_type_and_transport(make_app, kafka_bootstrap, topic):
     """Publishing in BOTH mode moves published and delivered for the right event type on each
     transport, and fills the latency histograms and the gauges."""
+    create_topic(kafka_bootstrap, topic)
     app, state = make_app(ORDER_EVENT_MODE="BOTH", KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap,
                           KAFKA_ORDER_EVENTS_TOPIC=topic)
     before = scrape(app)
@@ -180,6 +181,7 @@ def test_consumer_health_and_metrics(make_app, kafka_bootstrap, topic, tmp_path)
     from confluent_kafka import Producer
 
     create_topic(kafka_bootstrap, topic)
+    create_topic(kafka_bootstrap, f"{topic}.dlq")  # the dead-letter topic (no auto-create)
     app, state = make_app(
         KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap, KAFKA_CONSUMER_ENABLED="TRUE",
         KAFKA_ESB_EVENTS_TOPIC=topic, KAFKA_CONSUMER_GROUP=f"g-{topic}",

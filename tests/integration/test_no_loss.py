@@ -1,10 +1,13 @@
-"""No event lost: broker outages, a replaced broker, process crashes, a broker absent at start.
+"""No event lost: Kafka nodes killed, frozen, restarted or cut off; process crashes; a broker
+absent at start.
 
-These tests stop and start brokers, so they always run their own Tansu broker (memory storage)
-rather than a shared cluster. Tansu keeps nothing when killed: an event it acknowledged and
-then lost with its memory is the broker's loss, not the publisher's. Each test therefore
-separates "acknowledged by a broker we killed" from "never acknowledged": the publisher's
-guarantee is that the second kind always arrives.
+The outage tests run on the suite's own 3-node Apache Kafka cluster (replication 3,
+``min.insync.replicas=2``), which keeps what it acknowledged: they allow no loss at all. Each
+publishes at 100 events/s over 10 users, breaks the cluster, repairs it, and asserts that every
+published event arrived and that each user's events first arrived in publish order. Each
+prints its duration, the duplicates the consumer saw (at-least-once: resends after an outage
+are allowed, with the same event id) and the recovery time: from the cluster's return to an
+empty spool.
 """
 
 from __future__ import annotations
@@ -16,19 +19,25 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 
 from openalgo_events import KafkaEventPublisher, Settings
 from openalgo_events.devbroker import DevBroker, free_port
 from tests.integration.relay_support import relay_processes
-from tests.support import TopicCollector, wait_for
+from tests.kafka_cluster import KafkaCluster
+from tests.support import TcpProxy, TopicCollector, create_topic, wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
+
+RATE = 100  # events per second, as the issue's scenarios ask
+USERS = 10
 
 
 def settings(tmp_path, **env: str) -> Settings:
@@ -36,82 +45,275 @@ def settings(tmp_path, **env: str) -> Settings:
                               "KAFKA_STALL_TIMEOUT_SECONDS": "5", **env})
 
 
+class Load:
+    """Publishes order events at ``RATE`` per second over ``USERS`` users on a thread, recording
+    each user's event ids in publish order, until ``stop()``."""
+
+    def __init__(self, publisher: KafkaEventPublisher) -> None:
+        self.publisher = publisher
+        self.published: dict[str, list[str]] = defaultdict(list)
+        self.count = 0
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        start = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                delay = start + self.count / RATE - time.monotonic()
+                if delay > 0:
+                    self._stop.wait(delay)
+                user = f"user{self.count % USERS}"
+                envelope = self.publisher.publish_order_event(user, "SBIN", "BUY",
+                                                              str(self.count), "live")
+                self.published[user].append(envelope.event_id)
+                self.count += 1
+        except BaseException as exc:  # surfaced by stop(): a publish must never raise here
+            self.error = exc
+
+    def run_for(self, seconds: float) -> None:
+        """Keep publishing for ``seconds`` (the scenario's duration, not a wait for a result)."""
+        self._stop.wait(seconds)
+        assert self.error is None, f"publish raised during the outage: {self.error!r}"
+
+    def halt(self) -> None:
+        """Stop publishing without checking (cleanup after a failure)."""
+        self._stop.set()
+        self._thread.join(10)
+
+    def stop(self) -> set[str]:
+        self._stop.set()
+        self._thread.join(10)
+        assert self.error is None, f"publish raised: {self.error!r}"
+        return {e for ids in self.published.values() for e in ids}
+
+
+def first_appearances(collector: TopicCollector) -> dict[str, list[str]]:
+    """Per user, event ids in the order they first appear in their partition."""
+    seen: set[str] = set()
+    order: dict[str, list[str]] = defaultdict(list)
+    for _partition, _offset, key, value, _ in sorted(collector.messages):
+        event_id = json.loads(value)["event_id"]
+        if event_id not in seen:
+            seen.add(event_id)
+            order[key.decode()].append(event_id)
+    return order
+
+
+@contextmanager
+def outage_run(name: str, cluster: KafkaCluster, tmp_path: Any, topic: str,
+               bootstrap: str | None = None, **env: str) -> Iterator[dict[str, Any]]:
+    """Create ``topic``, start a publisher on ``bootstrap`` (default: the cluster) with load and
+    a collector; the body breaks and repairs the cluster and sets ``run["back"]`` (monotonic
+    time the cluster was whole again). After the body: the spool must drain, every published
+    event arrive, per-user order hold; the figures are printed and left in ``run``."""
+    create_topic(cluster.bootstrap_servers, topic, partitions=5)
+    publisher = KafkaEventPublisher(bootstrap or cluster.bootstrap_servers, topic,
+                                    settings=settings(tmp_path, **env))
+    collector = TopicCollector(cluster.bootstrap_servers, topic)
+    started = time.monotonic()
+    load = Load(publisher)
+    run: dict[str, Any] = {"publisher": publisher, "load": load, "collector": collector,
+                           "back": None}
+    try:
+        yield run
+        back = run["back"]
+        assert back is not None, "the scenario must record when the cluster was back"
+
+        def backlog_drained() -> bool:
+            # Nothing pending is older than the cluster's return: the outage's backlog is out
+            # (events published since keep flowing; the spool is never still under load).
+            age = publisher.health()["oldest_pending_age_seconds"]
+            return age is None or age < time.monotonic() - back
+        wait_for(backlog_drained, 120, step=0.02, message="the outage's backlog to drain")
+        recovery = time.monotonic() - back
+        load.run_for(3)  # some events after the repair too
+        all_ids = load.stop()
+        wait_for(lambda: publisher.health()["spool_depth"] == 0, 60, step=0.05,
+                 message="the spool to drain")
+        wait_for(lambda: all_ids <= set(collector.event_ids()), 60,
+                 message="every published event at the consumer")
+        duration = time.monotonic() - started
+        received = collector.event_ids()
+        missing = all_ids - set(received)
+        assert not missing
+        order = first_appearances(collector)
+        for user, ids in load.published.items():
+            assert order[user] == ids, f"{user}'s events first arrived out of publish order"
+        run.update(duplicates=len(received) - len(set(received)), recovery=recovery,
+                   duration=duration, published=len(all_ids),
+                   rebuilds=publisher.health()["producer_rebuilds"])
+        print(f"\n{name}: {len(all_ids)} published, 0 missing, {run['duplicates']} duplicates, "
+              f"recovery (cluster back -> outage backlog delivered) {recovery:.1f}s, "
+              f"{run['rebuilds']} producer rebuilds, test {duration:.1f}s")
+    finally:
+        load.halt()
+        collector.stop()
+        publisher.close(5)
+
+
+def busiest_partition(collector: TopicCollector) -> int:
+    counts: dict[int, int] = defaultdict(int)
+    for partition, *_ in collector.messages:
+        counts[partition] += 1
+    return max(counts, key=lambda p: counts[p])
+
+
+def test_leader_of_the_busiest_partition_killed_and_restarted_loses_nothing(cluster, tmp_path,
+                                                                            topic):
+    """SIGKILL of the leader of the busiest partition at 100 events/s, restarted 20 s later:
+    zero events missing and each user's events first arrive in publish order."""
+    with outage_run("leader SIGKILL 20 s", cluster, tmp_path, topic) as run:
+        run["load"].run_for(8)
+        partition = busiest_partition(run["collector"])
+        leader = cluster.leader(topic, partition)
+        cluster.kill(leader)
+        run["load"].run_for(20)
+        cluster.start_node(leader)
+        run["back"] = time.monotonic()
+        assert cluster.leader(topic, partition) in {1, 2, 3}
+
+
+def test_all_three_nodes_killed_for_30_s_lose_nothing(cluster, tmp_path, topic):
+    """SIGKILL of every node (brokers and controllers) for 30 s under load, then a restart:
+    zero events missing, per-user order kept."""
+    with outage_run("all nodes SIGKILL 30 s", cluster, tmp_path, topic) as run:
+        run["load"].run_for(5)
+        for node in cluster.nodes:
+            cluster.kill(node.node_id)
+        run["load"].run_for(30)
+        cluster.heal()
+        run["back"] = time.monotonic()
+
+
+def test_rolling_restart_under_load_loses_nothing(cluster, tmp_path, topic):
+    """Each broker in turn stopped (SIGTERM) and started again, waiting for the topic to be in
+    sync before the next, under load: zero events missing, per-user order kept."""
+    with outage_run("rolling restart", cluster, tmp_path, topic) as run:
+        run["load"].run_for(3)
+        for node in cluster.broker_nodes:
+            cluster.restart_node(node.node_id)
+            cluster.wait_in_sync(topic, 60)
+        run["back"] = time.monotonic()
+
+
+def test_two_of_three_brokers_down_waits_in_the_spool_as_not_enough_replicas(cluster, tmp_path,
+                                                                             topic):
+    """With two of three brokers down, min.insync.replicas=2 refuses writes: events wait in the
+    spool, health is degraded naming NOT_ENOUGH_REPLICAS, and everything is delivered once a
+    broker returns."""
+    # librdkafka retries NOT_ENOUGH_REPLICAS until message.timeout.ms and then reports only
+    # "Message timed out"; with a finite number of retries the report carries the broker's
+    # error, which is what an operator needs to see (measured with Kafka 4.4, librdkafka 2.x).
+    with outage_run("two of three down", cluster, tmp_path, topic,
+                    KAFKA_LIBRDKAFKA_MESSAGE_TIMEOUT_MS="10000",
+                    KAFKA_LIBRDKAFKA_RETRIES="3") as run:
+        publisher = run["publisher"]
+        run["load"].run_for(3)
+        down = [n.node_id for n in cluster.broker_nodes][:2]
+        for node_id in down:
+            cluster.kill(node_id)
+        health = wait_for(lambda: (h := publisher.health()) and not h["healthy"]
+                          and "NOT_ENOUGH_REPLICAS" in str(h["problem"]) and h, 120,
+                          step=0.2, message="health degraded with NOT_ENOUGH_REPLICAS")
+        assert health["spool_depth"] > 0
+        cluster.start_node(down[0])
+        run["back"] = time.monotonic()
+        wait_for(lambda: publisher.health()["healthy"], 60, message="healthy again")
+
+
+def test_connection_cut_and_restored_loses_nothing(cluster, tmp_path, topic):
+    """The network between publisher and every broker cut for 20 s (proxies reset connections,
+    then go silent) and restored: zero events missing, per-user order kept."""
+    proxies = [TcpProxy(n.proxy_port, n.proxied_port) for n in cluster.broker_nodes]
+    try:
+        with outage_run("connection cut 20 s", cluster, tmp_path, topic,
+                        bootstrap=cluster.proxied_bootstrap_servers) as run:
+            run["load"].run_for(5)
+            for proxy in proxies:
+                proxy.cut()
+            run["load"].run_for(10)
+            for proxy in proxies:
+                proxy.restore()
+                proxy.cut(blackhole=True)
+            run["load"].run_for(10)
+            for proxy in proxies:
+                proxy.restore()
+            run["back"] = time.monotonic()
+    finally:
+        for proxy in proxies:
+            proxy.close()
+
+
 def delivered_before(spool_path: str, moment: float) -> set[str]:
-    """Event ids the spool recorded as acknowledged before ``moment`` (unix time)."""
+    """Event ids the spool had marked delivered before ``moment`` (unix time).
+
+    The mark is the SQLite commit time: up to 0.1 s after the broker's acknowledgement normally,
+    up to 2.3 s under load (measured). Never compare it with the moment a broker was killed."""
     with sqlite3.connect(f"file:{spool_path}?mode=ro", uri=True) as db:
         rows = db.execute("SELECT event_id FROM events WHERE delivered <= ?", (moment,))
         return {event_id for (event_id,) in rows}
 
 
-def first_appearances(collectors: list[TopicCollector]) -> dict[str, list[str]]:
-    """Per user, event ids in the order they first arrived (brokers in the order they ran)."""
-    seen: set[str] = set()
-    order: dict[str, list[str]] = defaultdict(list)
-    for collector in collectors:
-        for _partition, _offset, key, value, _ in sorted(collector.messages):
-            event_id = json.loads(value)["event_id"]
-            if event_id not in seen:
-                seen.add(event_id)
-                order[key.decode()].append(event_id)
-    return order
+def test_replaced_broker_without_producer_state_loses_nothing_it_did_not_acknowledge(
+        tmp_path, topic):
+    """A broker that keeps nothing (Tansu) dies under load and a fresh one takes its address, as
+    after a failover that loses producer state: the stalled idempotent producer is rebuilt,
+    every event the dead broker had not acknowledged arrives, in per-user order.
 
-
-def test_broker_outage_and_replacement_lose_nothing(tmp_path, topic):
-    """100 events/s for 60 s over 10 users; the broker dies for 32 s and a fresh one (no producer
-    state) takes its address: every event not acknowledged by the dead broker arrives, and each
-    user's events first arrive in publish order."""
+    What the dead broker acknowledged is the set the spool marked delivered before the *new*
+    broker started: between the kill and the restart no broker could acknowledge anything, so a
+    mark committed after the kill (the commit lags the acknowledgement) still counts as the dead
+    broker's. Using the kill moment instead expected events the broker had lost (issue 14)."""
     port = free_port()
     broker = DevBroker(port).start()
     spool_path = str(tmp_path / "spool.db")
     publisher = KafkaEventPublisher(broker.bootstrap_servers, topic, settings=settings(tmp_path))
     collectors = [TopicCollector(broker.bootstrap_servers, topic)]
-    published: dict[str, list[str]] = defaultdict(list)
-    start = time.monotonic()
-    killed_at = restarted = None
+    load = Load(publisher)
     try:
-        for i in range(6000):
-            due = start + i / 100
-            time.sleep(max(0.0, due - time.monotonic()))
-            user = f"user{i % 10}"
-            published[user].append(publisher.publish_order_event(user, "SBIN", "BUY", str(i),
-                                                                 "live").event_id)
-            elapsed = time.monotonic() - start
-            if killed_at is None and elapsed >= 15:
-                # Let the reader catch up with what is acknowledged, then kill the broker.
-                wait_for(lambda: delivered_before(spool_path, time.time() - 0.2)
-                         <= set(collectors[0].event_ids()), 10, message="reader to catch up")
-                broker.stop()
-                killed_at = time.time()
-                collectors[0].stop()  # it would otherwise read the next broker at this address
-            if killed_at and not restarted and elapsed >= 47:
-                broker = DevBroker(port).start()
-                restarted = time.time()
-                collectors.append(TopicCollector(broker.bootstrap_servers, topic))
-        all_ids = {e for ids in published.values() for e in ids}
+        load.run_for(10)
+        broker.stop()
+        collectors[0].stop()  # it would otherwise read the next broker at this address
+        load.run_for(15)
+        restarted = time.time()  # before the new broker can acknowledge anything
+        broker = DevBroker(port).start()
+        collectors.append(TopicCollector(broker.bootstrap_servers, topic))
+        load.run_for(5)
+        all_ids = load.stop()
         wait_for(lambda: publisher.flush(0) == 0, 90, message="spool to drain")
-        lost_with_broker = delivered_before(spool_path, killed_at) - set(collectors[0].event_ids())
-        wait_for(lambda: all_ids - lost_with_broker <= set(collectors[1].event_ids())
-                 | set(collectors[0].event_ids()), 60, message="every event at the consumer")
+        lost_with_broker = delivered_before(spool_path, restarted) - set(
+            collectors[0].event_ids())
+        expected = all_ids - lost_with_broker - set(collectors[0].event_ids())
+        wait_for(lambda: expected <= set(collectors[1].event_ids()), 60,
+                 message=lambda: f"every event the dead broker had not acknowledged "
+                 f"({len(expected - set(collectors[1].event_ids()))} of {len(expected)} missing, "
+                 f"{len(lost_with_broker)} lost with it, "
+                 f"{len(collectors[1].event_ids())} read from the new broker)")
+        rebuilds = publisher.health()["producer_rebuilds"]
     finally:
+        load.halt()
         for collector in collectors:
             collector.stop()
-        rebuilds = publisher.transport.health()["transports"]["kafka"]["producer_rebuilds"] \
-            if hasattr(publisher.transport, "kafka") else publisher.health()["producer_rebuilds"]
         publisher.close(5)
         broker.stop()
-    received = [e for c in collectors for e in c.event_ids()]
-    missing = all_ids - set(received)
-    assert missing == lost_with_broker  # nothing the publisher was responsible for is missing
-    assert len(lost_with_broker) <= 5, "the reader should have drained the broker before the kill"
-    order = first_appearances(collectors)
-    for user, ids in published.items():
-        expected = [e for e in ids if e not in lost_with_broker]
-        assert order[user] == expected
-    duplicates = len(received) - len(set(received))
-    print(f"\noutage: {len(all_ids)} published, {len(set(received))} distinct received, "
-          f"{duplicates} duplicates, {len(lost_with_broker)} lost with the killed broker, "
-          f"{rebuilds} producer rebuilds")
-    assert rebuilds >= 1  # the replaced broker forced at least one producer rebuild
+    received = set(collectors[0].event_ids()) | set(collectors[1].event_ids())
+    assert all_ids - received == lost_with_broker
+    seen: set[str] = set()
+    order: dict[str, list[str]] = defaultdict(list)
+    for collector in collectors:  # brokers in the order they ran
+        for _partition, _offset, key, value, _ in sorted(collector.messages):
+            event_id = json.loads(value)["event_id"]
+            if event_id not in seen:
+                seen.add(event_id)
+                order[key.decode()].append(event_id)
+    for user, ids in load.published.items():
+        assert order[user] == [e for e in ids if e not in lost_with_broker]
+    assert rebuilds >= 1  # the stalled idempotent producer was rebuilt
+    print(f"\nreplaced Tansu broker: {len(all_ids)} published, {len(lost_with_broker)} lost "
+          f"with the memory-only broker, 0 others missing, {rebuilds} producer rebuilds")
 
 
 PUBLISHER = textwrap.dedent("""

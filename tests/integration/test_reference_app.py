@@ -255,7 +255,8 @@ def test_socketio_client_sees_the_order(app, transport):
 def test_both_mode_shows_the_kafka_record(kafka_bootstrap, topic, tmp_path, topic_exists):
     """In BOTH mode the page gets the order over Socket.IO and, from the Kafka tap, the
     record that reached the topic: keyed by user, with the envelope and CloudEvents headers;
-    only records produced after the app started, whether the topic existed or not."""
+    only records produced after the app started, whether the topic existed before it started or
+    was created after."""
     if topic_exists:
         create_topic(kafka_bootstrap, topic)
         publisher = KafkaEventPublisher(kafka_bootstrap, topic, settings=Settings.from_env(
@@ -270,6 +271,9 @@ def test_both_mode_shows_the_kafka_record(kafka_bootstrap, topic, tmp_path, topi
     app, _ = create_app(settings)
     state = demo_state(app)
     try:
+        if not topic_exists:
+            # Created after the app (and its Kafka tap) started: clusters do not auto-create.
+            create_topic(kafka_bootstrap, topic)
         with DemoServer(app) as server, Listener(server.url, ["polling"]) as listener:
             answer = requests.post(f"{server.url}/api/v1/placeorder",
                                    json={"apikey": DEMO_API_KEY, **order()}, timeout=5).json()

@@ -91,11 +91,18 @@ class KafkaTap:
                 meta = None
             if meta is not None and meta.error is None and meta.partitions:
                 partitions = []
-                for number in sorted(meta.partitions):
-                    tp = kafka.TopicPartition(self.topic, number)
-                    low, high = consumer.get_watermark_offsets(tp, timeout=5)
-                    partitions.append(kafka.TopicPartition(self.topic, number,
-                                                           max(low, high - BACKLOG)))
+                try:
+                    for number in sorted(meta.partitions):
+                        tp = kafka.TopicPartition(self.topic, number)
+                        low, high = consumer.get_watermark_offsets(tp, timeout=5)
+                        partitions.append(kafka.TopicPartition(self.topic, number,
+                                                               max(low, high - BACKLOG)))
+                except kafka.KafkaException as exc:
+                    # A topic just created lists its partitions before their leaders serve
+                    # (NOT_LEADER_FOR_PARTITION): not ready yet, try again.
+                    log.info("demo Kafka tap: %s not ready yet (%s)", self.topic, exc)
+                    real_sleep(0.5)
+                    continue
                 consumer.assign(partitions)
                 self.ready.set()
                 log.info("demo Kafka tap reading %s (%s partitions)", self.topic, len(partitions))

@@ -2,8 +2,9 @@
 
 ``from_openalgo_order_events`` keeps 7 days, ``from_esb_order_events`` 24 hours (commands go
 stale), its dead-letter topic 7 days (someone has to look at them); all are snappy-compressed,
-capped at the envelope size limit, with 5 partitions and a replication factor of 3, reduced to
-the number of brokers on a smaller cluster.
+capped at the envelope size limit, with 5 partitions, a replication factor of 3 and
+``min.insync.replicas=2`` (so that the producer's ``acks=all`` means two copies and one broker
+may be lost), both reduced on a cluster with fewer brokers.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from .broker import admin_client, cluster_metadata, kafka, kafka_admin
 DAY_MS = 24 * 3600 * 1000
 PARTITIONS = 5
 REPLICATION_FACTOR = 3
+MIN_INSYNC_REPLICAS = 2
 
 
 class TopicError(OpenAlgoEventsError):
@@ -42,7 +44,8 @@ def planned_topics(settings: Settings, partitions: int = PARTITIONS,
 
     def configs(retention_ms: int) -> dict[str, str]:
         return {"retention.ms": str(retention_ms), "compression.type": "snappy",
-                "max.message.bytes": str(settings.max_message_bytes)}
+                "max.message.bytes": str(settings.max_message_bytes),
+                "min.insync.replicas": str(MIN_INSYNC_REPLICAS)}
 
     return [
         TopicPlan(settings.order_events_topic, "events OpenAlgo publishes", partitions,
@@ -76,8 +79,14 @@ def create_topics(settings: Settings, plans: list[TopicPlan], timeout: float = 1
                  "brokers in this cluster (a production cluster should have at least 3)")
             factor = brokers
         factors[plan.name] = factor
+        topic_configs = dict(plan.configs)
+        min_isr = int(topic_configs.get("min.insync.replicas", "1"))
+        if min_isr > 1 and min_isr >= factor:
+            # With as many required copies as replicas, losing any one broker stops every
+            # write; keep one broker's worth of slack (1 on a 1- or 2-broker cluster).
+            topic_configs["min.insync.replicas"] = str(max(1, factor - 1))
         new_topics.append(ka.NewTopic(plan.name, num_partitions=plan.partitions,
-                                            replication_factor=factor, config=plan.configs))
+                                      replication_factor=factor, config=topic_configs))
     results = []
     for name, future in admin.create_topics(new_topics, request_timeout=timeout).items():
         try:

@@ -43,6 +43,7 @@ from .kafka_errors import (
     ErrorClass,
     QuietLibrdkafkaLog,
     classify,
+    degraded,
     is_connection_noise,
 )
 
@@ -183,6 +184,9 @@ class KafkaTransport:
         self._last_commit = 0.0
         self.broker_up: bool | None = None
         self.last_error: str | None = None
+        # A cluster-wide problem no resend fixes (authentication, the topic missing): logged at
+        # ERROR once per change, shown in health until a delivery succeeds.
+        self.problem: str | None = None
         self.rebuilds = 0
         try:
             self._producer = self._ck.Producer(self._config)  # no I/O yet: the relay warms it up
@@ -298,7 +302,8 @@ class KafkaTransport:
 
     def health(self) -> dict[str, Any]:
         status = self.spool.status()
-        healthy = self.broker_up is not False and not self.condition and not (
+        healthy = (self.broker_up is not False and not self.condition
+                   and self.problem is None) and not (
             status.oldest_pending_age is not None
             and status.oldest_pending_age > max(self._stall_timeout, 30.0)
         )
@@ -321,6 +326,8 @@ class KafkaTransport:
             "condition": self.condition,
             "condition_detail": self._condition_detail or None,
             "spool_rejected": status.rejected,
+            # a transient reason deliveries fail (NOT_ENOUGH_REPLICAS), None once one succeeds
+            "problem": self.problem,
         }
 
     # -- relay thread -------------------------------------------------------------------------
@@ -459,6 +466,9 @@ class KafkaTransport:
             if self.broker_up is not True or self.condition:
                 self._recovered()
             self._backoff = 0.5
+            if self.problem is not None:
+                log.warning("Kafka deliveries succeed again (was: %s)", self.problem)
+                self.problem = None
         queued, marks = self.spool.queued, len(self._to_mark)
         if (queued or marks) and (commit or (marks and not self._in_flight)
                                   or max(queued, marks) >= COMMIT_AT
@@ -485,6 +495,10 @@ class KafkaTransport:
                 retry.append((seq, err, msg))
         if not retry:
             return
+        reason = next(filter(None, (degraded(err) for _, err, _ in retry)), None)
+        if reason:
+            self._set_problem(reason, "Kafka refuses writes to %s: %s. Events are kept in the "
+                              "spool and sent once enough replicas are back.", self.topic, reason)
         self.stats.incr("failed", len(retry), transport=self.name)
         seq, err, msg = retry[0]
         self.last_error = str(err)
@@ -616,6 +630,13 @@ class KafkaTransport:
                 self._enter_condition(meaning, str(error))
             return
         self._recovered()
+
+    def _set_problem(self, problem: str, message: str, *args: Any) -> None:
+        """Record a cluster-wide problem; ERROR once per change of problem, not per retry."""
+        self.last_error = problem
+        if problem != self.problem:
+            self.problem = problem
+            log.error(message, *args)
 
     def _warm(self) -> None:
         """Connect and fetch metadata now, so the first event does not pay for it; a missing

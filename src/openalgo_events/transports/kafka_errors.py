@@ -63,6 +63,14 @@ TABLE: dict[str, tuple[ErrorClass, str]] = {
     "INVALID_REQUIRED_ACKS": (ErrorClass.GLOBAL, MISCONFIGURED),
     "UNSUPPORTED_COMPRESSION_TYPE": (ErrorClass.GLOBAL, MISCONFIGURED),
 }
+# Transient errors that still say something an operator must know: the events are retried as
+# usual, and health names the reason (``problem``) until a delivery succeeds again.
+DEGRADED: dict[str, str] = {
+    "NOT_ENOUGH_REPLICAS": "NOT_ENOUGH_REPLICAS: fewer in-sync replicas than the topic's "
+                           "min.insync.replicas (brokers down?)",
+    "NOT_ENOUGH_REPLICAS_AFTER_APPEND": "NOT_ENOUGH_REPLICAS: fewer in-sync replicas than the "
+                                        "topic's min.insync.replicas (brokers down?)",
+}
 # librdkafka's reports of one connection attempt failing: during an outage there is one per
 # broker per retry, so they are logged at debug; the outage itself is reported once.
 CONNECTION_NOISE = frozenset({"_TRANSPORT", "_RESOLVE", "_TIMED_OUT", "_MSG_TIMED_OUT",
@@ -99,6 +107,14 @@ def classify(err: Any) -> tuple[ErrorClass, str]:
         return ErrorClass.TRANSIENT, ""
     kind, meaning, _ = _codes().get(code, (ErrorClass.TRANSIENT, "", ""))
     return kind, meaning
+
+
+def degraded(err: Any) -> str | None:
+    """What a transient error tells an operator (``DEGRADED``), or None."""
+    try:
+        return DEGRADED.get(str(err.name()))
+    except AttributeError:
+        return None
 
 
 def is_connection_noise(err: Any) -> bool:
