@@ -714,6 +714,11 @@ class Spool:
             self._pending_bytes -= row[2]
         return str(row[0]), str(row[1])
 
+    def rejected_count(self) -> int:
+        """How many events are set aside as rejected (a small table: cheap)."""
+        with self._db_lock:
+            return int(self._db.execute("SELECT count(*) FROM rejected").fetchone()[0])
+
     def rejected(self, limit: int = 1000) -> list[RejectedEvent]:
         """Rejected events, oldest first."""
         with self._db_lock:

@@ -422,7 +422,8 @@ class Relay:
         self._confirm()
         oldest = self.spool.oldest_pending_created()
         age = None if oldest is None else max(0.0, time.time() - oldest)
-        healthy = transport.broker_up is not False and not (
+        state = transport.delivery_state()
+        healthy = state.pop("delivering") and not (
             age is not None and age > max(self.settings.stall_timeout_seconds, 30.0))
         return {
             "version": spooldir.VERSION,
@@ -431,16 +432,14 @@ class Relay:
             "port": self.port,
             "updated": time.time(),
             "healthy": healthy,
-            "broker_reachable": transport.broker_up,
             "topic": self.settings.order_events_topic,
             "spool_depth": self.spool.depth,
             "spool_pending_bytes": self.spool._pending_bytes,
             "spool_over_limit": self.spool._pending_bytes > self.spool.max_bytes,
             "spool_shed": self.spool._shed,
+            "spool_rejected": self.spool.rejected_count(),
             "oldest_pending_age_seconds": age,
-            "in_flight": len(transport._in_flight),
-            "producer_rebuilds": transport.rebuilds,
-            "last_error": transport.last_error,
+            **state,
             "journal_corrupt_frames": sum(w.corrupt for w in self.writers.values()),
             "writers": {w.name: {"read": w.seq, "delivered": w.delivered}
                         for w in self.writers.values()},

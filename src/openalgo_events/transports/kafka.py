@@ -300,24 +300,13 @@ class KafkaTransport:
         self._thread = None
         return left
 
-    def health(self) -> dict[str, Any]:
-        status = self.spool.status()
-        healthy = (self.broker_up is not False and not self.condition
-                   and self.problem is None) and not (
-            status.oldest_pending_age is not None
-            and status.oldest_pending_age > max(self._stall_timeout, 30.0)
-        )
+    def delivery_state(self) -> dict[str, Any]:
+        """What the producer knows, cheaply (no spool query): ``delivering`` is False while the
+        brokers are unreachable, a global condition holds or a named problem lasts."""
         return {
-            "transport": self.name,
-            "healthy": healthy,
+            "delivering": (self.broker_up is not False and not self.condition
+                           and self.problem is None),
             "broker_reachable": self.broker_up,
-            "topic": self.topic,
-            "spool_path": status.path,
-            "spool_depth": status.depth,
-            "spool_pending_bytes": status.pending_bytes,
-            "spool_over_limit": status.over_limit,
-            "spool_shed": status.shed,
-            "oldest_pending_age_seconds": status.oldest_pending_age,
             "in_flight": len(self._in_flight),
             "producer_rebuilds": self.rebuilds,
             "last_error": self.last_error,
@@ -325,9 +314,28 @@ class KafkaTransport:
             # missing"), None when there is none; its detail says what to do
             "condition": self.condition,
             "condition_detail": self._condition_detail or None,
-            "spool_rejected": status.rejected,
             # a transient reason deliveries fail (NOT_ENOUGH_REPLICAS), None once one succeeds
             "problem": self.problem,
+        }
+
+    def health(self) -> dict[str, Any]:
+        status = self.spool.status()
+        state = self.delivery_state()
+        healthy = state.pop("delivering") and not (
+            status.oldest_pending_age is not None
+            and status.oldest_pending_age > max(self._stall_timeout, 30.0))
+        return {
+            "transport": self.name,
+            "healthy": healthy,
+            "topic": self.topic,
+            "spool_path": status.path,
+            "spool_depth": status.depth,
+            "spool_pending_bytes": status.pending_bytes,
+            "spool_over_limit": status.over_limit,
+            "spool_shed": status.shed,
+            "spool_rejected": status.rejected,
+            "oldest_pending_age_seconds": status.oldest_pending_age,
+            **state,
         }
 
     # -- relay thread -------------------------------------------------------------------------

@@ -250,7 +250,8 @@ def relay_health(spool_path: str, topic: str, stall_timeout: float,
     age = status.get("oldest_pending_age_seconds")
     if running:
         fresh = time.time() - float(status.get("updated", 0)) < spooldir.STALE_AFTER
-        healthy = fresh and status.get("broker_reachable") is not False and not (
+        # the relay's own verdict (brokers, conditions, problems, pending age), while fresh
+        healthy = fresh and status.get("healthy") is True and not (
             age is not None and age > max(stall_timeout, 30.0))
     else:
         # No relay: healthy only while nothing waits for one (an auto-started relay exits when
@@ -271,10 +272,14 @@ def relay_health(spool_path: str, topic: str, stall_timeout: float,
         "spool_pending_bytes": status.get("spool_pending_bytes"),
         "spool_over_limit": status.get("spool_over_limit"),
         "spool_shed": status.get("spool_shed"),
+        "spool_rejected": status.get("spool_rejected"),
         "oldest_pending_age_seconds": age,
         "in_flight": status.get("in_flight"),
         "producer_rebuilds": status.get("producer_rebuilds"),
         "last_error": status.get("last_error"),
+        "condition": status.get("condition") if running else None,
+        "condition_detail": status.get("condition_detail") if running else None,
+        "problem": status.get("problem") if running else None,
         "unconfirmed": unconfirmed,
     }
 
