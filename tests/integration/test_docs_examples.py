@@ -19,7 +19,14 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
-from openalgo_events import EventPublisher, KafkaEventPublisher, MemoryTransport, Settings, schema
+from openalgo_events import (
+    EventPublisher,
+    KafkaEventPublisher,
+    MemoryTransport,
+    Settings,
+    schema,
+    spooldir,
+)
 from tests.support import create_topic, read_topic, wait_for
 
 pytestmark = pytest.mark.broker
@@ -85,6 +92,20 @@ PLACEHOLDER_HOSTS = ("kafka1:9092", "localhost:9092")
 HOST_APP = ("from flask import Flask\nfrom flask_socketio import SocketIO\n"
             "app = Flask('docs_example')\nsocketio = SocketIO(app, async_mode='threading')\n")
 MAX_ILLUSTRATIVE = 10
+# Stand-ins for the OpenAlgo modules docs/openalgo.md imports (its API-key lookup, its bus).
+OPENALGO_STAND_INS = {
+    "database/__init__.py": "",
+    "database/auth_db.py": ("def get_username_by_apikey(api_key):\n"
+                            "    return {'key-of-alice': 'alice'}.get(api_key)\n"),
+    "utils/__init__.py": "",
+    "utils/event_bus.py": ("class EventBus:\n"
+                           "    def __init__(self):\n        self.subscribers = {}\n"
+                           "    def subscribe(self, topic, callback, name=''):\n"
+                           "        self.subscribers.setdefault(topic, []).append(callback)\n"
+                           "    def unsubscribe(self, topic, callback):\n"
+                           "        self.subscribers.get(topic, []).remove(callback)\n"
+                           "bus = EventBus()\n"),
+}
 
 
 class Block:
@@ -141,8 +162,12 @@ def test_every_code_block_is_run_or_says_why_not():
 @pytest.fixture(scope="module")
 def docs_env(kafka_bootstrap, tmp_path_factory) -> dict[str, str]:
     """The environment the examples run in: the test broker, the default topics created with
-    `openalgo-events topics create`, a spool with one delivered event, a fresh directory."""
+    `openalgo-events topics create`, a spool with one delivered event, a fresh directory
+    holding stand-ins for the OpenAlgo modules the OpenAlgo guide imports."""
     workdir = tmp_path_factory.mktemp("docs")
+    for name, text in OPENALGO_STAND_INS.items():
+        (workdir / name).parent.mkdir(exist_ok=True)
+        (workdir / name).write_text(text)
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("KAFKA_", "ORDER_EVENT_", "OPENALGO_EVENTS_"))}
     env.update(KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap, DOCS_WORKDIR=str(workdir),
@@ -154,7 +179,8 @@ def docs_env(kafka_bootstrap, tmp_path_factory) -> dict[str, str]:
     publisher = KafkaEventPublisher(kafka_bootstrap, settings=Settings.from_env(
         {"KAFKA_SPOOL_PATH": env["KAFKA_SPOOL_PATH"]}))
     publisher.publish_order_event("alice", "SBIN-EQ", "BUY", "ORD1", "live")
-    assert publisher.close(10) == 0
+    assert publisher.flush(10) == 0  # close() never waits: flush() waits for the relay
+    publisher.close()
     return env
 
 
@@ -263,9 +289,9 @@ def test_layout_block_names_files_that_exist(block):
 
 
 def test_the_readme_first_snippet_in_kafka_mode_delivers_everything(docs_env, topic, tmp_path):
-    """README's first example, run as a script in KAFKA mode, puts its three events (the
-    registered risk_alert included) on the topic and leaves nothing in the spool after
-    close()."""
+    """README's first example, run as a script in KAFKA mode that exits right after close(),
+    has its three events (the registered risk_alert included) delivered by the detached relay
+    it started, which then leaves nothing pending in the spool and exits by itself."""
     [first] = [b for b in all_blocks() if b.path.name == "README.md" and b.lang == "python"][:1]
     assert "register(EventSpec(" in first.body and "publisher.close()" in first.body
     create_topic(docs_env["KAFKA_BOOTSTRAP_SERVERS"], topic)
@@ -277,12 +303,121 @@ def test_the_readme_first_snippet_in_kafka_mode_delivers_everything(docs_env, to
                           env={**docs_env, "ORDER_EVENT_MODE": "KAFKA",
                                "KAFKA_ORDER_EVENTS_TOPIC": topic, "KAFKA_SPOOL_PATH": str(spool)})
     assert done.returncode == 0, done.stderr
-    status = subprocess.run([sys.executable, "-m", "openalgo_events", "spool", "status",
-                             "--json", "--spool", str(spool)], env=docs_env, cwd=tmp_path,
-                            capture_output=True, text=True, timeout=60)
-    assert json.loads(status.stdout)["depth"] == 0, status.stdout + status.stderr
     envelopes = [json.loads(m.value()) for m in read_topic(docs_env["KAFKA_BOOTSTRAP_SERVERS"],
                                                            topic, 3)]
     assert [(e["event_type"], e["user_id"]) for e in envelopes] == [
         ("order_event", "alice"), ("order_notification", "alice"), ("risk_alert", "alice")]
     assert envelopes[2]["data"] == {"level": "high"}
+
+    def spool_status() -> dict[str, Any]:
+        status = subprocess.run([sys.executable, "-m", "openalgo_events", "spool", "status",
+                                 "--json", "--spool", str(spool)], env=docs_env, cwd=tmp_path,
+                                capture_output=True, text=True, timeout=60)
+        assert status.returncode == 0, status.stderr
+        return dict(json.loads(status.stdout))
+
+    wait_for(lambda: spool_status()["depth"] == 0, 30,
+             message=lambda: f"an empty spool: {spool_status()}")
+    wait_for(lambda: not spooldir.relay_running(str(spool)), 30,
+             message=lambda: f"the relay to exit; its log: {_relay_log(spool)}")
+
+
+def _relay_log(spool: Path) -> str:
+    log = Path(spooldir.log_path(str(spool)))
+    return log.read_text() if log.exists() else "(none)"
+
+
+def test_the_spool_files_the_operations_guide_lists_are_there(docs_env, topic, tmp_path):
+    """Every file docs/operations.md lists beside the spool exists once a script has published
+    (the trail, the relay's lock, identity, status and log, this process's journal directory),
+    and the detached relay delivers the event."""
+    [layout] = [b for b in all_blocks() if b.path.name == "operations.md"
+                and "<KAFKA_SPOOL_PATH>.lock" in b.body]
+    create_topic(docs_env["KAFKA_BOOTSTRAP_SERVERS"], topic)
+    spool = str(tmp_path / "spool.db")
+    publisher = KafkaEventPublisher(docs_env["KAFKA_BOOTSTRAP_SERVERS"], topic,
+                                    settings=Settings.from_env({"KAFKA_SPOOL_PATH": spool}))
+    try:
+        publisher.publish_order_event("alice", "SBIN-EQ", "BUY", "ORD1", "live")
+        wait_for(lambda: spooldir.read_status(spool) is not None, 30,
+                 message=lambda: f"the relay's status; its log: {_relay_log(Path(spool))}")
+        names = [line.split()[0] for line in layout.body.splitlines() if line.strip()]
+        assert len(names) == 6, names
+        for name in names:
+            path = name.replace("<KAFKA_SPOOL_PATH>", spool)
+            if "<pid>-<start>" in path:
+                folder = Path(path.split("<pid>-<start>")[0])
+                assert any(p.is_dir() and p.name.startswith(f"{os.getpid()}-")
+                           for p in folder.iterdir()), (name, list(folder.iterdir()))
+            else:
+                assert Path(path).exists(), name
+        assert publisher.flush(30) == 0
+    finally:
+        publisher.close()
+    [message] = read_topic(docs_env["KAFKA_BOOTSTRAP_SERVERS"], topic, 1)
+    assert json.loads(message.value())["data"]["orderid"] == "ORD1"
+
+
+def test_the_systemd_unit_runs_the_relay_and_stops_it_in_time(docs_env, topic, tmp_path):
+    """The unit's ExecStart, run from its WorkingDirectory with the app's environment, holds
+    the spool, answers /health on the port it names, and on the unit's KillSignal exits 0
+    within TimeoutStopSec."""
+    import configparser
+    import urllib.request
+
+    from openalgo_events.devbroker import free_port
+
+    [block] = [b for b in all_blocks() if b.path.name == "operations.md"
+               and b.body.startswith("[Unit]")]
+    unit = configparser.ConfigParser(interpolation=None, strict=False)
+    unit.optionxform = str  # type: ignore[assignment,method-assign]
+    unit.read_string(block.body)
+    service = unit["Service"]
+    port = free_port()
+    argv = service["ExecStart"].replace("9464", str(port)).split()
+    assert argv[0] == "/opt/openalgo/.venv/bin/openalgo-events"
+    argv[0] = str(Path(sys.executable).parent / "openalgo-events")
+    create_topic(docs_env["KAFKA_BOOTSTRAP_SERVERS"], topic)
+    spool = str(tmp_path / "openalgo_events_spool.db")
+    env = {**docs_env, "KAFKA_ORDER_EVENTS_TOPIC": topic, "KAFKA_SPOOL_PATH": spool}
+    relay = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(lambda: spooldir.relay_running(spool), 30, message="the relay holds the spool")
+
+        def health() -> Any:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+                    return json.loads(r.read())
+            except OSError:
+                return None
+
+        assert isinstance(wait_for(health, 30, message=f"/health on port {port}"), dict)
+    finally:
+        relay.send_signal(getattr(signal, service["KillSignal"]))
+        output, _ = relay.communicate(timeout=float(service["TimeoutStopSec"]))
+    assert relay.returncode == 0, output
+    assert not spooldir.relay_running(spool)
+
+
+def test_the_user_resolver_line_names_openalgos_function(tmp_path, monkeypatch):
+    """The `.env` line of docs/openalgo.md, read as OpenAlgo reads `.env` (python-dotenv),
+    names OpenAlgo's `database.auth_db.get_username_by_apikey` in a form the hook resolves."""
+    from dotenv import dotenv_values
+
+    from openalgo_events.integrations.installation import ENV_USER_RESOLVER, resolve
+
+    [block] = [b for b in all_blocks() if b.path.name == "openalgo.md"
+               and ENV_USER_RESOLVER in b.body and b.lang == "ini"]
+    (tmp_path / ".env").write_text(block.body)
+    values = dotenv_values(tmp_path / ".env")
+    for name, text in OPENALGO_STAND_INS.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(text)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for module in ("database", "database.auth_db"):
+        monkeypatch.delitem(sys.modules, module, raising=False)
+    resolver = resolve(str(values[ENV_USER_RESOLVER]))
+    assert resolver.__module__ == "database.auth_db"
+    assert resolver.__name__ == "get_username_by_apikey"
+    assert resolver("key-of-alice") == "alice"
