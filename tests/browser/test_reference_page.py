@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from openalgo_events import Settings
+from openalgo_events import Settings, spooldir
 from openalgo_events.demo import DemoServer, create_app, demo_state
-from tests.support import create_topic
+from tests.support import create_topic, wait_for
 
 pytestmark = pytest.mark.browser
 WAIT_MS = 15_000
@@ -184,13 +184,15 @@ def test_status_strip_and_mode_switch_without_a_broker(demo, page):
 @pytest.mark.broker
 def test_status_strip_follows_a_mode_switch_with_a_broker(kafka_bootstrap, topic, tmp_path,
                                                           page):
-    """With a broker the strip shows it reachable with spool depth 0; switching to BOTH from
-    the page changes the mode everywhere, and the next order also reaches Kafka; a switch made
-    elsewhere shows in the strip and the selector."""
+    """With a broker, switching to BOTH from the page changes the mode everywhere and the strip
+    says no relay runs yet; the next order also reaches Kafka, through the relay process it
+    started, and the strip then shows that relay running (its pid), the broker reachable and
+    spool depth 0; a switch made elsewhere shows in the strip and the selector."""
     create_topic(kafka_bootstrap, topic)
+    spool = str(tmp_path / "spool.db")
     app, _ = create_app(Settings.from_env({
         "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "KAFKA_ORDER_EVENTS_TOPIC": topic,
-        "KAFKA_SPOOL_PATH": str(tmp_path / "spool.db")}))
+        "KAFKA_SPOOL_PATH": spool}))
     try:
         with DemoServer(app) as server:
             open_page(page, server.url)
@@ -198,13 +200,20 @@ def test_status_strip_follows_a_mode_switch_with_a_broker(kafka_bootstrap, topic
             page.click("#mode-apply")
             page.wait_for_function(
                 "document.getElementById('status-mode').textContent === 'BOTH' && "
-                "document.getElementById('status-broker').textContent === 'reachable'",
+                "document.getElementById('status-relay').textContent === "
+                "'not running (the next event starts it)' && "
+                "document.getElementById('status-broker').textContent === 'unknown (no relay)'",
                 timeout=WAIT_MS)
             assert page.text_content("#route-mode") == "mode BOTH"
             page.click("#place")
             page.wait_for_selector('#feed li[data-event="kafka_record"]', timeout=30_000)
+            pid = wait_for(lambda: (spooldir.read_status(spool) or {}).get("pid"), 30,
+                           message="the relay's status file")
             page.wait_for_function(
-                "document.getElementById('status-spool').textContent === '0'", timeout=WAIT_MS)
+                "document.getElementById('status-spool').textContent === '0' && "
+                "document.getElementById('status-broker').textContent === 'reachable' && "
+                f"document.getElementById('status-relay').textContent === 'running (pid {pid})'",
+                timeout=WAIT_MS)
             assert demo_state(app).events.route.mode.value == "BOTH"
             demo_state(app).events.switch("KAFKA")  # as `openalgo-events mode KAFKA` does
             page.wait_for_function(

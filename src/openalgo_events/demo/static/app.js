@@ -225,13 +225,26 @@
   });
 
   // The status strip: the extension's health endpoint, polled.
-  function relayText(health) {
-    const kafka = (health.transports || {}).kafka;
-    const relay = health.relay !== undefined ? health.relay : kafka && kafka.relay;
-    if (relay && typeof relay === "object") return relay.state || JSON.stringify(relay);
-    if (relay !== undefined && relay !== null) return String(relay);
+  // The Kafka relay: a process of its own (the host's health reads its status file), or,
+  // with KAFKA_SPOOL_PATH=:memory:, a thread inside this app (no relay_running field then).
+  function relayText(kafka) {
     if (!kafka) return "not used";
-    return kafka.in_flight ? `sending (${kafka.in_flight} in flight)` : "idle";
+    const flight = kafka.in_flight ? `, ${kafka.in_flight} in flight` : "";
+    if (kafka.relay_running === true) {
+      return `running${kafka.relay_pid ? ` (pid ${kafka.relay_pid})` : ""}${flight}`;
+    }
+    if (kafka.relay_running === false) {
+      return kafka.spool_depth ? `not running, ${kafka.spool_depth} waiting`
+        : "not running (the next event starts it)";
+    }
+    return `in-process${flight}`;
+  }
+
+  function brokerText(kafka, reachable) {
+    if (reachable === true) return "reachable";
+    if (reachable === false) return "unreachable";
+    if (kafka && kafka.relay_running === false) return "unknown (no relay)";
+    return "not used";
   }
 
   async function refreshStatus() {
@@ -249,13 +262,17 @@
     $("route-mode").textContent = `mode ${health.mode}`;
     // A switch made elsewhere (the CLI, SIGHUP) shows in the selector too, unless in use.
     if (document.activeElement !== $("mode-select")) $("mode-select").value = health.mode;
+    const kafka = (health.transports || {}).kafka;
     const reachable = health.broker_reachable;
     const broker = $("status-broker");
-    broker.textContent = reachable === true ? "reachable" : reachable === false ? "unreachable" : "not used";
+    broker.textContent = brokerText(kafka, reachable);
     broker.dataset.ok = reachable === false ? "no" : "yes";
-    const kafka = (health.transports || {}).kafka;
-    $("status-spool").textContent = kafka ? String(health.spool_depth) : "not used";
-    $("status-relay").textContent = relayText(health);
+    $("status-spool").textContent = !kafka ? "not used"
+      : health.spool_depth === null || health.spool_depth === undefined ? "unknown"
+      : String(health.spool_depth);
+    const relay = $("status-relay");
+    relay.textContent = relayText(kafka);
+    relay.dataset.ok = kafka && kafka.relay_running === false && kafka.spool_depth ? "no" : "yes";
     $("status-error").textContent = health.last_error ? `last error: ${health.last_error}` : "";
   }
 
