@@ -83,7 +83,7 @@ VARIABLES: tuple[Var, ...] = (
     Var("KAFKA_TRAIL_RETENTION_HOURS", "trail_retention_hours", "168", "how long delivered events stay replayable"),
     Var("KAFKA_TRAIL_MAX_BYTES", "trail_max_bytes", "1073741824", "spool file size past which the oldest delivered events are pruned (never pending ones)"),
     Var("KAFKA_STALL_TIMEOUT_SECONDS", "stall_timeout_seconds", "10", "no delivery progress for this long rebuilds the producer"),
-    Var("KAFKA_CLOSE_TIMEOUT_SECONDS", "close_timeout_seconds", "5", "how long shutdown waits for delivery"),
+    Var("KAFKA_CLOSE_TIMEOUT_SECONDS", "close_timeout_seconds", "5", "how long the relay keeps delivering after SIGTERM before it stops"),
     Var("KAFKA_ROLLOUT_PERCENT", "rollout_percent", "100", "share of users (by hash of user id) whose events go to Kafka"),
     Var("KAFKA_CONSUMER_ENABLED", "consumer_enabled", "FALSE", "TRUE starts the inbound consumer inside the app"),
     Var("KAFKA_CONSUMER_MAX_ATTEMPTS", "consumer_max_attempts", "5", "handler attempts before a message goes to the dead-letter topic"),
