@@ -18,11 +18,20 @@ The handler's own lock is never taken (``handle`` is overridden): it shares noth
 real threads. The backlog is bounded (``MAX_BACKLOG``); records beyond it are counted and one
 warning says how many were dropped. Without eventlet nothing is installed: real threads and
 real handler locks mix fine.
+
+Fork: gunicorn's eventlet worker class monkey-patches at import, in the master, so the master
+(whose relay supervisor starts a real thread) installs the hand-off too, and its workers are
+forked from it. A forked child gets the handler with the parent's green task marked started,
+though that task lives on the parent's hub, and a wake-up pipe it shares with the parent: its
+real threads' records would wait until the worker exits. So the child forgets the parent's
+hand-off at fork (``os.register_at_fork``) and starts its own task on its own hub at the next
+``guard()`` or record from the hub's thread.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from ._handoff import Handoff, eventlet_patched, on_main_thread
@@ -108,6 +117,12 @@ class HubLogHandler(logging.Handler):
                 "(over %s waiting for the worker's loop)", (dropped, MAX_BACKLOG), None)
             _forward(record)
 
+    def reset_in_child(self) -> None:
+        """In a forked child: a hand-off of its own, its task not yet started (see above)."""
+        self.handoff.reset_in_child()
+        self._reported_drops = 0
+        self.started = False
+
     def drain(self) -> int:
         """Forward the backlog now (on the hub's thread only, e.g. at worker exit)."""
         return self.handoff.drain() if on_main_thread() else 0
@@ -131,6 +146,16 @@ def guard() -> HubLogHandler | None:
             _handler = handler
     _handler.start()
     return _handler
+
+
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = new_lock()  # another thread of the parent may have held it at the fork
+    if _handler is not None:
+        _handler.reset_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def drain() -> int:

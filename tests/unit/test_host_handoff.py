@@ -139,3 +139,61 @@ def test_hub_log_handler_queues_real_thread_records_and_reports_drops(caplog, mo
     messages = [r.getMessage() for r in caplog.records]
     assert messages[0].startswith("openalgo-events dropped 2 log records")
     assert messages[1:] == ["record 0 of 5", "record 1 of 5", "record 2 of 5"]
+
+
+FORKED_WORKER = r'''
+import eventlet
+eventlet.monkey_patch()  # as gunicorn's eventlet worker class does at import, in the master
+
+import io, json, logging, os, sys, time
+from eventlet import hubs, patcher
+from openalgo_events._hostlog import guard
+
+real_threading = patcher.original("threading")
+out = io.StringIO()
+root = logging.getLogger()
+root.addHandler(logging.StreamHandler(out))
+root.setLevel(logging.INFO)
+log = logging.getLogger("openalgo_events.test")
+
+
+def from_a_real_thread(text):
+    thread = real_threading.Thread(target=log.info, args=("%s", text), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 5
+    while text not in out.getvalue() and time.monotonic() < deadline:
+        eventlet.sleep(0.01)  # the hub runs the hand-off's task, as in a worker's loop
+    return text in out.getvalue()
+
+
+guard()  # the master: its relay supervisor starts a real thread
+master_before = from_a_real_thread("master before the fork")
+pid = os.fork()
+if pid == 0:  # the worker
+    hubs.use_hub()  # a hub of its own, as gunicorn's worker does after the fork
+    guard()
+    ok = from_a_real_thread("worker's record")
+    os.write(1, (json.dumps({"worker": ok}) + "\n").encode())
+    os._exit(0)
+os.waitpid(pid, 0)
+print(json.dumps({"master_before": master_before,
+                  "master_after": from_a_real_thread("master after the fork")}), flush=True)
+'''
+
+
+def test_hub_log_hand_off_works_in_a_worker_forked_from_a_patched_master(tmp_path):
+    """A worker forked from a monkey-patched master that had the hand-off installed (gunicorn's
+    eventlet worker class patches the master at import) forwards its real threads' records on
+    its own hub while it runs, not only at exit; and the master's hand-off still works."""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", FORKED_WORKER], capture_output=True, text=True,
+                          timeout=60, cwd=tmp_path)
+    results: dict[str, bool] = {}
+    for line in done.stdout.splitlines():
+        if line.startswith("{"):
+            results.update(json.loads(line))
+    assert results == {"master_before": True, "worker": True, "master_after": True}, (
+        done.stdout[-2000:] + done.stderr[-2000:])
