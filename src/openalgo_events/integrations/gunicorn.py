@@ -106,6 +106,9 @@ def on_exit(server: _Any) -> None:
         _CHAINED["on_exit"](server)
     while _SUPERVISOR:
         _SUPERVISOR.pop().stop()
+    from openalgo_events._hostlog import drain
+
+    drain()  # the supervisor's records still waiting for the master's hub (a patched master)
 
 
 _load_existing_config()
