@@ -240,7 +240,7 @@ def test_kill_9_of_relay_worker_and_everything_loses_nothing(kafka_bootstrap, to
                               message="the supervisor to restart the relay")
             # The supervisor's thread in the (monkey-patched) master: its record reaches the
             # master's output through the hub while the master runs, not only at its exit.
-            wait_for(lambda: "the relay exited (status -9); restarting it" in app.text(), 10,
+            wait_for(lambda: f"the relay (pid {first}) exited" in app.text(), 10,
                      message="the supervisor's line in the master's log")
             count = len(loader.acked)
             wait_for(lambda: len(loader.acked) >= count + 150, 20, message="events flowing")

@@ -147,9 +147,10 @@ eventlet.monkey_patch()  # as gunicorn's eventlet worker class does at import, i
 
 import io, json, logging, os, sys, time
 from eventlet import hubs, patcher
-from openalgo_events._hostlog import guard
+from openalgo_events._hostlog import forward_directly_here, guard
 
 real_threading = patcher.original("threading")
+real_time = patcher.original("time")
 out = io.StringIO()
 root = logging.getLogger()
 root.addHandler(logging.StreamHandler(out))
@@ -157,12 +158,15 @@ root.setLevel(logging.INFO)
 log = logging.getLogger("openalgo_events.test")
 
 
-def from_a_real_thread(text):
+def from_a_real_thread(text, hub=True):
     thread = real_threading.Thread(target=log.info, args=("%s", text), daemon=True)
     thread.start()
     deadline = time.monotonic() + 5
     while text not in out.getvalue() and time.monotonic() < deadline:
-        eventlet.sleep(0.01)  # the hub runs the hand-off's task, as in a worker's loop
+        if hub:
+            eventlet.sleep(0.01)  # the hub runs the hand-off's task, as in a worker's loop
+        else:
+            real_time.sleep(0.01)  # gunicorn's master: its own loop, never the hub
     return text in out.getvalue()
 
 
@@ -176,15 +180,20 @@ if pid == 0:  # the worker
     os.write(1, (json.dumps({"worker": ok}) + "\n").encode())
     os._exit(0)
 os.waitpid(pid, 0)
-print(json.dumps({"master_before": master_before,
-                  "master_after": from_a_real_thread("master after the fork")}), flush=True)
+master_after = from_a_real_thread("master after the fork")
+forward_directly_here()  # what the hook's when_ready does in gunicorn's master
+print(json.dumps({"master_before": master_before, "master_after": master_after,
+                  "master_without_hub": from_a_real_thread("no hub here", hub=False)}),
+      flush=True)
 '''
 
 
 def test_hub_log_hand_off_works_in_a_worker_forked_from_a_patched_master(tmp_path):
     """A worker forked from a monkey-patched master that had the hand-off installed (gunicorn's
     eventlet worker class patches the master at import) forwards its real threads' records on
-    its own hub while it runs, not only at exit; and the master's hand-off still works."""
+    its own hub while it runs, not only at exit; the master's hand-off still works, and once
+    the master is declared hub-less (the hook's ``when_ready``) its real threads' records reach
+    the handlers while the hub never runs."""
     import json
     import subprocess
     import sys
@@ -195,5 +204,6 @@ def test_hub_log_hand_off_works_in_a_worker_forked_from_a_patched_master(tmp_pat
     for line in done.stdout.splitlines():
         if line.startswith("{"):
             results.update(json.loads(line))
-    assert results == {"master_before": True, "worker": True, "master_after": True}, (
+    assert results == {"master_before": True, "worker": True, "master_after": True,
+                       "master_without_hub": True}, (
         done.stdout[-2000:] + done.stderr[-2000:])

@@ -97,6 +97,11 @@ def when_ready(server: _Any) -> None:
         else:
             _os.environ[_AUTOSTART] = _AUTOSTART_BEFORE
         return
+    from openalgo_events._hostlog import forward_directly_here
+
+    # Patched by the eventlet worker class, the master still never runs eventlet's hub: the
+    # supervisor thread's records go straight to the master's handlers (see _hostlog).
+    forward_directly_here()
     _SUPERVISOR.append(RelaySupervisor(settings).start())
 
 
@@ -108,7 +113,7 @@ def on_exit(server: _Any) -> None:
         _SUPERVISOR.pop().stop()
     from openalgo_events._hostlog import drain
 
-    drain()  # the supervisor's records still waiting for the master's hub (a patched master)
+    drain()  # records queued before forward_directly_here(), e.g. by a --preload import
 
 
 _load_existing_config()

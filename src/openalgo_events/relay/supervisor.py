@@ -4,8 +4,8 @@ The watcher is a real OS thread (``_threads.start_thread``). gunicorn's eventlet
 monkey-patches at import, so with ``--worker-class eventlet`` the master is patched too: its
 ``subprocess`` is eventlet's, whose ``Popen.wait`` sleeps on a hub, so the watcher only polls
 (``Popen.poll`` never waits) and ``stop`` (on the master's main thread, ``on_exit``) is the one
-that waits; the watcher's log records reach the master's handlers through ``_hostlog``'s
-hand-off, forwarded by the master's hub, and drained in ``on_exit``.
+that waits. The master never runs eventlet's hub, so the hook has the watcher's log records
+passed on directly (``_hostlog.forward_directly_here``).
 
 The relay is restarted when it dies (after a short backoff, doubling up to 10 s), and stopped
 with SIGTERM after the workers at shutdown, given the close timeout to drain plus a margin, then
@@ -72,8 +72,10 @@ class RelaySupervisor:
                 continue
             if self._stopping.is_set():
                 return
-            log.error("openalgo-events: the relay exited (status %s); restarting it in %s s",
-                      code, backoff)
+            # Under gunicorn the master's SIGCHLD handler may reap the relay first
+            # (waitpid(-1)): Popen then reads status 0, and gunicorn logs the real one.
+            log.error("openalgo-events: the relay (pid %s) exited (status %s); restarting it "
+                      "in %s s", self.process.pid, code, backoff)
             if self._stopping.wait(backoff):
                 return
             backoff = min(backoff * 2, 10.0)
