@@ -27,6 +27,9 @@ from ._threads import _original, new_event, new_lock, real_threading
 
 T = TypeVar("T")
 WAKE_TIMEOUT = 1.0  # seconds a drainer sleeps without a wake-up before it checks for stop
+# A green drainer yields to the hub after this many deliveries: a burst (the bridge gets a
+# consumer batch of hundreds) must not hold the worker's requests back for the whole backlog.
+YIELD_EVERY = 16
 
 
 def eventlet_patched() -> bool:
@@ -176,9 +179,15 @@ class Handoff(Generic[T]):
             self._event.clear()
 
     def drain(self) -> int:
-        """Deliver what is queued now, on the caller's thread; return how many."""
+        """Deliver what is queued now, on the caller's thread; return how many. Green, it lets
+        the hub run other green threads every ``YIELD_EVERY`` deliveries (order is kept: one
+        item is taken and delivered at a time)."""
         done = 0
         while self._items:
+            if self.green and done and done % YIELD_EVERY == 0:
+                import eventlet
+
+                eventlet.sleep(0)
             item = self._items.popleft()
             try:
                 self._deliver(item)

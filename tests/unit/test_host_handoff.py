@@ -207,3 +207,44 @@ def test_hub_log_hand_off_works_in_a_worker_forked_from_a_patched_master(tmp_pat
     assert results == {"master_before": True, "worker": True, "master_after": True,
                        "master_without_hub": True}, (
         done.stdout[-2000:] + done.stderr[-2000:])
+
+
+GREEN_BURST = r'''
+import json
+import eventlet
+from openalgo_events._handoff import YIELD_EVERY, Handoff
+
+seen = []
+box = Handoff(lambda item: seen.append(item), green=True)
+for i in range(10 * YIELD_EVERY):  # a burst, queued before the drainer runs
+    box.put(i)
+
+
+def request():  # another green thread of the worker, ready to run during the burst
+    seen.append("request")
+
+
+eventlet.spawn(request)
+box.drain()
+eventlet.sleep(0)
+items = [x for x in seen if x != "request"]
+print(json.dumps({"request_at": seen.index("request"), "in_order": items == list(range(
+    10 * YIELD_EVERY)), "yield_every": YIELD_EVERY}))
+'''
+
+
+def test_green_drain_of_a_burst_lets_other_green_threads_run_and_keeps_order():
+    """A green hand-off draining a burst of 160 items yields to the hub after at most
+    ``YIELD_EVERY`` deliveries (a request waiting on the worker runs within them, not after the
+    whole burst), and the items still arrive in put order."""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", GREEN_BURST], capture_output=True, text=True,
+                          timeout=60)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    assert lines, done.stdout[-2000:] + done.stderr[-2000:]
+    result = json.loads(lines[-1])
+    assert result["in_order"] is True
+    assert result["request_at"] <= result["yield_every"], result
