@@ -27,6 +27,9 @@ from ._threads import _original, new_event, new_lock, real_threading
 
 T = TypeVar("T")
 WAKE_TIMEOUT = 1.0  # seconds a drainer sleeps without a wake-up before it checks for stop
+# A green drainer yields to the hub after this many deliveries: a burst (the bridge gets a
+# consumer batch of hundreds) must not hold the worker's requests back for the whole backlog.
+YIELD_EVERY = 16
 
 
 def eventlet_patched() -> bool:
@@ -82,13 +85,35 @@ class Handoff(Generic[T]):
         self._stopping = False
         self.running = False
         if green:
-            self._read_fd, self._write_fd = os.pipe()
-            os.set_blocking(self._read_fd, False)
-            os.set_blocking(self._write_fd, False)
+            self._open_pipe()
             # eventlet's green os.read/os.write would wait on the hub on EAGAIN: use the originals
             self._write = _original("os").write
             self._read = _original("os").read
             self._event: Any = None
+        else:
+            self._event = new_event()
+
+    def _open_pipe(self) -> None:
+        self._read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self._read_fd, False)
+        os.set_blocking(self._write_fd, False)
+
+    def reset_in_child(self) -> None:
+        """Forget the parent's state in a forked child (call it from an ``after_in_child`` fork
+        hook, when the forking thread is the only one): its backlog (the parent delivers it),
+        its counters, its running flag (the parent's task does not exist here) and, if green,
+        its wake-up pipe, shared with the parent after a fork (a put here would wake the
+        parent's drainer, and the parent's drainer would eat this process's wake-ups)."""
+        self._items.clear()
+        self._count_lock = new_lock()
+        self.put_count = self.done_count = self.dropped = 0
+        self._stopping = False
+        self.running = False
+        if self.green:
+            for fd in (self._read_fd, self._write_fd):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._open_pipe()
         else:
             self._event = new_event()
 
@@ -154,9 +179,15 @@ class Handoff(Generic[T]):
             self._event.clear()
 
     def drain(self) -> int:
-        """Deliver what is queued now, on the caller's thread; return how many."""
+        """Deliver what is queued now, on the caller's thread; return how many. Green, it lets
+        the hub run other green threads every ``YIELD_EVERY`` deliveries (order is kept: one
+        item is taken and delivered at a time)."""
         done = 0
         while self._items:
+            if self.green and done and done % YIELD_EVERY == 0:
+                import eventlet
+
+                eventlet.sleep(0)
             item = self._items.popleft()
             try:
                 self._deliver(item)

@@ -18,11 +18,22 @@ The handler's own lock is never taken (``handle`` is overridden): it shares noth
 real threads. The backlog is bounded (``MAX_BACKLOG``); records beyond it are counted and one
 warning says how many were dropped. Without eventlet nothing is installed: real threads and
 real handler locks mix fine.
+
+Fork: gunicorn's eventlet worker class monkey-patches at import, in the master, so the master
+(whose relay supervisor starts a real thread) installs the hand-off too, and its workers are
+forked from it. A forked child gets the handler with the parent's green task marked started,
+though that task lives on the parent's hub, and a wake-up pipe it shares with the parent: its
+real threads' records would wait until the worker exits. So the child forgets the parent's
+hand-off at fork (``os.register_at_fork``) and starts its own task on its own hub at the next
+``guard()`` or record from the hub's thread. The master itself never runs its hub (it waits
+in gunicorn's own loop): the hook calls ``forward_directly_here()`` there, so the relay
+supervisor's records are passed on at once, on its thread.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from ._handoff import Handoff, eventlet_patched, on_main_thread
@@ -33,6 +44,7 @@ MAX_BACKLOG = 10_000
 
 _lock = new_lock()
 _handler: HubLogHandler | None = None
+_DIRECT: set[int] = set()  # pids of processes whose main thread runs no hub (forward directly)
 
 
 def _forward(record: logging.LogRecord) -> None:
@@ -72,6 +84,9 @@ class HubLogHandler(logging.Handler):
         return True
 
     def emit(self, record: logging.LogRecord) -> None:
+        if os.getpid() in _DIRECT:  # no hub runs here: forward on the caller's thread
+            _forward(record)
+            return
         if on_main_thread():
             self.start()
             self._report_drops()
@@ -84,7 +99,7 @@ class HubLogHandler(logging.Handler):
 
     def start(self) -> None:
         """Start the green task (on the hub's thread only; elsewhere it would never run)."""
-        if self.started or not on_main_thread():
+        if self.started or not on_main_thread() or os.getpid() in _DIRECT:
             return
         self.started = True
         import eventlet
@@ -107,6 +122,12 @@ class HubLogHandler(logging.Handler):
                 "openalgo-events dropped %s log records from its background threads "
                 "(over %s waiting for the worker's loop)", (dropped, MAX_BACKLOG), None)
             _forward(record)
+
+    def reset_in_child(self) -> None:
+        """In a forked child: a hand-off of its own, its task not yet started (see above)."""
+        self.handoff.reset_in_child()
+        self._reported_drops = 0
+        self.started = False
 
     def drain(self) -> int:
         """Forward the backlog now (on the hub's thread only, e.g. at worker exit)."""
@@ -131,6 +152,26 @@ def guard() -> HubLogHandler | None:
             _handler = handler
     _handler.start()
     return _handler
+
+
+def forward_directly_here() -> None:
+    """Declare that this process's main thread never runs eventlet's hub, though ``threading``
+    is patched: gunicorn's master, which the eventlet worker class patches at import and which
+    then waits in its own (unpatched) loop. A green task there would never run, so records of
+    our real threads (the relay supervisor's) would wait until exit; here they are passed to
+    the root's handlers on the thread that made them, as without eventlet. Processes forked
+    from this one (the workers) are not affected: their hub runs the hand-off's task."""
+    _DIRECT.add(os.getpid())
+
+
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = new_lock()  # another thread of the parent may have held it at the fork
+    if _handler is not None:
+        _handler.reset_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def drain() -> int:

@@ -221,9 +221,9 @@ def test_preload_publisher_built_before_fork_writes_one_journal_per_worker(
 
 
 def test_kill_9_of_relay_worker_and_everything_loses_nothing(kafka_bootstrap, topic, tmp_path):
-    """At 100 events/s: kill -9 of the relay (the master restarts it), of the worker (gunicorn
-    restarts it), then of master, worker and relay at once and a new start: every event the
-    app acknowledged arrives."""
+    """At 100 events/s: kill -9 of the relay (the master restarts it and says so in its log),
+    of the worker (gunicorn restarts it), then of master, worker and relay at once and a new
+    start: every event the app acknowledged arrives."""
     create_topic(kafka_bootstrap, topic)
     collector = TopicCollector(kafka_bootstrap, topic)
     env = {"ORDER_EVENT_MODE": "KAFKA", "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
@@ -238,6 +238,10 @@ def test_kill_9_of_relay_worker_and_everything_loses_nothing(kafka_bootstrap, to
             os.kill(first, signal.SIGKILL)
             second = wait_for(lambda: (p := relay_pid(app.spool)) and p != first and p, 20,
                               message="the supervisor to restart the relay")
+            # The supervisor's thread in the (monkey-patched) master: its record reaches the
+            # master's output through the hub while the master runs, not only at its exit.
+            wait_for(lambda: f"the relay (pid {first}) exited" in app.text(), 10,
+                     message="the supervisor's line in the master's log")
             count = len(loader.acked)
             wait_for(lambda: len(loader.acked) >= count + 150, 20, message="events flowing")
             [worker] = app.workers()

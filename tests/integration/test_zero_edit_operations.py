@@ -4,6 +4,9 @@ reaches Kafka and who emits to the browsers."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 import requests
 from engineio import payload
@@ -28,10 +31,21 @@ def _order_ids(listener: Listener, prefix: str) -> list[str]:
             if str(p.get("orderid", "")).startswith(prefix)]
 
 
+def _parent(pid: int) -> int | None:
+    """The parent's pid of a live process (Linux /proc), None once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
 def test_zero_edit_install_answers_health_metrics_and_mode(kafka_bootstrap, topic, tmp_path):
-    """Health (200, KAFKA mode, bridge healthy), Prometheus metrics and POST /mode answer in a
-    worker started only through the hook; after a switch to SOCKETIO the app's own toasts reach
-    the browser once (not held back for a bridge that gets nothing) and Kafka gets nothing new."""
+    """Health (200, KAFKA mode, bridge healthy, the spool depth and broker state from the status
+    of the relay the master supervises), Prometheus metrics (the same figures) and POST /mode
+    answer in a worker started only through the hook; after a switch to SOCKETIO the app's own
+    toasts reach the browser once (not held back for a bridge that gets nothing) and Kafka gets
+    nothing new."""
     create_topic(kafka_bootstrap, topic, 1)
     command, env, port = gunicorn(tmp_path, ORDER_EVENT_MODE="KAFKA",
                                   KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap,
@@ -46,9 +60,19 @@ def test_zero_edit_install_answers_health_metrics_and_mode(kafka_bootstrap, topi
         assert health["mode"] == "KAFKA" and health["bridge"]["healthy"] is True
         requests.post(f"{url}/publish", params={"n": 3, "orderid": "K"}, timeout=10)
         wait_for(lambda: len(_order_ids(browser, "K-")) == 3, 30, message="bridge emits")
+        # Health comes from the relay's status: the relay the master supervises (when_ready),
+        # not one of the worker's own, has taken the three events off the spool.
+        wait_for(lambda: requests.get(f"{prefix}/health", timeout=5).json()["spool_depth"] == 0,
+                 30, message="the relay's status: spool drained")
+        kafka = requests.get(f"{prefix}/health", timeout=5).json()["transports"]["kafka"]
+        assert kafka["relay_running"] is True and kafka["broker_reachable"] is True, kafka
+        assert _parent(kafka["relay_pid"]) is not None
+        assert _parent(_parent(kafka["relay_pid"])) == os.getpid(), "relay not the master's child"
+        assert "openalgo_events.relay" in Path(f"/proc/{kafka['relay_pid']}/cmdline").read_text()
         metrics = requests.get(f"{prefix}/metrics", timeout=5)
         assert metrics.status_code == 200
-        assert "openalgo_events" in metrics.text
+        assert "openalgo_events_spool_depth 0.0" in metrics.text, metrics.text
+        assert "openalgo_events_broker_reachable 1.0" in metrics.text, metrics.text
         refused = requests.post(f"{prefix}/mode", json={"mode": "SOCKETIO"}, timeout=5)
         assert refused.status_code == 401
         switched = requests.post(f"{prefix}/mode", json={"mode": "SOCKETIO"},

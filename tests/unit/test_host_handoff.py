@@ -139,3 +139,112 @@ def test_hub_log_handler_queues_real_thread_records_and_reports_drops(caplog, mo
     messages = [r.getMessage() for r in caplog.records]
     assert messages[0].startswith("openalgo-events dropped 2 log records")
     assert messages[1:] == ["record 0 of 5", "record 1 of 5", "record 2 of 5"]
+
+
+FORKED_WORKER = r'''
+import eventlet
+eventlet.monkey_patch()  # as gunicorn's eventlet worker class does at import, in the master
+
+import io, json, logging, os, sys, time
+from eventlet import hubs, patcher
+from openalgo_events._hostlog import forward_directly_here, guard
+
+real_threading = patcher.original("threading")
+real_time = patcher.original("time")
+out = io.StringIO()
+root = logging.getLogger()
+root.addHandler(logging.StreamHandler(out))
+root.setLevel(logging.INFO)
+log = logging.getLogger("openalgo_events.test")
+
+
+def from_a_real_thread(text, hub=True):
+    thread = real_threading.Thread(target=log.info, args=("%s", text), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 5
+    while text not in out.getvalue() and time.monotonic() < deadline:
+        if hub:
+            eventlet.sleep(0.01)  # the hub runs the hand-off's task, as in a worker's loop
+        else:
+            real_time.sleep(0.01)  # gunicorn's master: its own loop, never the hub
+    return text in out.getvalue()
+
+
+guard()  # the master: its relay supervisor starts a real thread
+master_before = from_a_real_thread("master before the fork")
+pid = os.fork()
+if pid == 0:  # the worker
+    hubs.use_hub()  # a hub of its own, as gunicorn's worker does after the fork
+    guard()
+    ok = from_a_real_thread("worker's record")
+    os.write(1, (json.dumps({"worker": ok}) + "\n").encode())
+    os._exit(0)
+os.waitpid(pid, 0)
+master_after = from_a_real_thread("master after the fork")
+forward_directly_here()  # what the hook's when_ready does in gunicorn's master
+print(json.dumps({"master_before": master_before, "master_after": master_after,
+                  "master_without_hub": from_a_real_thread("no hub here", hub=False)}),
+      flush=True)
+'''
+
+
+def test_hub_log_hand_off_works_in_a_worker_forked_from_a_patched_master(tmp_path):
+    """A worker forked from a monkey-patched master that had the hand-off installed (gunicorn's
+    eventlet worker class patches the master at import) forwards its real threads' records on
+    its own hub while it runs, not only at exit; the master's hand-off still works, and once
+    the master is declared hub-less (the hook's ``when_ready``) its real threads' records reach
+    the handlers while the hub never runs."""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", FORKED_WORKER], capture_output=True, text=True,
+                          timeout=60, cwd=tmp_path)
+    results: dict[str, bool] = {}
+    for line in done.stdout.splitlines():
+        if line.startswith("{"):
+            results.update(json.loads(line))
+    assert results == {"master_before": True, "worker": True, "master_after": True,
+                       "master_without_hub": True}, (
+        done.stdout[-2000:] + done.stderr[-2000:])
+
+
+GREEN_BURST = r'''
+import json
+import eventlet
+from openalgo_events._handoff import YIELD_EVERY, Handoff
+
+seen = []
+box = Handoff(lambda item: seen.append(item), green=True)
+for i in range(10 * YIELD_EVERY):  # a burst, queued before the drainer runs
+    box.put(i)
+
+
+def request():  # another green thread of the worker, ready to run during the burst
+    seen.append("request")
+
+
+eventlet.spawn(request)
+box.drain()
+eventlet.sleep(0)
+items = [x for x in seen if x != "request"]
+print(json.dumps({"request_at": seen.index("request"), "in_order": items == list(range(
+    10 * YIELD_EVERY)), "yield_every": YIELD_EVERY}))
+'''
+
+
+def test_green_drain_of_a_burst_lets_other_green_threads_run_and_keeps_order():
+    """A green hand-off draining a burst of 160 items yields to the hub after at most
+    ``YIELD_EVERY`` deliveries (a request waiting on the worker runs within them, not after the
+    whole burst), and the items still arrive in put order."""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", GREEN_BURST], capture_output=True, text=True,
+                          timeout=60)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    assert lines, done.stdout[-2000:] + done.stderr[-2000:]
+    result = json.loads(lines[-1])
+    assert result["in_order"] is True
+    assert result["request_at"] <= result["yield_every"], result

@@ -97,6 +97,11 @@ def when_ready(server: _Any) -> None:
         else:
             _os.environ[_AUTOSTART] = _AUTOSTART_BEFORE
         return
+    from openalgo_events._hostlog import forward_directly_here
+
+    # Patched by the eventlet worker class, the master still never runs eventlet's hub: the
+    # supervisor thread's records go straight to the master's handlers (see _hostlog).
+    forward_directly_here()
     _SUPERVISOR.append(RelaySupervisor(settings).start())
 
 
@@ -106,6 +111,9 @@ def on_exit(server: _Any) -> None:
         _CHAINED["on_exit"](server)
     while _SUPERVISOR:
         _SUPERVISOR.pop().stop()
+    from openalgo_events._hostlog import drain
+
+    drain()  # records queued before forward_directly_here(), e.g. by a --preload import
 
 
 _load_existing_config()

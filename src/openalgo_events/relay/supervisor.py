@@ -1,9 +1,15 @@
 """A relay started and watched by a parent that lives on: gunicorn's master.
 
-The master is a plain process (gunicorn monkey-patches only inside eventlet workers), so a real
-thread there can wait on the child. The relay is restarted when it dies (after a short backoff,
-doubling up to 10 s), and stopped with SIGTERM after the workers at shutdown, given the close
-timeout to drain plus a margin, then killed. Workers forked after ``start`` inherit
+The watcher is a real OS thread (``_threads.start_thread``). gunicorn's eventlet worker class
+monkey-patches at import, so with ``--worker-class eventlet`` the master is patched too: its
+``subprocess`` is eventlet's, whose ``Popen.wait`` sleeps on a hub, so the watcher only polls
+(``Popen.poll`` never waits) and ``stop`` (on the master's main thread, ``on_exit``) is the one
+that waits. The master never runs eventlet's hub, so the hook has the watcher's log records
+passed on directly (``_hostlog.forward_directly_here``).
+
+The relay is restarted when it dies (after a short backoff, doubling up to 10 s), and stopped
+with SIGTERM after the workers at shutdown, given the close timeout to drain plus a margin, then
+killed. Workers forked after ``start`` inherit
 ``OPENALGO_EVENTS_RELAY_AUTOSTART=FALSE``: this relay is theirs, they start none of their own.
 """
 
@@ -66,8 +72,10 @@ class RelaySupervisor:
                 continue
             if self._stopping.is_set():
                 return
-            log.error("openalgo-events: the relay exited (status %s); restarting it in %s s",
-                      code, backoff)
+            # Under gunicorn the master's SIGCHLD handler may reap the relay first
+            # (waitpid(-1)): Popen then reads status 0, and gunicorn logs the real one.
+            log.error("openalgo-events: the relay (pid %s) exited (status %s); restarting it "
+                      "in %s s", self.process.pid, code, backoff)
             if self._stopping.wait(backoff):
                 return
             backoff = min(backoff * 2, 10.0)
