@@ -325,7 +325,9 @@ def test_eventlet_host_survives_a_frozen_broker(topic, tmp_path):
     pings.sort()
     print(f"\nbroker frozen 20 s: /ping p50 {statistics.median(pings):.1f} ms, "
           f"p99 {pings[int(len(pings) * 0.99) - 1]:.1f} ms; SIGTERM to all gone {took:.1f} s")
-    assert pings[int(len(pings) * 0.99) - 1] < 100
+    # A blocked hub (the failure this guards against) holds requests for seconds; 250 ms leaves
+    # room for a busy 2-core machine running the broker, the relay and this test beside it.
+    assert pings[int(len(pings) * 0.99) - 1] < 250
     assert took < 10
     log = app.text()
     assert "Logging error" not in log
