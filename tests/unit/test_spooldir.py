@@ -36,6 +36,50 @@ def test_identity_mismatch_is_refused_with_the_fix(tmp_path):
         spooldir.Identity("k2:9092", "orders").claim(spool)
 
 
+def test_identity_claim_replaces_a_torn_file_and_still_refuses_a_mismatch(tmp_path):
+    """An empty identity file (a claimant killed between creating and writing it) does not stop
+    a restart, is replaced by a whole one, and the check holds again after it."""
+    spool = str(tmp_path / "s.db")
+    with open(spooldir.identity_path(spool), "w"):
+        pass
+    spooldir.Identity("k1:9092", "orders").claim(spool)
+    assert spooldir.read_json(spooldir.identity_path(spool)) == {
+        "version": spooldir.VERSION, "bootstrap_servers": "k1:9092", "topic": "orders"}
+    with pytest.raises(ConfigError, match="not k2:9092 topic orders"):
+        spooldir.Identity("k2:9092", "orders").claim(spool)
+
+
+def test_racing_identity_claims_let_exactly_one_identity_in(tmp_path):
+    """Claimants of two identities racing on a fresh spool (hosts and a relay starting at
+    once): every claimant of the winner's identity succeeds, every other one is refused, and
+    no claimant sees a half-written file."""
+    import threading
+
+    for round_ in range(30):
+        spool = str(tmp_path / f"s{round_}.db")
+        start = threading.Barrier(8)
+        outcome: dict[int, str] = {}
+
+        def claim(i: int, spool: str = spool, start: threading.Barrier = start,
+                  outcome: dict[int, str] = outcome) -> None:
+            start.wait()
+            try:
+                spooldir.Identity(f"k{i % 2}:9092", "orders").claim(spool)
+                outcome[i] = "ok"
+            except ConfigError:
+                outcome[i] = "refused"
+
+        threads = [threading.Thread(target=claim, args=(i,)) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        winner = spooldir.read_json(spooldir.identity_path(spool))
+        assert winner is not None
+        won = int(winner["bootstrap_servers"][1])
+        assert outcome == {i: "ok" if i % 2 == won else "refused" for i in range(8)}
+
+
 def test_each_process_journals_in_its_own_locked_directory(tmp_path):
     """The first publish creates <spool>.writers/<pid>-<start>/ holding a lock only this process
     holds, and the record in the format the relay reads."""
