@@ -66,8 +66,9 @@ def stop_relays(tmp_path) -> None:
 def test_event_refused_at_produce_is_set_aside_and_the_next_one_flows(
         kafka_bootstrap, topic, tmp_path, caplog):
     """An event librdkafka refuses at produce for good (over its message.max.bytes) is set aside
-    as rejected (ERROR naming its id, counted, in health and the spool's rejected table), and
-    the events published after it, by the same user, are delivered."""
+    as rejected (ERROR naming its id once in the relay process's log, counted on its /metrics,
+    in the host's health and in 'spool rejected'), and the events published after it, by the
+    same user, are delivered."""
     create_topic(kafka_bootstrap, topic)
     caplog.set_level(logging.INFO, logger="openalgo_events")
     p = publisher(kafka_bootstrap, topic, tmp_path, KAFKA_LIBRDKAFKA_MESSAGE_MAX_BYTES="20000")
@@ -99,7 +100,8 @@ def test_refused_backlog_event_after_restart_is_set_aside_then_retried(
         kafka_bootstrap, topic, tmp_path):
     """Spooled while the broker was away, an event the restarted app's producer refuses (its
     limit was lowered) does not block the backlog behind it; 'spool rejected' lists it and,
-    once the limit is raised again, 'spool retry' sends it with its event id."""
+    once the limit is raised again, 'spool retry', run while the app's relay process holds the
+    spool, sends it with its event id, once."""
     create_topic(kafka_bootstrap, topic)
     spool_path = str(tmp_path / "spool.db")
     first = offline(kafka_bootstrap, tmp_path, topic)

@@ -117,3 +117,32 @@ def test_unwritable_journal_raises_instead_of_accepting(tmp_path):
         assert publisher.transport.journaled == 0
     finally:
         publisher.close()
+
+
+def test_publisher_starts_one_relay_while_it_starts_and_another_once_it_died(tmp_path,
+                                                                            monkeypatch):
+    """While the relay a publisher started has not taken the spool's lock yet (a slow Python
+    start), further publishes start no second relay (it would only log that the first holds
+    the spool); once the relay was seen running and is gone, the next check starts one at once."""
+    from openalgo_events.transports import relayed
+
+    monkeypatch.setenv("OPENALGO_EVENTS_RELAY_AUTOSTART", "TRUE")
+    monkeypatch.setattr(relayed, "CHECK_RELAY_EVERY", 0.0)  # check at every publish
+    running = {"now": False}
+    started: list[str] = []
+    monkeypatch.setattr(spooldir, "relay_running", lambda _path: running["now"])
+    monkeypatch.setattr(relayed, "start_detached", lambda _s, path: started.append(path))
+    spool = str(tmp_path / "s.db")
+    publisher = KafkaEventPublisher("127.0.0.1:9", "orders",
+                                    settings=Settings.from_env({"KAFKA_SPOOL_PATH": spool}))
+    try:
+        for i in range(5):  # the relay is starting: not holding the lock yet
+            publisher.publish_order_event("alice", "SBIN", "BUY", str(i), "live")
+        assert started == [spool]
+        running["now"] = True  # it took the lock
+        publisher.publish_order_event("alice", "SBIN", "BUY", "5", "live")
+        running["now"] = False  # and died (kill -9)
+        publisher.publish_order_event("alice", "SBIN", "BUY", "6", "live")
+        assert started == [spool, spool]
+    finally:
+        publisher.close()
