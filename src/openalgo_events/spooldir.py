@@ -174,12 +174,19 @@ class Identity:
 def _check_identity(recorded: dict[str, Any], path: str, spool_path: str,
                     mine: dict[str, Any]) -> None:
     theirs = {k: recorded.get(k) for k in mine}
-    if theirs != mine:
+    if _same_cluster(theirs) != _same_cluster(mine):
         raise ConfigError([
             f"spool {spool_path} belongs to a relay for {theirs['bootstrap_servers']} topic "
             f"{theirs['topic']}, not {mine['bootstrap_servers']} topic {mine['topic']}; give "
             "this publisher its own KAFKA_SPOOL_PATH, or, once that spool is drained (no events "
             f"pending), delete {path}"])
+
+
+def _same_cluster(identity: dict[str, Any]) -> dict[str, Any]:
+    """An identity compared by meaning: the bootstrap list in any order, with any spaces."""
+    servers = str(identity.get("bootstrap_servers") or "")
+    return {**identity, "bootstrap_servers": sorted(
+        {part.strip() for part in servers.split(",") if part.strip()})}
 
 
 def read_json(path: str) -> dict[str, Any] | None:

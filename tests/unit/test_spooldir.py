@@ -36,6 +36,16 @@ def test_identity_mismatch_is_refused_with_the_fix(tmp_path):
         spooldir.Identity("k2:9092", "orders").claim(spool)
 
 
+def test_identity_is_the_same_cluster_whatever_the_order_of_the_bootstrap_list(tmp_path):
+    """A restart listing the same brokers in another order, or with spaces, is the same cluster;
+    a list with another broker is not."""
+    spool = str(tmp_path / "s.db")
+    spooldir.Identity("k1:9092,k2:9092", "orders").claim(spool)
+    spooldir.Identity("k2:9092, k1:9092", "orders").claim(spool)
+    with pytest.raises(ConfigError, match="not k1:9092,k3:9092 topic orders"):
+        spooldir.Identity("k1:9092,k3:9092", "orders").claim(spool)
+
+
 def test_identity_claim_replaces_a_torn_file_and_still_refuses_a_mismatch(tmp_path):
     """An empty identity file (a claimant killed between creating and writing it) does not stop
     a restart, is replaced by a whole one, and the check holds again after it."""
