@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import signal
+import time
 import urllib.request
 from typing import Any
 
@@ -61,3 +63,18 @@ def relay_metrics(health: dict[str, Any]) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{health['relay_port']}/metrics",
                                 timeout=5) as reply:
         return str(reply.read().decode())
+
+
+def stop_relays(spool: str, timeout: float = 30.0) -> None:
+    """SIGTERM the relays of ``spool``, as an app restart does (each drains for
+    KAFKA_CLOSE_TIMEOUT_SECONDS and exits, leaving what is pending in the spool), and wait
+    until they are gone. Sent again until then: a relay just started by a publisher may still
+    be starting (forked, not yet running Python), when the first signal finds no relay yet."""
+    deadline = time.monotonic() + timeout
+    while pids := relay_processes(spool):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the relays {pids} of {spool} did not stop within {timeout} s")
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        time.sleep(0.1)

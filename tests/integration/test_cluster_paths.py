@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from openalgo_events import KafkaEventPublisher, Settings, spooldir
 from openalgo_events.cli import main
 from openalgo_events.ops.topics import describe_topics
-from tests.integration.relay_support import relay_errors, relay_log
+from tests.integration.relay_support import relay_errors, relay_log, stop_relays
 from tests.kafka_cluster import SCRAM_PASSWORD, SCRAM_USER, KafkaCluster
 from tests.support import TopicCollector, create_topic, wait_for
 
@@ -135,6 +135,7 @@ def test_sasl_scram_wrong_password_is_an_authentication_error_once(kafka_cluster
         assert not errors_mentioning(tmp_path, "unreachable")
     finally:
         publisher.close(1)
+        stop_relays(str(tmp_path / "spool.db"))  # it would wait for a publisher for a minute
     out, err = capsys.readouterr()
     files = "".join(Path(path).read_text(errors="replace") for path in (
         spooldir.log_path(str(tmp_path / "spool.db")),

@@ -4,12 +4,10 @@ credential reaches the topic or the spool files."""
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import json
 import logging
 import os
-import signal
 import sqlite3
 import time
 from typing import Any
@@ -20,7 +18,7 @@ from click.testing import CliRunner
 from openalgo_events import KafkaEventPublisher, Settings
 from openalgo_events.cli import main
 from openalgo_events.devbroker import DevBroker, free_port
-from tests.integration.relay_support import relay_errors, relay_log, relay_metrics, relay_processes
+from tests.integration.relay_support import relay_errors, relay_log, relay_metrics, stop_relays
 from tests.support import create_topic, ensure_topic, read_topic, wait_for
 from tests.unit.test_secrets import corpus_data
 
@@ -53,14 +51,9 @@ def offline(bootstrap: str, tmp_path, topic: str, **env: str) -> KafkaEventPubli
                      **env)
 
 
-def stop_relays(tmp_path) -> None:
-    """Stop the relay of the spool in ``tmp_path`` as an app restart does (SIGTERM: it drains
-    for KAFKA_CLOSE_TIMEOUT_SECONDS and exits, leaving what is pending in the spool)."""
-    spool = str(tmp_path / "spool.db")
-    for pid in relay_processes(spool):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-    wait_for(lambda: not relay_processes(spool), 30, message="the relay stopped")
+def stop_app_relay(tmp_path) -> None:
+    """Stop the relay of the spool in ``tmp_path`` as an app restart does."""
+    stop_relays(str(tmp_path / "spool.db"))
 
 
 def test_event_refused_at_produce_is_set_aside_and_the_next_one_flows(
@@ -108,7 +101,7 @@ def test_refused_backlog_event_after_restart_is_set_aside_then_retried(
     big = order(first, "alice", "1", note="y" * 200_000)
     backlog = [order(first, "alice", str(i)) for i in range(2, 5)]
     assert first.close(0.5) == 4
-    stop_relays(tmp_path)  # the app restarts, and its relay with it
+    stop_app_relay(tmp_path)  # the app restarts, and its relay with it
     second = publisher(kafka_bootstrap, topic, tmp_path, ORDER_EVENT_MAX_MESSAGE_BYTES="100000")
     try:
         order(second, "bob", "10")  # the restarted app publishes: its relay starts
@@ -117,7 +110,7 @@ def test_refused_backlog_event_after_restart_is_set_aside_then_retried(
                  message="backlog settled, the big event set aside")
     finally:
         second.close(5)
-    stop_relays(tmp_path)  # restarted once more, with the limit raised again
+    stop_app_relay(tmp_path)  # restarted once more, with the limit raised again
     listed = CliRunner().invoke(main, ["spool", "rejected", "--spool", spool_path])
     assert listed.exit_code == 0 and big in listed.output and "1 rejected" in listed.output
     third = publisher(kafka_bootstrap, topic, tmp_path)
@@ -145,7 +138,7 @@ def test_unreadable_stored_record_is_quarantined(kafka_bootstrap, topic, tmp_pat
     good = [order(first, "alice", str(i)) for i in range(2, 5)]
     wait_for(lambda: first.health()["spool_depth"] == 4, message="the events in SQLite")
     assert first.close(0.5) == 4
-    stop_relays(tmp_path)
+    stop_app_relay(tmp_path)
     with sqlite3.connect(tmp_path / "spool.db") as db:
         db.execute("UPDATE events SET value = ? WHERE event_id = ?",
                    (b'{"event_id":"' + bad.encode() + b'","quantity":1' + b"0" * 400 + b"}", bad))
