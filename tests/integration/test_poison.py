@@ -235,12 +235,8 @@ def test_topic_smaller_than_the_publish_limit_is_warned_about(kafka_bootstrap, t
                                                              caplog, cli_env):
     """A topic whose max.message.bytes is below ORDER_EVENT_MAX_MESSAGE_BYTES draws a warning
     naming both numbers and the fix, from 'check' and once at the relay's start-up."""
-    from confluent_kafka.admin import AdminClient, NewTopic
-
-    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
-    for future in admin.create_topics([NewTopic(topic, 1, 1, config={
-            "max.message.bytes": "5000"})]).values():
-        future.result(10)
+    # and wait for its leader: a cluster answers CreateTopics before every broker knows it
+    create_topic(kafka_bootstrap, topic, configs={"max.message.bytes": "5000"})
     cli_env(KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap, KAFKA_ORDER_EVENTS_TOPIC=topic,
             ORDER_EVENT_MODE="KAFKA", KAFKA_SPOOL_PATH=str(tmp_path / "check.db"))
     checked = CliRunner().invoke(main, ["check"])
