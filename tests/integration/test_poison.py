@@ -14,12 +14,13 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from confluent_kafka import KafkaError, KafkaException
 
 from openalgo_events import KafkaEventPublisher, Settings
 from openalgo_events.cli import main
 from openalgo_events.devbroker import DevBroker, free_port
 from tests.integration.relay_support import relay_errors, relay_log, relay_metrics, stop_relays
-from tests.support import create_topic, ensure_topic, read_topic, wait_for
+from tests.support import create_topic, read_topic, wait_for
 from tests.unit.test_secrets import corpus_data
 
 pytestmark = pytest.mark.broker
@@ -216,7 +217,12 @@ def test_broker_down_20s_logs_a_handful_of_lines(tmp_path, topic, caplog):
             time.sleep(max(0.0, start + i - time.monotonic()))
             order(p, "alice", str(i + 1))
         broker = DevBroker(port).start()  # an empty broker at the same address
-        ensure_topic(broker.bootstrap_servers, topic)  # the relay's producer may have made it
+        # the dev broker creates topics on demand: the relay's producer may make it first
+        try:
+            create_topic(broker.bootstrap_servers, topic)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
         wait_for(lambda: p.health()["spool_depth"] == 0, 60, message="the backlog delivered")
         # what the relay process logged meanwhile (at INFO: its log's level), and the host
         lines = relay_log(str(tmp_path / "spool.db"))[logged:]
@@ -260,7 +266,6 @@ def test_global_condition_keeps_everything_and_is_logged_once(kafka_bootstrap, t
     rebuild, is named in health, is logged at ERROR once however often it repeats and never as
     "unreachable"; when the broker answers metadata again the events go out in order and one
     line says it is over."""
-    from confluent_kafka import KafkaError
 
     create_topic(kafka_bootstrap, topic)
     caplog.set_level(logging.INFO, logger="openalgo_events")
