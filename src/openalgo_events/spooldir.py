@@ -46,6 +46,7 @@ import json
 import mmap
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -133,34 +134,59 @@ class Identity:
         """Record this identity, or check it against the one recorded.
 
         Raises ``ConfigError`` when the directory belongs to another cluster or topic: events
-        handed to that relay would go there.
+        handed to that relay would go there. Safe against a concurrent claim (hosts and the
+        relay start together): the file appears complete, by a hard link, or not at all. A file
+        no claimant could have written whole (empty or torn, from a crash of an earlier version
+        or a full disk) is replaced, never a reason to stop.
         """
         path = identity_path(spool_path)
         mine = {"version": VERSION, "bootstrap_servers": self.bootstrap_servers,
                 "topic": self.topic}
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            _check_identity(path, spool_path, mine)
-            return
+            for _attempt in range(5):
+                tmp = f"{path}.{os.getpid()}-{threading.get_ident()}-{time.time_ns()}.tmp"
+                try:
+                    if os.path.exists(path):  # seen before it is read: a whole file, or torn
+                        recorded = read_json(path)
+                        if recorded is not None:
+                            _check_identity(recorded, path, spool_path, mine)
+                            return
+                        with open(tmp, "w") as handle:
+                            json.dump(mine, handle)
+                        os.replace(tmp, path)  # a stale torn file, replaced whole
+                        return
+                    with open(tmp, "w") as handle:
+                        json.dump(mine, handle)
+                    os.link(tmp, path)  # fails if another claimant was first: check theirs
+                    return
+                except FileExistsError:
+                    continue
+                finally:
+                    with contextlib.suppress(OSError):
+                        os.remove(tmp)
         except OSError as exc:
             raise ConfigError([f"cannot write {path} ({exc.strerror}); make its directory "
                                "writable or set KAFKA_SPOOL_PATH to a writable location"]) from exc
-        with os.fdopen(fd, "w") as handle:
-            json.dump(mine, handle)
+        raise ConfigError([f"cannot claim {path}: it keeps changing; is something else "
+                           "rewriting it? Set KAFKA_SPOOL_PATH to a spool of its own"])
 
 
-def _check_identity(path: str, spool_path: str, mine: dict[str, Any]) -> None:
-    recorded = read_json(path)
-    if recorded is None:
-        return  # being written by the first claimant this very moment
+def _check_identity(recorded: dict[str, Any], path: str, spool_path: str,
+                    mine: dict[str, Any]) -> None:
     theirs = {k: recorded.get(k) for k in mine}
-    if theirs != mine:
+    if _same_cluster(theirs) != _same_cluster(mine):
         raise ConfigError([
             f"spool {spool_path} belongs to a relay for {theirs['bootstrap_servers']} topic "
             f"{theirs['topic']}, not {mine['bootstrap_servers']} topic {mine['topic']}; give "
             "this publisher its own KAFKA_SPOOL_PATH, or, once that spool is drained (no events "
             f"pending), delete {path}"])
+
+
+def _same_cluster(identity: dict[str, Any]) -> dict[str, Any]:
+    """An identity compared by meaning: the bootstrap list in any order, with any spaces."""
+    servers = str(identity.get("bootstrap_servers") or "")
+    return {**identity, "bootstrap_servers": sorted(
+        {part.strip() for part in servers.split(",") if part.strip()})}
 
 
 def read_json(path: str) -> dict[str, Any] | None:

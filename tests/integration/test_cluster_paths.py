@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
-from openalgo_events import KafkaEventPublisher, Settings
+from openalgo_events import KafkaEventPublisher, Settings, spooldir
 from openalgo_events.cli import main
 from openalgo_events.ops.topics import describe_topics
+from tests.integration.relay_support import relay_errors, relay_log, stop_relays
 from tests.kafka_cluster import SCRAM_PASSWORD, SCRAM_USER, KafkaCluster
 from tests.support import TopicCollector, create_topic, wait_for
 
@@ -25,9 +27,18 @@ def settings(tmp_path: Any, **env: str) -> Settings:
                               "KAFKA_STALL_TIMEOUT_SECONDS": "5", **env})
 
 
-def errors_mentioning(caplog: pytest.LogCaptureFixture, *words: str) -> list[str]:
-    return [r.getMessage() for r in caplog.records
-            if r.levelno >= logging.ERROR and all(w in r.getMessage() for w in words)]
+def errors_mentioning(tmp_path: Any, *words: str) -> list[str]:
+    """The ERROR lines with every one of ``words`` that the relay process (which runs the
+    producer) wrote to its log, ``<spool>.relay.log``."""
+    return relay_errors(str(tmp_path / "spool.db"), *words)
+
+
+def missing_topic_named(health: dict[str, Any], topic: str) -> bool:
+    """Whether the host's health names the missing topic as the global condition it is, with
+    the command that fixes it."""
+    return (not health["healthy"] and health["condition"] == "topic missing"
+            and topic in str(health["condition_detail"])
+            and "openalgo-events topics create" in str(health["condition_detail"]))
 
 
 def test_topics_create_makes_the_documented_layout_on_three_brokers(kafka_cluster, cli_env,
@@ -58,12 +69,10 @@ def test_topics_create_makes_the_documented_layout_on_three_brokers(kafka_cluste
 
 
 def test_missing_topic_keeps_events_says_so_once_and_delivers_once_created(kafka_bootstrap,
-                                                                          tmp_path, topic,
-                                                                          caplog):
+                                                                          tmp_path, topic):
     """With auto-creation off, events for a topic that does not exist stay in the spool; ERROR
     names the topic and `openalgo-events topics create` once; health names the topic; all are
     delivered once the topic exists."""
-    caplog.set_level(logging.INFO)
     # librdkafka fails a message for an unknown topic after topic.metadata.propagation.max.ms
     # (30 s by default): shortened here to keep the test short.
     publisher = KafkaEventPublisher(kafka_bootstrap, topic, settings=settings(
@@ -72,20 +81,20 @@ def test_missing_topic_keeps_events_says_so_once_and_delivers_once_created(kafka
     try:
         ids = {publisher.publish_order_event("alice", "SBIN", "BUY", str(i), "live").event_id
                for i in range(20)}
-        wait_for(lambda: errors_mentioning(caplog, topic, "topics create"), 60,
+        wait_for(lambda: errors_mentioning(tmp_path, topic, "topics create"), 60,
                  message="an ERROR naming the topic and the command")
-        health = wait_for(lambda: (h := publisher.health()) and not h["healthy"]
-                          and topic in str(h["problem"]) and h, 30,
-                          message="health naming the missing topic")
+        health = wait_for(lambda: (h := publisher.health()) and missing_topic_named(h, topic)
+                          and h, 30, message="health naming the missing topic")
         assert health["spool_depth"] == 20
         publisher.publish_order_event("alice", "SBIN", "BUY", "late", "live")
-        assert len(errors_mentioning(caplog, topic, "topics create")) == 1
+        assert len(errors_mentioning(tmp_path, topic, "topics create")) == 1
         create_topic(kafka_bootstrap, topic, partitions=5)
         collector = TopicCollector(kafka_bootstrap, topic)
         wait_for(lambda: ids <= set(collector.event_ids()), 90,
                  message="every event once the topic exists")
         wait_for(lambda: publisher.health()["healthy"], 30, message="healthy again")
-        assert len(errors_mentioning(caplog, topic, "topics create")) == 1
+        assert len(errors_mentioning(tmp_path, topic, "topics create")) == 1
+        assert publisher.health()["condition"] is None
     finally:
         if collector:
             collector.stop()
@@ -108,25 +117,31 @@ def test_sasl_scram_wrong_password_is_an_authentication_error_once(kafka_cluster
                                         KAFKA_SASL_PASSWORD=wrong))
     try:
         publisher.publish_order_event("alice", "SBIN", "BUY", "1", "live")
-        wait_for(lambda: errors_mentioning(caplog, "authentication"), 30,
+        wait_for(lambda: errors_mentioning(tmp_path, "authentication"), 30,
                  message="an ERROR naming the authentication failure")
-        health = wait_for(lambda: (h := publisher.health()) and not h["healthy"] and h, 30,
+        health = wait_for(lambda: (h := publisher.health()) and not h["healthy"]
+                          and h["condition"] == "authentication failed" and h, 30,
                           message="health to report the failure")
-        assert "authentication" in str(health["problem"])
+        assert "KAFKA_SASL_PASSWORD" in str(health["condition_detail"])
         assert health["spool_depth"] == 1
-
-        def auth_records() -> int:
-            return sum("authentication" in r.getMessage().lower() for r in caplog.records)
-
-        # librdkafka retries each broker about every second: let it fail a few more times;
-        # retries in the same state must not add ERROR lines.
-        seen = auth_records()
-        wait_for(lambda: auth_records() >= seen + 3, 30, message="more failed attempts")
-        assert len(errors_mentioning(caplog, "authentication")) == 1
+        # librdkafka retries each broker about every second: let the relay run on for three
+        # more status files (one a second at least); retries in the same state must not add
+        # ERROR lines.
+        since = float(spooldir.read_status(str(tmp_path / "spool.db"))["updated"])  # type: ignore[index]
+        wait_for(lambda: float((spooldir.read_status(str(tmp_path / "spool.db")) or {})
+                               .get("updated", 0)) >= since + 3, 30,
+                 message="the relay running on")
+        assert len(errors_mentioning(tmp_path, "authentication")) == 1
+        assert not errors_mentioning(tmp_path, "unreachable")
     finally:
         publisher.close(1)
+        stop_relays(str(tmp_path / "spool.db"))  # it would wait for a publisher for a minute
     out, err = capsys.readouterr()
-    everything = out + err + "\n".join(r.getMessage() for r in caplog.records) + str(health)
+    files = "".join(Path(path).read_text(errors="replace") for path in (
+        spooldir.log_path(str(tmp_path / "spool.db")),
+        spooldir.status_path(str(tmp_path / "spool.db"))))
+    everything = (out + err + "\n".join(r.getMessage() for r in caplog.records) + str(health)
+                  + files + "\n".join(text for _, text in relay_log(str(tmp_path / "spool.db"))))
     assert wrong not in everything
 
 
@@ -198,13 +213,12 @@ def test_expired_producer_state_loses_and_reorders_nothing(cluster, tmp_path, to
 
 
 def test_topic_deleted_under_a_running_publisher_is_named_once_and_recovered(
-        kafka_cluster: KafkaCluster, tmp_path, topic, caplog):
+        kafka_cluster: KafkaCluster, tmp_path, topic):
     """The topic deleted while the publisher runs: failed deliveries are recognised as the
     topic missing (ERROR once, naming the topic and `topics create`; health names it), the
     events stay spooled, and everything arrives once the topic is created again."""
     from confluent_kafka.admin import AdminClient
 
-    caplog.set_level(logging.INFO)
     create_topic(kafka_cluster.bootstrap_servers, topic, partitions=5)
     publisher = KafkaEventPublisher(kafka_cluster.bootstrap_servers, topic, settings=settings(
         tmp_path, KAFKA_LIBRDKAFKA_TOPIC_METADATA_PROPAGATION_MAX_MS="3000",
@@ -220,17 +234,18 @@ def test_topic_deleted_under_a_running_publisher_is_named_once_and_recovered(
                  message="the topic gone")
         ids = {publisher.publish_order_event("alice", "SBIN", "BUY", str(i), "live").event_id
                for i in range(1, 21)}
-        wait_for(lambda: errors_mentioning(caplog, topic, "topics create"), 90,
+        wait_for(lambda: errors_mentioning(tmp_path, topic, "topics create"), 90,
                  message="an ERROR naming the topic and the command")
-        assert topic in str(publisher.health()["problem"])
-        assert publisher.health()["spool_depth"] >= 1
+        health = wait_for(lambda: (h := publisher.health()) and missing_topic_named(h, topic)
+                          and h, 30, message="health naming the missing topic")
+        assert health["spool_depth"] >= 1
         create_topic(kafka_cluster.bootstrap_servers, topic, partitions=5)
         collector = TopicCollector(kafka_cluster.bootstrap_servers, topic)
         wait_for(lambda: ids <= set(collector.event_ids()), 120,
                  message="every event once the topic exists again")
         wait_for(lambda: publisher.health()["healthy"], 30, message="healthy again")
         assert first not in collector.event_ids()  # it went down with the deleted topic
-        assert len(errors_mentioning(caplog, topic, "topics create")) == 1
+        assert len(errors_mentioning(tmp_path, topic, "topics create")) == 1
     finally:
         if collector:
             collector.stop()

@@ -7,16 +7,19 @@ from __future__ import annotations
 import glob
 import json
 import logging
+import os
 import sqlite3
 import time
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from confluent_kafka import KafkaError, KafkaException
 
 from openalgo_events import KafkaEventPublisher, Settings
 from openalgo_events.cli import main
 from openalgo_events.devbroker import DevBroker, free_port
+from tests.integration.relay_support import relay_errors, relay_log, relay_metrics, stop_relays
 from tests.support import create_topic, read_topic, wait_for
 from tests.unit.test_secrets import corpus_data
 
@@ -41,16 +44,25 @@ def ids_on(bootstrap: str, topic: str, count: int, timeout: float = 30.0) -> lis
             for m in read_topic(bootstrap, topic, count, timeout=timeout)]
 
 
-def offline(tmp_path, topic: str, **env: str) -> KafkaEventPublisher:
-    """A publisher whose broker is not there: what it publishes stays in the spool."""
-    return publisher(f"127.0.0.1:{free_port()}", topic, tmp_path, **env)
+def offline(bootstrap: str, tmp_path, topic: str, **env: str) -> KafkaEventPublisher:
+    """A publisher whose relay cannot reach the brokers (it resolves their IPv4 addresses as
+    IPv6 only): what it publishes stays in the spool. The spool keeps the cluster and topic of
+    the publishers that come after it (spooldir.Identity)."""
+    return publisher(bootstrap, topic, tmp_path, KAFKA_LIBRDKAFKA_BROKER_ADDRESS_FAMILY="v6",
+                     **env)
+
+
+def stop_app_relay(tmp_path) -> None:
+    """Stop the relay of the spool in ``tmp_path`` as an app restart does."""
+    stop_relays(str(tmp_path / "spool.db"))
 
 
 def test_event_refused_at_produce_is_set_aside_and_the_next_one_flows(
         kafka_bootstrap, topic, tmp_path, caplog):
     """An event librdkafka refuses at produce for good (over its message.max.bytes) is set aside
-    as rejected (ERROR naming its id, counted, in health and the spool's rejected table), and
-    the events published after it, by the same user, are delivered."""
+    as rejected (ERROR naming its id once in the relay process's log, counted on its /metrics,
+    in the host's health and in 'spool rejected'), and the events published after it, by the
+    same user, are delivered."""
     create_topic(kafka_bootstrap, topic)
     caplog.set_level(logging.INFO, logger="openalgo_events")
     p = publisher(kafka_bootstrap, topic, tmp_path, KAFKA_LIBRDKAFKA_MESSAGE_MAX_BYTES="20000")
@@ -58,15 +70,22 @@ def test_event_refused_at_produce_is_set_aside_and_the_next_one_flows(
         big = order(p, "alice", "1", note="x" * 30_000)
         after = [order(p, "alice", str(i)) for i in range(2, 6)]
         assert ids_on(kafka_bootstrap, topic, 4) == after
-        health = wait_for(lambda: (h := p.health())["spool_rejected"] == 1 and h,
-                          message="the big event set aside")
-        assert health["spool_depth"] == 0 and health["healthy"]
-        rejected = p.transport.spool.rejected()  # type: ignore[attr-defined]
-        assert [(r.event_id, r.event_type) for r in rejected] == [(big, "order_event")]
-        assert "MSG_SIZE_TOO_LARGE" in rejected[0].reason
-        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-        assert len(errors) == 1 and big in errors[0] and "spool retry" in errors[0]
-        assert p.stats.count("rejected", event_type="order_event", transport="kafka") == 1
+        # the delivery reports reach the status file a moment after the messages the topic
+        health = wait_for(lambda: (h := p.health())["spool_rejected"] == 1
+                          and h["spool_depth"] == 0 and h, message="the big event set aside")
+        assert health["healthy"] and health["relay_running"]
+        listed = CliRunner().invoke(main, ["spool", "rejected", "--json", "--spool",
+                                           str(tmp_path / "spool.db")])
+        assert listed.exit_code == 0, listed.output
+        rejected = [json.loads(line) for line in listed.output.splitlines()]
+        assert [(r["event_id"], r["event_type"]) for r in rejected] == [(big, "order_event")]
+        assert "MSG_SIZE_TOO_LARGE" in rejected[0]["reason"]
+        # the relay process logs it (its log file), once; the host's log stays quiet
+        errors = relay_errors(str(tmp_path / "spool.db"))
+        assert len(errors) == 1 and big in errors[0] and "spool retry" in errors[0], errors
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert ('openalgo_events_rejected_total{event_type="order_event",transport="kafka"} 1.0'
+                in relay_metrics(health))
     finally:
         p.close(5)
 
@@ -75,28 +94,38 @@ def test_refused_backlog_event_after_restart_is_set_aside_then_retried(
         kafka_bootstrap, topic, tmp_path):
     """Spooled while the broker was away, an event the restarted app's producer refuses (its
     limit was lowered) does not block the backlog behind it; 'spool rejected' lists it and,
-    once the limit is raised again, 'spool retry' sends it with its event id."""
+    once the limit is raised again, 'spool retry', run while the app's relay process holds the
+    spool, sends it with its event id, once."""
     create_topic(kafka_bootstrap, topic)
     spool_path = str(tmp_path / "spool.db")
-    first = offline(tmp_path, topic)
+    first = offline(kafka_bootstrap, tmp_path, topic)
     big = order(first, "alice", "1", note="y" * 200_000)
     backlog = [order(first, "alice", str(i)) for i in range(2, 5)]
     assert first.close(0.5) == 4
+    stop_app_relay(tmp_path)  # the app restarts, and its relay with it
     second = publisher(kafka_bootstrap, topic, tmp_path, ORDER_EVENT_MAX_MESSAGE_BYTES="100000")
     try:
-        assert ids_on(kafka_bootstrap, topic, 3) == backlog
-        wait_for(lambda: second.health()["spool_depth"] == 0, message="backlog settled")
+        order(second, "bob", "10")  # the restarted app publishes: its relay starts
+        assert ids_on(kafka_bootstrap, topic, 4)[:3] == backlog
+        wait_for(lambda: (h := second.health())["spool_depth"] == 0 and h["spool_rejected"] == 1,
+                 message="backlog settled, the big event set aside")
     finally:
-        assert second.close(5) == 0
+        second.close(5)
+    stop_app_relay(tmp_path)  # restarted once more, with the limit raised again
     listed = CliRunner().invoke(main, ["spool", "rejected", "--spool", spool_path])
     assert listed.exit_code == 0 and big in listed.output and "1 rejected" in listed.output
-    retried = CliRunner().invoke(main, ["spool", "retry", big, "--spool", spool_path])
-    assert retried.exit_code == 0, retried.output
     third = publisher(kafka_bootstrap, topic, tmp_path)
     try:
-        assert ids_on(kafka_bootstrap, topic, 4) == [*backlog, big]
-        wait_for(lambda: third.health()["spool_depth"] == 0, message="retry delivered")
-        assert third.health()["spool_rejected"] == 0
+        order(third, "bob", "11")
+        wait_for(lambda: third.health()["relay_running"], message="the new relay")
+        # while that relay holds the spool
+        retried = CliRunner().invoke(main, ["spool", "retry", big, "--spool", spool_path])
+        assert retried.exit_code == 0, retried.output
+        on_topic = ids_on(kafka_bootstrap, topic, 6)
+        # behind the backlog; it may pass an event the new relay has not read yet
+        assert on_topic[:3] == backlog and on_topic[3:].count(big) == 1, on_topic
+        wait_for(lambda: (h := third.health())["spool_depth"] == 0 and h["spool_rejected"] == 0,
+                 message="retry delivered")
     finally:
         third.close(5)
 
@@ -105,21 +134,26 @@ def test_unreadable_stored_record_is_quarantined(kafka_bootstrap, topic, tmp_pat
     """A stored record the relay cannot parse (a 400-digit integer, as an earlier version
     stored it) is set aside with its id logged and counted; the records after it are sent."""
     create_topic(kafka_bootstrap, topic)
-    first = offline(tmp_path, topic)
+    first = offline(kafka_bootstrap, tmp_path, topic)
     bad = order(first, "alice", "1")
     good = [order(first, "alice", str(i)) for i in range(2, 5)]
+    wait_for(lambda: first.health()["spool_depth"] == 4, message="the events in SQLite")
     assert first.close(0.5) == 4
+    stop_app_relay(tmp_path)
     with sqlite3.connect(tmp_path / "spool.db") as db:
         db.execute("UPDATE events SET value = ? WHERE event_id = ?",
                    (b'{"event_id":"' + bad.encode() + b'","quantity":1' + b"0" * 400 + b"}", bad))
-    caplog.set_level(logging.INFO, logger="openalgo_events")
     second = publisher(kafka_bootstrap, topic, tmp_path)
     try:
-        assert ids_on(kafka_bootstrap, topic, 3) == good
-        wait_for(lambda: second.health()["spool_rejected"] == 1, message="quarantined")
-        assert [r.event_id for r in second.transport.spool.rejected()] == [bad]  # type: ignore[attr-defined]
-        assert any(bad in r.getMessage() and r.levelno == logging.ERROR for r in caplog.records)
-        assert second.stats.count("quarantined") == 1
+        order(second, "bob", "10")  # the restarted app publishes: its relay starts
+        assert ids_on(kafka_bootstrap, topic, 4)[:3] == good
+        health = wait_for(lambda: (h := second.health())["spool_rejected"] == 1 and h,
+                          message="quarantined")
+        listed = CliRunner().invoke(main, ["spool", "rejected", "--json", "--spool",
+                                           str(tmp_path / "spool.db")])
+        assert [json.loads(line)["event_id"] for line in listed.output.splitlines()] == [bad]
+        assert relay_errors(str(tmp_path / "spool.db"), bad)
+        assert "openalgo_events_quarantined_total 1.0" in relay_metrics(health)
     finally:
         second.close(5)
 
@@ -133,8 +167,9 @@ def test_one_size_limit_end_to_end(kafka_bootstrap, topic, tmp_path):
         big = order(p, "alice", "1", note="z" * 1_000_000)
         nxt = order(p, "alice", "2")
         assert ids_on(kafka_bootstrap, topic, 2) == [big, nxt]
+        assert p.flush(10) == 0
     finally:
-        assert p.close(10) == 0
+        p.close(10)
 
 
 def test_secret_corpus_never_reaches_the_topic_or_the_spool(kafka_bootstrap, topic, tmp_path):
@@ -149,8 +184,11 @@ def test_secret_corpus_never_reaches_the_topic_or_the_spool(kafka_bootstrap, top
         on_topic = b"".join(m.value() + (m.key() or b"") + b"".join(
             v for _, v in m.headers() or []) for m in messages)
         assert b"LEAK-" not in on_topic
-        files = glob.glob(str(tmp_path / "*"))
+        assert p.flush(10) == 0
+        files = [name for name in glob.glob(str(tmp_path / "**"), recursive=True)
+                 if os.path.isfile(name)]  # the trail, its WAL, the writers' journals, the log
         assert any(name.endswith("spool.db") for name in files)
+        assert any(".journal." in name for name in files)
         for name in files:
             with open(name, "rb") as handle:
                 assert b"LEAK-" not in handle.read(), name
@@ -172,21 +210,28 @@ def test_broker_down_20s_logs_a_handful_of_lines(tmp_path, topic, caplog):
         assert p.flush(10) == 0
         caplog.set_level(logging.DEBUG, logger="openalgo_events")
         caplog.clear()
+        logged = len(relay_log(str(tmp_path / "spool.db")))
         broker.stop()
         start = time.monotonic()
         for i in range(20):  # one event a second while the broker is away
             time.sleep(max(0.0, start + i - time.monotonic()))
             order(p, "alice", str(i + 1))
         broker = DevBroker(port).start()  # an empty broker at the same address
-        create_topic(broker.bootstrap_servers, topic)
+        # the dev broker creates topics on demand: the relay's producer may make it first
+        try:
+            create_topic(broker.bootstrap_servers, topic)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
         wait_for(lambda: p.health()["spool_depth"] == 0, 60, message="the backlog delivered")
-        lines = [(r.levelname, r.getMessage()) for r in caplog.records
-                 if r.levelno >= logging.INFO]
+        # what the relay process logged meanwhile (at INFO: its log's level), and the host
+        lines = relay_log(str(tmp_path / "spool.db"))[logged:]
+        lines += [(r.levelname, r.getMessage()) for r in caplog.records
+                  if r.levelno >= logging.INFO]
         assert len(lines) <= 4, lines
         assert sum("unreachable" in text for _, text in lines) == 1, lines
         assert sum("reachable again" in text for _, text in lines) == 1, lines
         assert all(level == "WARNING" for level, _ in lines), lines
-        assert sum(r.levelno == logging.DEBUG for r in caplog.records) > 0  # the chatter
     finally:
         p.close(5)
         broker.stop()
@@ -196,23 +241,20 @@ def test_topic_smaller_than_the_publish_limit_is_warned_about(kafka_bootstrap, t
                                                              caplog, cli_env):
     """A topic whose max.message.bytes is below ORDER_EVENT_MAX_MESSAGE_BYTES draws a warning
     naming both numbers and the fix, from 'check' and once at the relay's start-up."""
-    from confluent_kafka.admin import AdminClient, NewTopic
-
-    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
-    for future in admin.create_topics([NewTopic(topic, 1, 1, config={
-            "max.message.bytes": "5000"})]).values():
-        future.result(10)
+    # and wait for its leader: a cluster answers CreateTopics before every broker knows it
+    create_topic(kafka_bootstrap, topic, configs={"max.message.bytes": "5000"})
     cli_env(KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap, KAFKA_ORDER_EVENTS_TOPIC=topic,
             ORDER_EVENT_MODE="KAFKA", KAFKA_SPOOL_PATH=str(tmp_path / "check.db"))
     checked = CliRunner().invoke(main, ["check"])
     assert checked.exit_code == 0, checked.output
     assert "max.message.bytes" in checked.output and "5000" in checked.output
     assert "ORDER_EVENT_MAX_MESSAGE_BYTES=5000" in checked.output
-    caplog.set_level(logging.INFO, logger="openalgo_events")
     p = publisher(kafka_bootstrap, topic, tmp_path)
     try:
-        wait_for(lambda: [r for r in caplog.records if "5000" in r.getMessage()
-                          and r.levelno == logging.WARNING], message="the start-up warning")
+        order(p, "alice", "1")  # the first publish starts the relay
+        wait_for(lambda: [text for level, text in relay_log(str(tmp_path / "spool.db"))
+                          if "5000" in text and level == "WARNING"],
+                 message="the relay's start-up warning")
     finally:
         p.close(5)
 
@@ -224,11 +266,12 @@ def test_global_condition_keeps_everything_and_is_logged_once(kafka_bootstrap, t
     rebuild, is named in health, is logged at ERROR once however often it repeats and never as
     "unreachable"; when the broker answers metadata again the events go out in order and one
     line says it is over."""
-    from confluent_kafka import KafkaError
 
     create_topic(kafka_bootstrap, topic)
     caplog.set_level(logging.INFO, logger="openalgo_events")
-    p = publisher(kafka_bootstrap, topic, tmp_path)
+    # the relay in this process (the same KafkaTransport a relay process runs): its callback
+    # is fed; tests/integration/test_cluster_paths.py has a real SASL failure in the process
+    p = publisher(kafka_bootstrap, topic, tmp_path, KAFKA_SPOOL_PATH=":memory:")
     transport: Any = p.transport
     try:
         order(p, "alice", "0")
@@ -262,7 +305,9 @@ def test_missing_topic_is_a_global_condition_until_it_is_created(kafka_bootstrap
     line names the topic and 'openalgo-events topics create', events are kept and nothing is
     rebuilt while the relay keeps probing; once the topic is created they arrive in order."""
     caplog.set_level(logging.INFO, logger="openalgo_events")
-    p = publisher(kafka_bootstrap, topic, tmp_path,
+    # the relay in this process, to count its probes and rebuilds; the relay process's log and
+    # health on a missing topic: tests/integration/test_cluster_paths.py
+    p = publisher(kafka_bootstrap, topic, tmp_path, KAFKA_SPOOL_PATH=":memory:",
                   KAFKA_LIBRDKAFKA_ALLOW_AUTO_CREATE_TOPICS="false")
     transport: Any = p.transport
     try:

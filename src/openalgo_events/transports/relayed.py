@@ -45,6 +45,10 @@ CHECK_RELAY_EVERY = 1.0  # seconds between checks that a relay holds the spool d
 # skips its own. At 100 events/s every event rings; flat out, about one in 30 does. The price:
 # the last event of a burst may wait for the relay's next scan (spooldir.SCAN_EVERY, 50 ms).
 RING_GAP = 0.0005
+# Seconds a relay this process started has to take the spool's lock (a Python start, slower on
+# a busy machine) before this process starts another: a second one would only log that the
+# first holds the spool and exit.
+RELAY_START_GRACE = 10.0
 # FALSE where something else runs the relay (systemd, a sidecar) or none may run (unit tests).
 ENV_AUTOSTART = "OPENALGO_EVENTS_RELAY_AUTOSTART"
 _LIVE: weakref.WeakSet[RelayedKafkaTransport] = weakref.WeakSet()
@@ -86,6 +90,7 @@ class RelayedKafkaTransport:
         self._pid = os.getpid()
         self._bell_address = spooldir.doorbell_address(self.spool_path)
         self._next_check = self._last_ring = 0.0
+        self._relay_started = float("-inf") # monotonic time of our last start_detached
         self._closed = False
         directory = os.path.dirname(self.spool_path)
         if not os.path.isdir(directory):
@@ -182,8 +187,15 @@ class RelayedKafkaTransport:
         """Start a detached relay when none holds the spool directory."""
         # read now, not at construction: gunicorn's master sets it after a --preload import
         autostart = os.environ.get(ENV_AUTOSTART, "TRUE").upper() not in ("FALSE", "0", "NO")
-        if not (self._start_relay and autostart) or spooldir.relay_running(self.spool_path):
+        if not (self._start_relay and autostart):
             return
+        if spooldir.relay_running(self.spool_path):
+            self._relay_started = float("-inf")  # it started: if it dies, start one at once
+            return
+        now = time.monotonic()
+        if now - self._relay_started < RELAY_START_GRACE:
+            return  # the one we started has not taken the spool's lock yet
+        self._relay_started = now
         start_detached(self.settings, self.spool_path)
 
     @property
