@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
@@ -174,6 +175,11 @@ class TcpProxy:
                 client, _ = listener.accept()
             except OSError:
                 return  # the listener was closed (cut or close)
+            if listener is not self._listener or self._closed:
+                # accepted by a listener cut meanwhile (close() does not end a blocked
+                # accept()): a cut link lets nothing through
+                self._reset(client)
+                return
             if self._blackhole:
                 with self._lock:
                     self._conns.append(client)
@@ -217,12 +223,24 @@ class TcpProxy:
         except OSError:
             pass
 
+    def _stop_listening(self) -> None:
+        """Close the listener, waking its accept() (a close alone leaves a blocked accept()
+        accepting one more connection: a cut that let a client through)."""
+        import socket
+
+        listener, self._listener = self._listener, None
+        if listener is None:
+            return
+        with contextlib.suppress(OSError):
+            listener.shutdown(socket.SHUT_RDWR)
+        listener.close()
+
     def cut(self, blackhole: bool = False) -> None:
         """Break the link: reset connections and refuse new ones, or (``blackhole``) go silent."""
         if blackhole:
             self._blackhole = True
             return
-        self._listener.close()
+        self._stop_listening()
         with self._lock:
             conns, self._conns = self._conns, []
         for sock in conns:
@@ -242,7 +260,7 @@ class TcpProxy:
     def close(self) -> None:
         self._closed = True
         self._blackhole = False
-        self._listener.close()
+        self._stop_listening()
         with self._lock:
             conns, self._conns = self._conns, []
         for sock in conns:

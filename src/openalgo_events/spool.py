@@ -172,6 +172,9 @@ class Spool:
         self._cursors_pending: dict[str, str] = {}
         self.committed_cursors: dict[str, str] = {}
         self._lock_file: IO[str] | None = None
+        # one thread at a time takes the lock file again (the relay's check and a commit's):
+        # a second concurrent attempt would find the first one's flock and call it a stranger's
+        self._lock_file_lock = new_lock()
         self._journal: Journal | None = None
         self._last_over_limit_log = 0.0
         self._shed = 0
@@ -449,30 +452,35 @@ class Spool:
             self._faults.add(kind)
             log.error(message, *args)
 
-    def _keep_lock_file(self) -> None:
+    def keep_lock(self) -> bool:
         """Take the lock file again if it was deleted: else a second process could claim this
-        spool and send its events twice."""
-        if (self._lock_file is None or self._lock_file.closed
-                or _same_file(self.path + ".lock", self._lock_file.fileno())):
-            return
-        try:
-            handle = _claim(self.path)
-        except SpoolError as exc:
-            self._fault("lock", "spool lock file %s.lock was deleted while in use and cannot be "
-                        "taken again: %s", self.path, exc)
-            return
-        self._faults.discard("lock")
-        self._lock_file.close()
-        self._lock_file = handle
+        spool and send its events twice. Returns whether the lock file at the spool's path is
+        the one this process holds (False: another process took the path first, and holds it).
+        """
+        with self._lock_file_lock:
+            if self._lock_file is None or self._lock_file.closed:
+                return self.path == ":memory:"
+            if _same_file(self.path + ".lock", self._lock_file.fileno()):
+                return True
+            try:
+                handle = _claim(self.path)
+            except SpoolError as exc:
+                self._fault("lock", "spool lock file %s.lock was deleted while in use and cannot "
+                            "be taken again: %s", self.path, exc)
+                return False
+            self._faults.discard("lock")
+            self._lock_file.close()
+            self._lock_file = handle
         log.error("spool lock file %s.lock was deleted while in use (a temporary-file cleaner?); "
                   "it is taken again. Keep %s out of any cleaner's reach", self.path,
                   os.path.dirname(os.path.abspath(self.path)))
+        return True
 
     def _database_in_place(self) -> bool:
         """Whether the spool file (and its WAL) at ``path`` is the one this process writes; if
         it was deleted or replaced, restore it there from the open database, with SQLite's
         backup API. False while that fails (then no journal segment may be deleted)."""
-        self._keep_lock_file()
+        self.keep_lock()
         if all(_same_file(name, fd) for name, fd in self._files.items()):
             self._faults.discard("restore")
             return True

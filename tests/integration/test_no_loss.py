@@ -247,6 +247,33 @@ def test_connection_cut_and_restored_loses_nothing(cluster, tmp_path, topic):
             proxy.close()
 
 
+def test_recovery_is_prompt_when_the_cluster_returns_during_a_long_rebuild_backoff(cluster,
+                                                                                  tmp_path, topic):
+    """The producer rebuild backoff (0.5 s doubling to 30 s) ends as soon as a metadata probe
+    sees the cluster again: cut off until the sixth rebuild (a 16 s backoff) and restored at
+    once, the outage's backlog is delivered within 8 s, not after the rest of the backoff."""
+    proxies = [TcpProxy(n.proxy_port, n.proxied_port) for n in cluster.broker_nodes]
+    try:
+        # a 1 s stall timeout: six rebuilds (backoffs 0.5+1+2+4+8 s) within about 25 s
+        with outage_run("cut off through a 16 s backoff", cluster, tmp_path, topic,
+                        bootstrap=cluster.proxied_bootstrap_servers,
+                        KAFKA_STALL_TIMEOUT_SECONDS="1") as run:
+            publisher = run["publisher"]
+            run["load"].run_for(2)
+            before = publisher.health()["producer_rebuilds"]
+            for proxy in proxies:
+                proxy.cut()
+            wait_for(lambda: publisher.health()["producer_rebuilds"] >= before + 6, 90,
+                     step=0.05, message="the sixth producer rebuild (its backoff is 16 s)")
+            for proxy in proxies:
+                proxy.restore()
+            run["back"] = time.monotonic()
+        assert run["recovery"] < 8.0, f"recovery took {run['recovery']:.1f}s"
+    finally:
+        for proxy in proxies:
+            proxy.close()
+
+
 def delivered_before(spool_path: str, moment: float) -> set[str]:
     """Event ids the spool had marked delivered before ``moment`` (unix time).
 

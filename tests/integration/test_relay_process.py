@@ -21,6 +21,7 @@ import pytest
 
 from openalgo_events import KafkaEventPublisher, Settings, spooldir
 from openalgo_events.errors import ConfigError
+from tests.integration.relay_support import relay_processes
 from tests.support import TopicCollector, create_topic, wait_for
 
 pytestmark = [pytest.mark.broker]
@@ -147,21 +148,59 @@ def test_other_cluster_or_topic_is_refused(kafka_bootstrap, topic, spool):
         KafkaEventPublisher(kafka_bootstrap, topic + "-other", settings=settings)
 
 
-def test_spool_deleted_under_the_relay_stops_it(kafka_bootstrap, topic, spool):
-    """Deleting the spool's lock file under a running relay (a tmp cleaner) stops that relay,
-    so that two relays never serve one spool path."""
+def test_lock_file_deleted_under_the_relay_is_taken_again(kafka_bootstrap, topic, spool):
+    """Deleting the spool's lock file under a running relay (a tmp cleaner) does not stop it:
+    the relay takes the lock file again within a second, so hosts still find it running and
+    start no second relay, and it goes on delivering."""
+    create_topic(kafka_bootstrap, topic)
+    collector = TopicCollector(kafka_bootstrap, topic)
     settings = Settings.from_env({"KAFKA_SPOOL_PATH": spool})
     publisher = KafkaEventPublisher(kafka_bootstrap, topic, settings=settings)
     try:
-        publisher.publish_order_event("alice", "SBIN", "BUY", "1", "live")
+        first = publisher.publish_order_event("alice", "SBIN", "BUY", "1", "live").event_id
         pid = wait_for(lambda: relay_pid(spool), 10, message="a relay")
         os.remove(spooldir.relay_lock_path(spool))
-        wait_for(lambda: not os.path.exists(f"/proc/{pid}") or _zombie(pid), 10,
-                 message="the relay to stop")
-        assert "deleted or replaced under the running relay" in Path(
-            spooldir.log_path(spool)).read_text()
+        wait_for(lambda: spooldir.relay_running(spool), 5,
+                 message="the lock file taken again by the relay")
+        wait_for(lambda: "it is taken again" in Path(spooldir.log_path(spool)).read_text(), 5,
+                 message="the relay to say it took the lock file again")
+        assert relay_processes(spool) == [pid]  # the same relay, and only it
+        second = publisher.publish_order_event("alice", "SBIN", "BUY", "2", "live").event_id
+        assert publisher.flush(30) == 0
+        wait_for(lambda: {first, second} <= set(collector.event_ids()), 30,
+                 message="both events delivered")
+        assert relay_processes(spool) == [pid]
     finally:
         publisher.close()
+        collector.stop()
+
+
+def test_lock_file_taken_by_another_process_stops_the_relay(kafka_bootstrap, topic, spool):
+    """When another process holds a new lock file at the spool's path (a relay started while
+    the old file was gone), the running relay stops, so that two relays never serve one spool
+    path, and says why in its log."""
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+           "KAFKA_ORDER_EVENTS_TOPIC": topic}
+    relay = subprocess.Popen([sys.executable, "-m", "openalgo_events.relay", "--spool", spool],
+                             env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: relay_pid(spool) == relay.pid, 20, message="the relay running")
+        # replaced in one step by a file this test holds: the relay cannot take it again
+        stranger_path = spooldir.relay_lock_path(spool) + ".other"
+        stranger = spooldir.take_lock(stranger_path)
+        assert stranger is not None
+        os.replace(stranger_path, spooldir.relay_lock_path(spool))
+        try:
+            assert relay.wait(20) == 0
+        finally:
+            stranger.close()
+        _, err = relay.communicate(timeout=10)
+        assert "another process holds it now; stopping" in err, err
+    finally:
+        if relay.poll() is None:
+            relay.kill()
+        relay.communicate(timeout=10)  # reaped, its pipe closed
 
 
 def _zombie(pid: int) -> bool:

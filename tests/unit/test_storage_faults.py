@@ -394,3 +394,53 @@ def test_events_not_stored_are_a_metric(tmp_path, monkeypatch):
     assert f'openalgo_events_not_stored_total{{event_type="order_event"}} {refused}.0' in text
     assert not publisher.health()["healthy"]
     publisher.close(0)
+
+
+def test_a_lock_file_taken_again_by_two_threads_at_once_stays_ours(tmp_path):
+    """Two threads of the spool's process that find the lock file deleted at the same moment
+    (the relay's check and a commit) both see it taken again by this process: neither mistakes
+    the other's new flock for a stranger's (which would stop the relay for nothing)."""
+    import threading
+
+    path = str(tmp_path / "s.db")
+    spool = Spool(path)
+    for _ in range(20):
+        os.remove(path + ".lock")
+        start = threading.Barrier(4)
+        results: list[bool] = []
+
+        def check(start: threading.Barrier, results: list[bool]) -> None:
+            start.wait()
+            results.append(spool.keep_lock())
+
+        threads = [threading.Thread(target=check, args=(start, results)) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+        assert results == [True] * 4
+        with pytest.raises(SpoolError, match="in use by another process"):
+            Spool(path)
+    spool.close()
+
+
+def test_a_lock_file_another_process_holds_is_not_ours(tmp_path, caplog):
+    """A lock file replaced by one another process holds (a second relay that started while the
+    file was gone) cannot be taken again: ``keep_lock`` says so (the relay then stops) and logs
+    the cause once."""
+    from openalgo_events import spooldir
+
+    path = str(tmp_path / "s.db")
+    spool = Spool(path)
+    other = spooldir.take_lock(path + ".other")
+    assert other is not None
+    os.replace(path + ".other", path + ".lock")
+    try:
+        with caplog.at_level(logging.ERROR, logger="openalgo_events.spool"):
+            assert spool.keep_lock() is False
+            assert spool.keep_lock() is False
+        assert caplog.text.count("cannot be taken again") == 1
+    finally:
+        other.close()
+    assert spool.keep_lock() is True  # released: this process takes it
+    spool.close()

@@ -52,6 +52,7 @@ IDLE_EXIT_AFTER = 2.0  # seconds with no writer and nothing pending before an id
 # (the broker down): then it exits, and the spool waits for the next publisher's relay.
 GIVE_UP_AFTER = 60.0
 STATUS_COMPUTE_EVERY = 0.005  # seconds; a flush waits on the status file
+LOCK_CHECK_EVERY = 0.2  # seconds between checks that the lock file at the path is ours
 CLAIM_FOR = 1.0  # seconds to retry the relay lock (a host's liveness probe holds it briefly)
 
 
@@ -102,6 +103,7 @@ class Relay:
         self._last_status: dict[str, Any] = {}
         self._idle_since: float | None = None
         self._status_failed = False
+        self._lost_lock = False  # the status file is then the other relay's
 
     # -- start and stop -----------------------------------------------------------------------
     def run(self) -> int:
@@ -144,6 +146,8 @@ class Relay:
                     self.stop.wait(0.5)
                 self._write_status()
                 if not self._still_ours():
+                    self._lost_lock = True
+                    self.stop.set()  # no successor either: the other process serves the spool
                     break
                 if self.exit_with_parent and not self.exit_when_idle and os.getppid() != (
                         self._parent):
@@ -174,24 +178,23 @@ class Relay:
             self.stop.wait(0.1)
 
     def _still_ours(self) -> bool:
-        """Whether the lock file we hold is still the one at the spool's path: deleted or
-        replaced (a tmp cleaner, an operator), another relay could start there; this one
-        stops instead of relaying a spool nobody can find."""
+        """Whether this relay still holds the lock file at the spool's path. Deleted (a tmp
+        cleaner, an operator), it is taken again at once, as at every commit (``Spool.
+        keep_lock``): the relay carries on and a host's check still finds it running. Taken
+        by another process first (a relay a host started meanwhile), the path is that one's:
+        this relay stops, so that two relays never serve one spool path (its pending events
+        stay in SQLite and the journals for the other)."""
         now = time.monotonic()
         if now < self._next_lock_check:
             return True
-        self._next_lock_check = now + 1.0
-        assert self.spool is not None and self.spool._lock_file is not None
-        try:
-            same = os.stat(spooldir.relay_lock_path(self.spool_path)).st_ino == os.fstat(
-                self.spool._lock_file.fileno()).st_ino
-        except OSError:
-            same = False
-        if not same:
-            log.error("relay: %s was deleted or replaced under the running relay; stopping "
-                      "(start the app or 'openalgo-events relay' again to use a new spool)",
-                      spooldir.relay_lock_path(self.spool_path))
-        return same
+        self._next_lock_check = now + LOCK_CHECK_EVERY
+        assert self.spool is not None
+        if self.spool.keep_lock():
+            return True
+        log.error("relay: %s was deleted or replaced under the running relay and another "
+                  "process holds it now; stopping (that process serves the spool)",
+                  spooldir.relay_lock_path(self.spool_path))
+        return False
 
     def _shutdown(self) -> None:
         if self._server is not None:
@@ -203,6 +206,8 @@ class Relay:
             left = self.transport.close(self.settings.close_timeout_seconds)
             log.info("relay for spool %s stopped; %s events pending for the next relay",
                      self.spool_path, left)
+        if self._lost_lock:
+            return
         with contextlib.suppress(OSError):
             spooldir.write_json(spooldir.status_path(self.spool_path),
                                 {**self._last_status, "running": False, "updated": time.time()})

@@ -55,6 +55,7 @@ BATCH = 1000
 MAX_IN_FLIGHT = 50_000
 PURGE_EVERY = 300.0  # seconds between trail-retention purges
 PROBE_EVERY = 5.0  # seconds between reachability probes while the broker looks down
+BACKOFF_PROBE_EVERY = 0.5  # seconds between metadata probes during a rebuild backoff
 RETRY_CHECK_EVERY = 1.0  # seconds between looks for rejected events marked for retry
 MAX_WAITING = 1000  # events parked for their predecessor's thread; past that the relay sends
 CALLER_POLL_AT = 1000  # events in flight from which callers serve delivery reports,
@@ -677,6 +678,59 @@ class KafkaTransport:
         if problem:
             log.warning("%s", problem)
 
+    def _cluster_view(self, producer: Any, timeout: float) -> tuple[int, ...] | None:
+        """What ``producer`` sees of the cluster: (brokers, partitions of the topic with a
+        leader, in-sync replicas over them), or None when no broker answers in ``timeout``."""
+        try:
+            metadata = producer.list_topics(self.topic, timeout=timeout)
+        except Exception:
+            return None
+        topic = metadata.topics.get(self.topic)
+        partitions = list(topic.partitions.values()) if topic is not None else []
+        return (len(metadata.brokers), sum(p.leader >= 0 for p in partitions),
+                sum(len(p.isrs) for p in partitions))
+
+    def _pause_until_cluster_changes(self, pause: float) -> None:
+        """The rebuild backoff: wait ``pause`` seconds, but end it as soon as the cluster shows
+        more of itself than at the start (a broker back, a leader elected, a replica in sync),
+        asked every ``BACKOFF_PROBE_EVERY`` seconds. A long backoff would otherwise sleep
+        through the cluster's return (up to 30 s). close() wakes it too.
+
+        The probe is a client of its own, made for this pause with a short reconnect backoff:
+        the old producer's reconnect backoff (up to ``reconnect.backoff.max.ms``, 10 s by
+        default) would hide the return as long as the pause itself."""
+        deadline = time.monotonic() + pause
+        if pause < 2 * BACKOFF_PROBE_EVERY:
+            self._stop.wait(pause)
+            return
+        conf = {k: v for k, v in self._config.items() if k != "error_cb"}  # logger kept: quiet
+        try:
+            probe = self._ck.Producer({**conf, "reconnect.backoff.ms": 100,
+                                       "reconnect.backoff.max.ms": 500})
+        except Exception:  # the producer's own settings: not expected to fail; just wait
+            self._stop.wait(pause)
+            return
+        # Brokers unreachable when the rebuild began: any answer is their return (even the
+        # first one: they may be back already). Reachable (a stall with the cluster up, such as
+        # NOT_ENOUGH_REPLICAS): the start is what a return must improve on.
+        before = None if self.broker_up is False else self._cluster_view(
+            probe, BACKOFF_PROBE_EVERY)
+        while not self._stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            now = self._cluster_view(probe, min(BACKOFF_PROBE_EVERY, max(0.01, left)))
+            if now is not None and (before is None or any(
+                    a > b for a, b in zip(now, before, strict=True))):
+                log.debug("the Kafka cluster answers again (%s -> %s: brokers, partitions "
+                          "led, in-sync replicas); the producer is rebuilt now, not after the "
+                          "rest of its %s s backoff", before, now, pause)
+                return
+            if now is not None and before is not None:
+                # worse meanwhile (another broker gone): a return from there counts too
+                before = tuple(min(a, b) for a, b in zip(now, before, strict=True))
+            self._stop.wait(min(BACKOFF_PROBE_EVERY, max(0.0, deadline - time.monotonic())))
+
     def _rebuild(self) -> None:
         reason, self._rebuild_reason = self._rebuild_reason, None
         self.rebuilds += 1
@@ -696,7 +750,7 @@ class KafkaTransport:
         pause = self._backoff
         if self._stopping:
             pause = max(0.0, min(pause, self._stop_deadline - time.monotonic()))
-        self._stop.wait(pause)  # close() wakes it: never a 30 s sleep between close and exit
+        self._pause_until_cluster_changes(pause)
         self._backoff = min(max(self._backoff, 0.25) * 2, 30.0)
         producer = self._ck.Producer(self._config)
         with self._produce_lock:
