@@ -108,6 +108,26 @@ def test_a_double_click_places_one_order(demo, page):
     assert sorted((r["symbol"], r["quantity"]) for r in book) == [("SBIN", 3), ("TCS", 3)]
 
 
+def test_a_second_click_as_the_first_answer_arrives_is_still_one_order(demo, page):
+    """The second click of a slow double click, landing just after the first order's answer,
+    places nothing: the button stays disabled for a double click's span (500 ms)."""
+    app, server = demo
+    open_page(page, server.url)
+    page.fill("#quantity", "2")
+    page.click("#place")
+    page.wait_for_selector('#ticket-result[data-ok="yes"]', timeout=WAIT_MS)
+    page.click("#place", force=True)  # as a hand would: at once, whatever the button shows
+    page.wait_for_function("!document.getElementById('place').disabled", timeout=WAIT_MS)
+    page.fill("#symbol", "TCS")
+    page.click("#place")
+    page.wait_for_function(
+        "[...document.querySelectorAll('#feed li[data-event=order_event]')]"
+        ".some(r => r.textContent.includes('symbol: TCS'))", timeout=WAIT_MS)
+    book = demo_state(app).desk.positions("demo-user", "live")
+    assert sorted((r["symbol"], r["quantity"]) for r in book) == [("SBIN", 2), ("TCS", 2)]
+    assert len(order_rows(page)) == 2, order_rows(page)
+
+
 def test_quantity_zero_is_refused_before_sending(demo, page):
     """The quantity input refuses 0 for a plain order (the browser blocks the submit, so no
     request is made) and accepts it for a smart order, where the position size decides."""

@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
+from confluent_kafka.admin import AdminClient
 
 from openalgo_events import KafkaEventPublisher, Settings
 from openalgo_events.devbroker import DevBroker, free_port
@@ -110,6 +111,13 @@ def outage_run(name: str, cluster: KafkaCluster, tmp_path: Any, topic: str,
     time the cluster was whole again). After the body: the spool must drain, every published
     event arrive, per-user order hold; the figures are printed and left in ``run``."""
     create_topic(cluster.bootstrap_servers, topic, partitions=5)
+    # Every scenario assumes 3 replicas, all in sync, before it breaks anything (a broker the
+    # previous test restarted may still be registering when the topic is created).
+    cluster.wait_in_sync(topic, 60)
+    admin = AdminClient({"bootstrap.servers": cluster.bootstrap_servers})
+    partitions = admin.list_topics(topic, timeout=10).topics[topic].partitions.values()
+    replicas = {len(p.replicas) for p in partitions}
+    assert replicas == {3}, f"{topic} has replication {replicas}, not 3"
     publisher = KafkaEventPublisher(bootstrap or cluster.bootstrap_servers, topic,
                                     settings=settings(tmp_path, **env))
     collector = TopicCollector(cluster.bootstrap_servers, topic)
@@ -217,7 +225,8 @@ def test_two_of_three_brokers_down_waits_in_the_spool_as_not_enough_replicas(clu
             cluster.kill(node_id)
         health = wait_for(lambda: (h := publisher.health()) and not h["healthy"]
                           and "NOT_ENOUGH_REPLICAS" in str(h["problem"]) and h, 120,
-                          step=0.2, message="health degraded with NOT_ENOUGH_REPLICAS")
+                          step=0.2, message=lambda: "health degraded with NOT_ENOUGH_REPLICAS"
+                          f" (publishing: {run['load'].error or 'ok'}; {publisher.health()})")
         assert health["spool_depth"] > 0
         cluster.start_node(down[0])
         run["back"] = time.monotonic()

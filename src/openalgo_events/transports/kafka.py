@@ -761,3 +761,9 @@ class KafkaTransport:
             self._waiting.clear()  # everything pending is resent from the spool
             self._paused = False
         self._last_progress = time.monotonic()
+        # The old client is destroyed on a thread of its own: librdkafka's destroy waits for its
+        # broker threads, which can take as long as a request timeout while brokers are down or
+        # hold requests (NOT_ENOUGH_REPLICAS), and the relay must keep sending meanwhile.
+        doomed = [old]
+        del old
+        start_thread(doomed.clear, "openalgo-events-kafka-destroy")

@@ -148,12 +148,18 @@
     return { ok: response.ok && data.status === "success", data };
   }
 
-  // One request at a time per button: a double click places one order, not two.
+  // One request at a time per button, and the button stays disabled for at least a double
+  // click's span: a double click places one order, not two, even when the first answer comes
+  // back between the two clicks (a fast server, a slow hand).
+  const DOUBLE_CLICK_MS = 500;
   async function once(button, work) {
     if (button.disabled) return;
     button.disabled = true;
     button.setAttribute("aria-busy", "true");
+    const started = performance.now();
     try { await work(); } finally {
+      const left = DOUBLE_CLICK_MS - (performance.now() - started);
+      if (left > 0) await new Promise((resolve) => setTimeout(resolve, left));
       button.disabled = false;
       button.removeAttribute("aria-busy");
     }
