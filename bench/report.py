@@ -75,9 +75,14 @@ def targets(s: Summary) -> list[dict[str, Any]]:
                     "rule": ">=" if at_least else "<=", "met": met})
 
     k: Callable[[str, str], float | None] = lambda fig, v: _get(s, fig, v)  # noqa: E731
+    # Issue #13's figures for the relay process: throughput, the caller's CPU (against the
+    # raw loop that builds our envelope too), end-to-end p95 and the host's added memory.
     check("KAFKA+spool throughput / raw confluent-kafka",
           _ratio(k("kafka.throughput_eps", "oae_spool"), k("kafka.throughput_eps", "raw")),
-          0.5, True, "x")
+          0.7, True, "x")
+    check("KAFKA+spool caller CPU per event at max rate / raw loop with our envelope",
+          _ratio(k("kafka.caller_cpu_us", "oae_spool"), k("kafka.caller_cpu_us",
+                                                         "raw_envelope")), 1.3, False, "x")
     check("KAFKA+spool throughput / design reference",
           _ratio(k("kafka.throughput_eps", "oae_spool"), k("kafka.throughput_eps", "reference")),
           3.0, True, "x")
@@ -88,8 +93,9 @@ def targets(s: Summary) -> list[dict[str, Any]]:
           _ratio(k("kafka.caller_paced.p99_us", "oae_spool"),
                  k("kafka.caller_paced.p99_us", "raw")), 1.5, False, "x")
     hwm_ours, hwm_raw = k("kafka.peak_rss_mb", "oae_spool"), k("kafka.peak_rss_mb", "raw")
-    check("RSS added by the package (peak, vs raw confluent-kafka)",
-          None if hwm_ours is None or hwm_raw is None else hwm_ours - hwm_raw, 30, False, "MB")
+    check("RSS added to the publishing host (peak, vs raw confluent-kafka; the relay is "
+          "a process of its own)",
+          None if hwm_ours is None or hwm_raw is None else hwm_ours - hwm_raw, 10, False, "MB")
     check("SOCKETIO caller p50 / raw socketio.emit (1 client, websocket)",
           _ratio(k("socketio.websocket_1.caller.p50_us", "oae"),
                  k("socketio.websocket_1.caller.p50_us", "raw")), 1.2, False, "x")

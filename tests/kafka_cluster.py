@@ -160,6 +160,17 @@ class Node:
         return Path(self.directory) / "server.properties"
 
 
+# The layout the design asks of a production cluster, and what real clusters do. On every
+# node, controllers included: in KRaft the active controller's value is the cluster's default
+# for a topic's min.insync.replicas (a controller-only node left at Kafka's default of 1 made
+# "two of three brokers down" accept writes whenever it was the active controller).
+TOPIC_DEFAULTS: dict[str, object] = {
+    "auto.create.topics.enable": "false",
+    "default.replication.factor": 3,
+    "min.insync.replicas": 2,
+    "num.partitions": 1,
+}
+
 @dataclass
 class KafkaCluster:
     """A 3-node KRaft cluster under ``state_dir``; see the module docstring.
@@ -249,6 +260,7 @@ class KafkaCluster:
                 "controller.quorum.election.timeout.ms": 1000,
                 "controller.quorum.fetch.timeout.ms": 2000,
                 "num.io.threads": 1, "num.network.threads": 1, "background.threads": 1,
+                **TOPIC_DEFAULTS,
             }.items())
         settings = {
             "process.roles": "broker,controller",
@@ -270,11 +282,7 @@ class KafkaCluster:
             "listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config":
                 "org.apache.kafka.common.security.scram.ScramLoginModule required;",
             "log.dirs": str(Path(node.directory) / "data"),
-            # The layout the design asks of a production cluster, and what real clusters do.
-            "auto.create.topics.enable": "false",
-            "default.replication.factor": 3,
-            "min.insync.replicas": 2,
-            "num.partitions": 1,
+            **TOPIC_DEFAULTS,
             "offsets.topic.replication.factor": 3,
             "offsets.topic.num.partitions": 5,
             "transaction.state.log.replication.factor": 3,

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, ConfigResource
 
 from openalgo_events import KafkaEventPublisher, Settings
 from openalgo_events.devbroker import DevBroker, free_port
@@ -118,6 +118,9 @@ def outage_run(name: str, cluster: KafkaCluster, tmp_path: Any, topic: str,
     partitions = admin.list_topics(topic, timeout=10).topics[topic].partitions.values()
     replicas = {len(p.replicas) for p in partitions}
     assert replicas == {3}, f"{topic} has replication {replicas}, not 3"
+    (described,) = admin.describe_configs([ConfigResource("topic", topic)]).values()
+    min_isr = described.result(10)["min.insync.replicas"].value
+    assert min_isr == "2", f"{topic} has min.insync.replicas={min_isr}, not the cluster's 2"
     publisher = KafkaEventPublisher(bootstrap or cluster.bootstrap_servers, topic,
                                     settings=settings(tmp_path, **env))
     collector = TopicCollector(cluster.bootstrap_servers, topic)
