@@ -18,6 +18,8 @@ import sys
 import tempfile
 import time
 
+from bench.common import create_topic
+
 
 def _cpu(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as handle:
@@ -31,6 +33,7 @@ def main(events: int) -> None:
 
     bootstrap = os.environ["KAFKA_BOOTSTRAP_SERVERS"]
     topic = f"bench-relay-{os.getpid()}"
+    create_topic(bootstrap, topic)  # clusters usually do not create topics on first use
     spool = os.path.join(tempfile.mkdtemp(prefix="openalgo-relay-bench-"), "spool.db")
     env = {**os.environ, "KAFKA_ORDER_EVENTS_TOPIC": topic, "KAFKA_SPOOL_PATH": spool,
            "KAFKA_PRODUCER_COMPRESSION": "none"}
