@@ -112,12 +112,85 @@ def test_live_payload_values_match_todays_toasts(bus):
     assert data["order.placed"]["product_type"] == "MIS"
     assert data["orders.all_cancelled"]["orderid"] == "4 orders canceled"
     assert data["basket.completed"]["batch_order"] is True
-    assert data["basket.completed"]["orderid"] == "2/3 orders placed"
-    assert data["multiorder.completed"]["multiorder_summary"]["failed_legs"] == 1
+    assert data["basket.completed"]["orderid"] == "basket_2"
+    assert data["multiorder.completed"]["multiorder_summary"] is True
+    assert data["multiorder.completed"]["failed_legs"] == 1
     assert data["gtt.triggered"]["event"] == "triggered"
     assert data["gtt.triggered"]["triggered_order_id"] == "T9"
     assert data["order.no_action"] == {**data["order.no_action"], "status": "info",
                                        "message": "nothing to do"}
+
+
+# The browser payload OpenAlgo's subscriber emits for the summary topics (values read from its
+# subscribers/socketio_subscriber.py), restated so the test does not read the code it checks.
+# Each case: the event's own fields, then the toast keys and values expected in ``data``.
+SUMMARY = "__summary__"  # stands for batch_order and is_last_order, both True
+TOAST_VALUES = {
+    "basket": ("basket.completed", {"strategy": "hedge", "successful": 2, "total": 3}, {
+        "symbol": "hedge", "action": "2/3 orders", "orderid": "basket_2", "exchange": "MULTI",
+        "price_type": "BASKET", "product_type": "BASKET", SUMMARY: True}),
+    "basket, no strategy": ("basket.completed", {"strategy": "", "successful": 0, "total": 2}, {
+        "symbol": "Basket", "action": "0/2 orders", "orderid": "basket_0", SUMMARY: True}),
+    "split": ("split.completed", {
+        "symbol": "SBIN", "action": "BUY", "exchange": "NSE", "pricetype": "LIMIT",
+        "product": "CNC", "successful": 4, "total": 5}, {
+        "symbol": "SBIN", "action": "BUY", "orderid": "4/5 orders", "exchange": "NSE",
+        "price_type": "LIMIT", "product_type": "CNC", SUMMARY: True}),
+    "split, empty fields": ("split.completed", {
+        "symbol": "", "action": "", "exchange": "", "pricetype": "", "product": "",
+        "successful": 1, "total": 1}, {
+        "symbol": "Split", "action": "SPLIT", "orderid": "1/1 orders", "exchange": "Unknown",
+        "price_type": "MARKET", "product_type": "MIS", SUMMARY: True}),
+    "options": ("options.completed", {
+        "symbol": "NIFTY30JAN25000CE", "action": "SELL", "exchange": "NFO", "pricetype": "",
+        "product": "", "successful": 2, "total": 2}, {
+        "symbol": "NIFTY30JAN25000CE", "action": "SELL", "orderid": "2/2 orders",
+        "exchange": "NFO", "price_type": "MARKET", "product_type": "MIS", SUMMARY: True}),
+    "options, empty symbol": ("options.completed", {
+        "symbol": "", "action": "", "exchange": "", "strategy": "s", "successful": 0,
+        "total": 1}, {"symbol": "", "action": "", "exchange": "", "orderid": "0/1 orders"}),
+    "multiorder": ("multiorder.completed", {
+        "strategy": "iron condor", "underlying": "NIFTY", "exchange": "NSE_INDEX",
+        "successful_legs": 3, "failed_legs": 1, "total": 4}, {
+        "symbol": "NIFTY", "action": "iron condor", "orderid": "3/4 legs",
+        "exchange": "NSE_INDEX", "price_type": "MULTI", "product_type": "OPTIONS",
+        "multiorder_summary": True, "successful_legs": 3, "failed_legs": 1, SUMMARY: True}),
+    "multiorder, no strategy": ("multiorder.completed", {
+        "strategy": "", "successful_legs": 0, "failed_legs": 2, "total": 2}, {
+        "action": "Multi-Order", "orderid": "0/2 legs"}),
+    "cancel all, blocked": ("orders.all_cancelled", {
+        "canceled_count": 0, "failed_count": 0,
+        "response_data": {"status": "error", "message": "not allowed in Semi-Auto mode"}}, {
+        "status": "success", "orderid": "0 orders canceled", "canceled_count": 0,
+        "failed_count": 0, SUMMARY: True}),
+    "close, failed": ("position.closed", {
+        "message": "Failed to close positions",
+        "response_data": {"status": "error", "message": "Failed to close positions"}}, {
+        "status": "success", "message": "Failed to close positions"}),
+    "close, no message": ("position.closed", {"message": ""}, {
+        "status": "success", "message": "All Open Positions Squared Off"}),
+    "cancel, status as sent": ("order.cancelled", {"orderid": "O7", "status": ""}, {
+        "status": "", "orderid": "O7"}),
+}
+
+
+@pytest.mark.parametrize("case", TOAST_VALUES)
+def test_summary_toasts_carry_openalgos_values(bus, case):
+    """Basket, split, options and multi-order summaries, cancel-all, close-position and cancel
+    carry the exact values OpenAlgo's own subscriber emits (its defaults, and "success" even
+    for a failed cancel-all or close), so KAFKA mode shows the same toasts; the outcome and
+    the counts stay in the event's own fields."""
+    topic, fields, toast = TOAST_VALUES[case]
+    envelopes, attachment = _run(bus, [synthetic(topic, **fields)])
+    assert attachment.failed == 0
+    data = envelopes[0].data
+    expected = {k: v for k, v in toast.items() if k != SUMMARY}
+    if toast.get(SUMMARY):
+        expected.update(batch_order=True, is_last_order=True)
+    assert {k: data.get(k) for k in expected} == expected
+    assert data["mode"] == "live"
+    if "response_data" in fields:
+        assert data["response_data"]["status"] == "error"
 
 
 def test_captured_samples_convert(bus):

@@ -7,7 +7,8 @@ bus's shared pool, so it only converts the event and hands the envelope to the p
 Each bus event becomes the event type OpenAlgo's own Socket.IO subscriber emits for it (see
 ``event_type_for``), so Kafka consumers and the browser use the same names. ``data`` is the
 event's full fields (the API key dropped, secrets in ``request_data`` scrubbed) plus the keys of
-today's browser payload for that type and ``bus_topic``.
+today's browser payload for that type, with the values OpenAlgo's subscriber gives them (in
+KAFKA mode the browser's toast is built from this ``data``), and ``bus_topic``.
 """
 
 from __future__ import annotations
@@ -44,32 +45,53 @@ Payload = Callable[[Mapping[str, Any]], dict[str, Any]]
 UserResolver = Callable[[str], "str | None"]
 
 
-def _status(event: Mapping[str, Any], default: str = "success") -> str:
-    response = event.get("response_data")
-    status = response.get("status") if isinstance(response, Mapping) else None
-    return str(status or default)
-
-
 def _order_event(e: Mapping[str, Any]) -> dict[str, Any]:
     return {"symbol": e.get("symbol", ""), "action": e.get("action", ""),
             "orderid": e.get("orderid", ""), "exchange": e.get("exchange", ""),
             "price_type": e.get("pricetype", ""), "product_type": e.get("product", "")}
 
 
-def _batch_summary(e: Mapping[str, Any]) -> dict[str, Any]:
-    """Basket, split and options orders: one ``order_event`` for the whole batch."""
-    ok, total = e.get("successful", 0), e.get("total", 0)
-    return {**_order_event(e), "symbol": e.get("symbol") or e.get("strategy", ""),
-            "action": e.get("action") or "MULTI", "orderid": f"{ok}/{total} orders placed",
-            "batch_order": True, "is_last_order": True}
+# The batch summaries below carry the values OpenAlgo's own subscriber puts in its toast
+# ("<action> Order Placed for Symbol: <symbol>, Order ID: <orderid>"): in KAFKA mode the bridge
+# emits our data to the browser, so any other value would change the toast. The counts stay in
+# the event's own fields (successful, total, results, ...) for Kafka consumers.
+def _summary(**toast: Any) -> dict[str, Any]:
+    return {**toast, "batch_order": True, "is_last_order": True}
+
+
+def _tally(e: Mapping[str, Any]) -> str:
+    return f"{e.get('successful', 0)}/{e.get('total', 0)} orders"
+
+
+def _basket_summary(e: Mapping[str, Any]) -> dict[str, Any]:
+    """A basket names no symbol: the toast shows the strategy and the count as the action."""
+    ok = e.get("successful", 0)
+    return _summary(symbol=e.get("strategy") or "Basket", action=_tally(e),
+                    orderid=f"basket_{ok}", exchange="MULTI", price_type="BASKET",
+                    product_type="BASKET")
+
+
+def _split_summary(e: Mapping[str, Any]) -> dict[str, Any]:
+    return _summary(symbol=e.get("symbol") or "Split", action=e.get("action") or "SPLIT",
+                    orderid=_tally(e), exchange=e.get("exchange") or "Unknown",
+                    price_type=e.get("pricetype") or "MARKET",
+                    product_type=e.get("product") or "MIS")
+
+
+def _options_summary(e: Mapping[str, Any]) -> dict[str, Any]:
+    """As a split, but symbol, action and exchange are the event's, even when empty."""
+    return _summary(symbol=e.get("symbol", ""), action=e.get("action", ""), orderid=_tally(e),
+                    exchange=e.get("exchange", ""), price_type=e.get("pricetype") or "MARKET",
+                    product_type=e.get("product") or "MIS")
 
 
 def _multiorder_summary(e: Mapping[str, Any]) -> dict[str, Any]:
+    """The strategy stands in the action's place; ``multiorder_summary`` is a flag."""
     ok, failed = e.get("successful_legs", 0), e.get("failed_legs", 0)
-    summary = {"underlying": e.get("underlying", ""), "successful_legs": ok,
-               "failed_legs": failed, "total": e.get("total", 0)}
-    return {**_batch_summary({**e, "successful": ok, "symbol": e.get("underlying", "")}),
-            "multiorder_summary": summary, "successful_legs": ok, "failed_legs": failed}
+    return _summary(symbol=e.get("underlying", ""), action=e.get("strategy") or "Multi-Order",
+                    orderid=f"{ok}/{e.get('total', 0)} legs", exchange=e.get("exchange", ""),
+                    price_type="MULTI", product_type="OPTIONS", multiorder_summary=True,
+                    successful_legs=ok, failed_legs=failed)
 
 
 def _failure(operation: str) -> Payload:
@@ -106,17 +128,19 @@ TOPICS: Mapping[str, TopicRule] = {
         "status": "success", "orderid": e.get("orderid", "")}),
     "order.modify_failed": TopicRule("order_failed", _failure("modify")),
     "order.cancelled": TopicRule("cancel_order_event", lambda e: {
-        "status": e.get("status") or "success", "orderid": e.get("orderid", "")}),
+        "status": e.get("status", ""), "orderid": e.get("orderid", "")}),
     "order.cancel_failed": TopicRule("order_failed", _failure("cancel")),
     "order.update": TopicRule("order_update", lambda e: {}),
+    # OpenAlgo's toast says "success" for these two even when the operation failed (a
+    # semi-auto block, a broker error); the outcome stays in response_data["status"].
     "orders.all_cancelled": TopicRule("cancel_order_event", lambda e: {
-        "status": _status(e), "orderid": f"{e.get('canceled_count', 0)} orders canceled",
+        "status": "success", "orderid": f"{e.get('canceled_count', 0)} orders canceled",
         "batch_order": True, "is_last_order": True}),
     "position.closed": TopicRule("close_position_event", lambda e: {
-        "status": _status(e), "message": e.get("message", "")}),
-    "basket.completed": TopicRule("order_event", _batch_summary),
-    "split.completed": TopicRule("order_event", _batch_summary),
-    "options.completed": TopicRule("order_event", _batch_summary),
+        "status": "success", "message": e.get("message") or "All Open Positions Squared Off"}),
+    "basket.completed": TopicRule("order_event", _basket_summary),
+    "split.completed": TopicRule("order_event", _split_summary),
+    "options.completed": TopicRule("order_event", _options_summary),
     "multiorder.completed": TopicRule("order_event", _multiorder_summary),
     "analyzer.error": TopicRule("order_failed", _failure("analyze")),
     "sandbox.order_filled": TopicRule("analyzer_update", _analyzer),
