@@ -23,7 +23,8 @@ _PY_TYPES: dict[str, tuple[type, ...]] = {
 
 
 class Priority(IntEnum):
-    """The design's priorities; when the spool is over its limit, LOW and MEDIUM are shed first."""
+    """Each event type's priority: when the spool is over its limit, LOW and MEDIUM are shed
+    first."""
 
     LOW = 0
     MEDIUM = 1
@@ -156,7 +157,7 @@ _SECRETS = frozenset({"password", "old_password", "new_password", "confirm_passw
 
 CATALOG = Catalog(
     (
-        # The design's five events.
+        # The five core order events.
         EventSpec(
             "order_event",
             "An order was placed (or a basket, split, options or multi-leg order completed).",

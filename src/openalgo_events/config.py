@@ -372,10 +372,10 @@ def sample_env() -> str:
 
 
 def validate_order_event_config(environ: Mapping[str, str] | None = None) -> str:
-    """The design's start-up check: validate and return the mode (``'SOCKETIO'``...)."""
+    """The start-up check: validate and return the mode (``'SOCKETIO'``...)."""
     return Settings.from_env(environ).mode.value
 
 
 def validate_all_configs(environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The design's ``validate_all_configs``: ``{'order_event_mode': mode}``, or ``ConfigError``."""
+    """``validate_all_configs``: ``{'order_event_mode': mode}``, or ``ConfigError``."""
     return {"order_event_mode": validate_order_event_config(environ)}

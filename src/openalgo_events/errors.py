@@ -10,7 +10,7 @@ class OpenAlgoEventsError(Exception):
 class ConfigError(OpenAlgoEventsError, ValueError):
     """The configuration is invalid; the message lists every problem and its fix.
 
-    It is a ``ValueError`` too, as the original design's ``validate_order_event_config`` raised.
+    It is a ``ValueError`` too, as ``validate_order_event_config`` has always raised.
     """
 
     def __init__(self, problems: list[str]) -> None:

@@ -1,4 +1,4 @@
-"""The publish API: one ``publish`` underneath, the design's typed methods as thin wrappers.
+"""The publish API: one ``publish`` underneath, the typed methods as thin wrappers.
 
 ``publish`` validates the event against the catalog, builds the envelope and hands it to the
 transport. Bad input raises ``EventValidationError`` at the call, before anything is sent. An
@@ -143,7 +143,7 @@ class EventPublisher:
         if ended:
             log.warning("events are stored again; %s were refused meanwhile", self.not_stored)
 
-    # -- the design's typed methods ---------------------------------------------------------
+    # -- the typed methods ------------------------------------------------------------------
     def publish_order_event(self, user_id: str, symbol: str, action: str, orderid: str,
                             mode: str, **kwargs: Any) -> Envelope:
         return self.publish("order_event", user_id, {"symbol": symbol, "action": action,
@@ -209,7 +209,7 @@ class EventPublisher:
 
 
 class SocketIOEventPublisher(EventPublisher):
-    """The design's Socket.IO publisher: today's emits, unchanged.
+    """The Socket.IO publisher: today's emits, unchanged.
 
     >>> publisher = SocketIOEventPublisher(socketio)  # doctest: +SKIP
     """
@@ -221,7 +221,7 @@ class SocketIOEventPublisher(EventPublisher):
 
 
 class KafkaEventPublisher(EventPublisher):
-    """The design's Kafka publisher; other settings come from the environment.
+    """The Kafka publisher; other settings come from the environment.
 
     >>> publisher = KafkaEventPublisher("localhost:9092")  # doctest: +SKIP
     """
@@ -276,7 +276,7 @@ def build_publisher(settings: Settings, socketio: Any = None) -> EventPublisher:
 
 
 class EventPublisherFactory:
-    """The design's factory: one publisher per process, chosen by ``ORDER_EVENT_MODE``.
+    """The factory: one publisher per process, chosen by ``ORDER_EVENT_MODE``.
 
     >>> publisher = EventPublisherFactory.create_publisher(socketio=socketio)  # doctest: +SKIP
     """

@@ -1,4 +1,4 @@
-"""The package's topics as the design's Appendix A creates them, created idempotently.
+"""The package's topics with their documented settings (docs/topics.md), created idempotently.
 
 ``from_openalgo_order_events`` keeps 7 days, ``from_esb_order_events`` 24 hours (commands go
 stale), its dead-letter topic 7 days (someone has to look at them); all are snappy-compressed,
@@ -40,7 +40,7 @@ class TopicPlan:
 
 def planned_topics(settings: Settings, partitions: int = PARTITIONS,
                    replication_factor: int = REPLICATION_FACTOR) -> list[TopicPlan]:
-    """The order, ESB and dead-letter topics with the design's settings."""
+    """The order, ESB and dead-letter topics with their documented settings."""
 
     def configs(retention_ms: int) -> dict[str, str]:
         return {"retention.ms": str(retention_ms), "compression.type": "snappy",
