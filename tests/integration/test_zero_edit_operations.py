@@ -69,6 +69,11 @@ def test_zero_edit_install_answers_health_metrics_and_mode(kafka_bootstrap, topi
         assert _parent(kafka["relay_pid"]) is not None
         assert _parent(_parent(kafka["relay_pid"])) == os.getpid(), "relay not the master's child"
         assert "openalgo_events.relay" in Path(f"/proc/{kafka['relay_pid']}/cmdline").read_text()
+        # The master's root logger has no handler (the app configures logging in its workers):
+        # the supervisor's line reaches gunicorn's error log all the same, once.
+        started = f"openalgo-events: relay started (pid {kafka['relay_pid']})"
+        server_log = tmp_path / f"server-{port}.log"
+        assert server_log.read_text().count(started) == 1, server_log.read_text()[-3000:]
         metrics = requests.get(f"{prefix}/metrics", timeout=5)
         assert metrics.status_code == 200
         assert "openalgo_events_spool_depth 0.0" in metrics.text, metrics.text

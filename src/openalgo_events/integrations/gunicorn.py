@@ -18,6 +18,7 @@ setting.
 
 from __future__ import annotations
 
+import logging as _logging
 import os as _os
 import runpy as _runpy
 import sys as _sys
@@ -77,13 +78,11 @@ def when_ready(server: _Any) -> None:
     """In the master, before the workers: start the relay process and supervise it."""
     if "when_ready" in _CHAINED:
         _CHAINED["when_ready"](server)
-    import logging
-
     from openalgo_events.config import Settings
     from openalgo_events.errors import ConfigError
     from openalgo_events.relay.supervisor import RelaySupervisor
 
-    log = logging.getLogger("openalgo_events.install")
+    log = _logging.getLogger("openalgo_events.install")
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
@@ -102,7 +101,41 @@ def when_ready(server: _Any) -> None:
     # Patched by the eventlet worker class, the master still never runs eventlet's hub: the
     # supervisor thread's records go straight to the master's handlers (see _hostlog).
     forward_directly_here()
+    _log_to_gunicorn(server.log.error_log)
     _SUPERVISOR.append(RelaySupervisor(settings).start())
+
+
+class _ToGunicornLog(_logging.Handler):
+    """Passes our records to gunicorn's error log, at the levels its ``--log-level`` shows."""
+
+    def __init__(self, error_log: _logging.Logger) -> None:
+        super().__init__()
+        self.error_log = error_log
+        self.addFilter(lambda record: record.name.split(".")[0] == "openalgo_events")
+
+    def emit(self, record: _logging.LogRecord) -> None:
+        if self.error_log.isEnabledFor(record.levelno):
+            self.error_log.handle(record)
+
+
+def _log_to_gunicorn(error_log: _logging.Logger) -> None:
+    """In a master whose root logger has no handler (gunicorn configures only its own loggers;
+    an app configures the root in its workers, unless --preload imports it here), our records
+    (the relay started, restarted, stopped) would be lost below WARNING and bare above it: pass
+    them to gunicorn's error log instead. Forked children (the workers) drop the handler: there
+    the app's own logging takes our records."""
+    root, ours = _logging.getLogger(), _logging.getLogger("openalgo_events")
+    if root.handlers:
+        return
+    handler, level = _ToGunicornLog(error_log), ours.level
+    root.addHandler(handler)
+    ours.setLevel(error_log.getEffectiveLevel())  # the root's WARNING would drop INFO first
+
+    def in_child() -> None:
+        root.removeHandler(handler)
+        ours.setLevel(level)
+
+    _os.register_at_fork(after_in_child=in_child)
 
 
 def on_exit(server: _Any) -> None:
