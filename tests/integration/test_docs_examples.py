@@ -5,9 +5,11 @@ docs/consumers.md runs as printed against a real broker."""
 
 from __future__ import annotations
 
+import configparser
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -27,6 +29,8 @@ from openalgo_events import (
     schema,
     spooldir,
 )
+from openalgo_events.devbroker import free_port
+from tests.integration.openalgo_procs import APP, app_env
 from tests.support import create_topic, read_topic, wait_for
 
 pytestmark = pytest.mark.broker
@@ -362,10 +366,7 @@ def test_the_systemd_unit_runs_the_relay_and_stops_it_in_time(docs_env, topic, t
     """The unit's ExecStart, run from its WorkingDirectory with the app's environment, holds
     the spool, answers /health on the port it names, and on the unit's KillSignal exits 0
     within TimeoutStopSec."""
-    import configparser
     import urllib.request
-
-    from openalgo_events.devbroker import free_port
 
     [block] = [b for b in all_blocks() if b.path.name == "operations.md"
                and b.body.startswith("[Unit]")]
@@ -421,3 +422,193 @@ def test_the_user_resolver_line_names_openalgos_function(tmp_path, monkeypatch):
     assert resolver.__module__ == "database.auth_db"
     assert resolver.__name__ == "get_username_by_apikey"
     assert resolver("key-of-alice") == "alice"
+
+
+# -- docs/openalgo.md: the install steps, as an operator runs them ---------------------------
+OPENALGO_GUIDE = ROOT / "docs" / "openalgo.md"
+# OpenAlgo's own gunicorn commands, which the guide has operators keep: start.sh's in its Docker
+# image, and the one in the systemd unit install/install.sh writes (marketcalls/openalgo).
+OPENALGO_START_SH = ("gunicorn --worker-class eventlet --workers 1 --bind 0.0.0.0:5000 "
+                     "--timeout 300 --graceful-timeout 30 --worker-tmp-dir /tmp/gunicorn_workers "
+                     "--no-control-socket --log-level warning app:app")
+OPENALGO_INSTALL_SH = ("gunicorn --worker-class eventlet -w 1 "
+                       "--bind unix:/var/python/openalgo/openalgo.sock --timeout 300 "
+                       "--log-level info app:app")
+
+
+def _guide_block(text: str, lang: str | None = None) -> Block:
+    """The one block of docs/openalgo.md whose body holds ``text`` (and is in ``lang``)."""
+    [block] = [b for b in all_blocks() if b.path == OPENALGO_GUIDE and text in b.body
+               and (lang is None or b.lang == lang)]
+    return block
+
+
+def _replaced(body: str, *pairs: tuple[str, str]) -> str:
+    for old, new in pairs:
+        assert old in body, f"the guide's block lost {old!r}: update this test"
+        body = body.replace(old, new)
+    return body
+
+
+def _guide_env_file(bootstrap: str, topic: str, token: str = "") -> str:
+    """The guide's `.env` block for the test broker, a topic of the test's own and ``token``."""
+    return _replaced(_guide_block("ORDER_EVENT_MODE = 'BOTH'", "ini").body,
+                     ("kafka1:9092,kafka2:9092", bootstrap),
+                     ("'from_openalgo_order_events'", f"'{topic}'"),
+                     ("ORDER_EVENT_ADMIN_TOKEN = ''", f"ORDER_EVENT_ADMIN_TOKEN = '{token}'"))
+
+
+def _operator_env() -> dict[str, str]:
+    """An operator's shell: none of the package's variables, no virtualenv active."""
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith(("KAFKA_", "ORDER_EVENT_", "OPENALGO_EVENTS_", "GUNICORN_"))
+            and k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+
+
+def test_the_openalgo_guide_install_runs_as_printed(kafka_bootstrap, topic, tmp_path):
+    """The guide's build command makes the wheel its install lines name; in an OpenAlgo
+    directory whose venv was made with `python -m venv`, with the guide's `.env` block, its pip
+    line installs that wheel with its extras (from the package index: it needs the network), and
+    `topics create` then `check` create the topic, print the verdict and spool line the guide
+    quotes, and exit 0."""
+    guide = OPENALGO_GUIDE.read_text()
+    dist = tmp_path / "dist"
+    build = _replaced(_guide_block("pip wheel", "bash").body,
+                      ("cd /path/to/openalgo-events\n", f"cd {ROOT}\n"),
+                      (" -w dist ", f" -w {dist} "))
+    built = subprocess.run(["bash", "-euo", "pipefail", "-c", build], env=_operator_env(),
+                           cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert built.returncode == 0, built.stdout + built.stderr
+    [wheel] = dist.glob("openalgo_events-*.whl")
+    assert f"`dist/{wheel.name}`" in guide
+
+    openalgo = tmp_path / "openalgo"
+    (openalgo / "db").mkdir(parents=True)
+    venv = subprocess.run([sys.executable, "-m", "venv", str(openalgo / ".venv")],
+                          capture_output=True, text=True, timeout=120)
+    assert venv.returncode == 0, venv.stderr
+    (openalgo / ".env").write_text(_guide_env_file(kafka_bootstrap, topic))
+    install = _replaced(_guide_block(".venv/bin/pip install", "bash").body,
+                        ("cd /path/to/openalgo\n", f"cd {openalgo}\n"),
+                        (f"/tmp/{wheel.name}", str(wheel)))
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", install], env=_operator_env(),
+                          cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"{topic}: created" in done.stdout, done.stdout
+    for quoted in ("OK: publishing to Kafka would work.",
+                   "Mode BOTH; spool db/openalgo_events_spool.db (--verbose lists every setting)"):
+        assert f"`{quoted}`" in guide
+        assert quoted in done.stdout, done.stdout
+
+
+@pytest.mark.parametrize("install", ["INSTALL.md", "install.sh", "docker"])
+def test_the_openalgo_guide_hook_runs_under_openalgos_gunicorn_commands(
+        install, kafka_bootstrap, topic, tmp_path):
+    """Started as the guide says for each way OpenAlgo is installed (INSTALL.md's command with
+    the option added; install.sh's unit flags with the drop-in's GUNICORN_CMD_ARGS; start.sh's
+    flags with the compose override's), from a directory holding the guide's `.env`, gunicorn
+    runs the hook: the guide's health command for that address answers in mode BOTH (no bridge
+    key) with the spool resolved in that directory, an event reaches Kafka, the log has the
+    worker's and the relay's lines the guide quotes, and on Docker's address the operations
+    block (health, metrics, the token exported, a switch by curl and by the CLI) runs as
+    printed."""
+    create_topic(kafka_bootstrap, topic)
+    token = uuid.uuid4().hex
+    (tmp_path / ".env").write_text(_guide_env_file(kafka_bootstrap, topic, token))
+    (tmp_path / "db").mkdir()
+    gunicorn = str(Path(sys.executable).parent / "gunicorn")
+    port = free_port()
+    env = app_env(tmp_path, LOOKALIKE_OPENALGO_LOGGING="1")  # the look-alike stands for OpenAlgo
+    env.pop("KAFKA_SPOOL_PATH")  # the guide's `.env` names it
+    if install == "INSTALL.md":
+        [line] = [x for x in _guide_block("--worker-class eventlet", "bash").body.splitlines()
+                  if x.startswith(".venv/bin/gunicorn ")]
+        argv = [*shlex.split(_replaced(line, (".venv/bin/gunicorn", gunicorn))),
+                "--bind", f"127.0.0.1:{port}"]
+        address, actual = "127.0.0.1:8000", f"127.0.0.1:{port}"
+        base = ["curl", "-s", f"http://{actual}"]
+    elif install == "install.sh":
+        dropin = configparser.ConfigParser(interpolation=None)
+        dropin.optionxform = str  # type: ignore[assignment,method-assign]
+        dropin.read_string(_guide_block("GUNICORN_CMD_ARGS", "ini").body)
+        name, value = dropin["Service"]["Environment"].strip('"').split("=", 1)
+        env[name] = value
+        socket = tmp_path / "openalgo.sock"
+        argv = [gunicorn, *shlex.split(_replaced(
+            OPENALGO_INSTALL_SH, ("/var/python/openalgo/openalgo.sock", str(socket))))[1:]]
+        address, actual = "/var/python/openalgo/openalgo.sock", str(socket)
+        base = ["curl", "-s", "--unix-socket", actual, "http://localhost"]
+    else:
+        compose = _guide_block("GUNICORN_CMD_ARGS", "yaml").body
+        [value] = re.findall(r"^\s+- GUNICORN_CMD_ARGS=(.+)$", compose, re.M)
+        env["GUNICORN_CMD_ARGS"] = value
+        (tmp_path / "gunicorn_workers").mkdir()
+        argv = [gunicorn, *shlex.split(_replaced(
+            OPENALGO_START_SH, ("0.0.0.0:5000", f"127.0.0.1:{port}"),
+            ("/tmp/gunicorn_workers", str(tmp_path / "gunicorn_workers"))))[1:]]
+        address, actual = "127.0.0.1:5000", f"127.0.0.1:{port}"
+        base = ["curl", "-s", f"http://{actual}"]
+    argv = [f"{APP}:app" if arg == "app:app" else arg for arg in argv]
+    [health_line] = [x for x in _guide_block("--unix-socket", "bash").body.splitlines()
+                     if x.startswith("curl ") and address in x]
+    health_command = health_line.replace(address, actual)
+
+    def health() -> dict[str, Any] | None:
+        done = subprocess.run(["bash", "-c", health_command], capture_output=True, text=True,
+                              timeout=30)
+        try:
+            body = json.loads(done.stdout) if done.returncode == 0 else None
+        except ValueError:
+            return None
+        return body if body and body.get("healthy") else None
+
+    log = tmp_path / "gunicorn.log"
+    with log.open("wb") as out:
+        server = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=out,
+                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        answer = wait_for(health, 60, step=0.5,
+                          message=lambda: f"healthy from {health_command}: {log.read_text()}")
+        spool = str(tmp_path / "db" / "openalgo_events_spool.db")
+        assert answer["mode"] == "BOTH" and "bridge" not in answer, answer
+        assert answer["transports"]["kafka"]["spool_path"] == spool
+        published = subprocess.run([*base[:-1], "-X", "POST", f"{base[-1]}/publish?orderid=G"],
+                                   capture_output=True, text=True, timeout=30)
+        assert published.returncode == 0 and '"published"' in published.stdout, published
+        [message] = read_topic(kafka_bootstrap, topic, 1)
+        assert json.loads(message.value())["data"]["orderid"] == "G-0"
+        if install == "docker":
+            _run_the_operations_block(port, token)
+            assert wait_for(health, 10)["mode"] == "SOCKETIO"
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(60)
+    text = log.read_text()
+    assert server.returncode == 0, text
+    guide = OPENALGO_GUIDE.read_text()
+    worker_line = ("openalgo-events installed: mode BOTH, topic from_openalgo_order_events, "
+                   "mirror on, bridge off")
+    relay_line = "relay for spool <path> running (pid N, port P, K pending)"
+    assert f"`{worker_line}`" in guide and f"`{relay_line}`" in guide
+    assert worker_line.replace("from_openalgo_order_events", topic) in text, text
+    relay_pattern = re.escape(relay_line)  # N, P and K are its only capitals
+    for placeholder in ("N", "P", "K"):
+        relay_pattern = relay_pattern.replace(placeholder, r"\d+")
+    assert re.search(relay_pattern.replace("<path>", re.escape(spool)), text), text
+    assert "Traceback" not in text, text
+
+
+def _run_the_operations_block(port: int, token: str) -> None:
+    """The guide's operations block, run as printed on the address of a running worker whose
+    `.env` holds ``token``: every command succeeds, the last two switch to SOCKETIO."""
+    block = _guide_block("openalgo-events mode SOCKETIO", "bash")
+    script = _replaced(block.body, ("127.0.0.1:5000", f"127.0.0.1:{port}"),
+                       ("<the value of ORDER_EVENT_ADMIN_TOKEN in .env>", token),
+                       (".venv/bin/openalgo-events", str(Path(sys.executable).parent /
+                                                         "openalgo-events")))
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", script], env=_operator_env(),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "openalgo_events_published_total" in done.stdout, done.stdout
+    assert '"mode":"SOCKETIO"' in done.stdout.replace(" ", ""), done.stdout
+    assert "mode SOCKETIO, rollout 100% (was SOCKETIO, 100%)" in done.stdout, done.stdout
