@@ -8,6 +8,7 @@ on stderr with a distinct exit status, never a traceback, and never show a secre
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import time
@@ -186,7 +187,9 @@ def check(ctx: click.Context, force_kafka: bool, timeout: float, verbose: bool) 
             if limit:
                 click.echo(f"warning: {limit}", err=True)
     finally:
-        click.echo(f"Mode {settings.mode.value}; spool {settings.spool_path}"
+        spool = settings.spool_path  # where the files are: resolved as the app resolves it
+        where = spool if spool == ":memory:" else os.path.abspath(spool)
+        click.echo(f"Mode {settings.mode.value}; spool {where}"
                    + ("" if verbose else " (--verbose lists every setting)"))
         if verbose:
             click.echo("Configuration (secrets masked):")
