@@ -104,7 +104,11 @@ def test_switch_under_load_loses_and_doubles_nothing(kafka_bootstrap, topic, tmp
     runs = [(k, len(list(g))) for k, g in itertools.groupby(paths, key=frozenset)]
     assert [set(k) for k, _ in runs] == PHASES, runs
     boundaries = list(itertools.accumulate(n for _, n in runs))[:-1]
+    # Events completed before the admin request keep the old route; an event started after the
+    # response takes the new one. Event ``after`` (the one publishing while the response came
+    # back: ``done`` counts completed publishes) may have read either, so the first event of
+    # the new phase is at most ``after + 1``.
     for boundary, (before, after) in zip(boundaries, windows, strict=True):
-        assert before <= boundary <= after, (boundaries, windows)
+        assert before <= boundary <= after + 1, (boundaries, windows)
     print(f"\nswitch under load: {total} events, phases {[(sorted(k), n) for k, n in runs]}, "
           f"Socket.IO {len(received)}, Kafka {len(on_kafka)}, lost 0, doubled 0")
