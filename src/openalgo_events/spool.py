@@ -671,19 +671,8 @@ class Spool:
         The copies keep their event id (so consumers can tell it is the same event) and carry
         an ``openalgo_replay`` header. Returns how many events match.
         """
-        where = ["delivered IS NOT NULL", "created >= ?", "created <= ?"]
-        params: list[object] = [since or 0.0, until or time.time()]
-        if user_id is not None:
-            where.append("user_id = ?")
-            params.append(user_id)
-        types = list(event_types or ())
-        if types:
-            where.append(f"event_type IN ({','.join('?' * len(types))})")
-            params.extend(types)
         with self._db_lock:
-            rows = self._db.execute(
-                "SELECT topic, key, value, extra_headers, event_id, event_type, user_id, priority "
-                f"FROM events WHERE {' AND '.join(where)} ORDER BY seq", params).fetchall()
+            rows = self._db.execute(*replay_query(user_id, since, until, event_types)).fetchall()
         if not dry_run:
             for old_topic, key, value, extra, event_id, event_type, user, priority in rows:
                 marked = [*stored_headers(extra), (REPLAY_HEADER, b"1")]
@@ -813,6 +802,25 @@ def _headers_text(headers: Sequence[tuple[str, bytes]]) -> str | None:
 def stored_headers(text: str | None) -> list[tuple[str, bytes]]:
     """The extra headers of a stored row (the CloudEvents ones come from ``headers_of``)."""
     return [(k, v.encode()) for k, v in json.loads(text)] if text else []
+
+
+def replay_query(user_id: str | None, since: float | None, until: float | None,
+                 event_types: Iterable[str] | None) -> tuple[str, list[object]]:
+    """The SELECT of a replay and its parameters: the delivered events of ``user_id`` (everyone
+    when None) created between ``since`` and ``until`` (epoch seconds; from the start, up to
+    now, when None) of ``event_types`` (all when none), oldest first, as ``(topic, key, value,
+    extra_headers, event_id, event_type, user_id, priority)`` rows."""
+    where = ["delivered IS NOT NULL", "created >= ?", "created <= ?"]
+    params: list[object] = [since or 0.0, until or time.time()]
+    if user_id is not None:
+        where.append("user_id = ?")
+        params.append(user_id)
+    types = list(event_types or ())
+    if types:
+        where.append(f"event_type IN ({','.join('?' * len(types))})")
+        params.extend(types)
+    return ("SELECT topic, key, value, extra_headers, event_id, event_type, user_id, priority "
+            f"FROM events WHERE {' AND '.join(where)} ORDER BY seq", params)
 
 
 def record_headers(value: bytes, extra: str | None) -> list[tuple[str, bytes]]:

@@ -345,23 +345,12 @@ class Trail:
         match. The same selection as ``Spool.replay``."""
         import sqlite3
 
-        from ..spool import REPLAY_HEADER, stored_headers
+        from ..spool import REPLAY_HEADER, replay_query, stored_headers
 
-        where = ["delivered IS NOT NULL", "created >= ?", "created <= ?"]
-        params: list[object] = [since or 0.0, until or time.time()]
-        if user_id is not None:
-            where.append("user_id = ?")
-            params.append(user_id)
-        types = list(event_types or ())
-        if types:
-            where.append(f"event_type IN ({','.join('?' * len(types))})")
-            params.extend(types)
         if not os.path.exists(self.path):
             return 0
         with contextlib.closing(sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)) as db:
-            rows = db.execute(
-                "SELECT topic, key, value, extra_headers, event_id, event_type, user_id, priority "
-                f"FROM events WHERE {' AND '.join(where)} ORDER BY seq", params).fetchall()
+            rows = db.execute(*replay_query(user_id, since, until, event_types)).fetchall()
         if not dry_run:
             for old_topic, key, value, extra, event_id, event_type, user, priority in rows:
                 marked = [(k, v.decode()) for k, v in stored_headers(extra)]
