@@ -52,3 +52,16 @@ class Listener:
         # Returns once the client's read loop ended. Over websocket this takes about 3 s:
         # websocket-client waits that long for a second close frame that never comes.
         self.client.disconnect()
+
+
+def rooms_by_user(socketio_server: Any) -> None:
+    """Have ``socketio_server`` put each client that connects with ``auth={"user": name}`` in
+    that user's room (what an app does for ORDER_EVENT_SOCKETIO_SCOPE=user)."""
+    from flask_socketio import join_room
+
+    from openalgo_events.transports.socketio import user_room
+
+    @socketio_server.on("connect")
+    def connect(auth: Any = None) -> None:
+        if isinstance(auth, dict) and auth.get("user"):
+            join_room(user_room(auth["user"]))

@@ -88,6 +88,16 @@ def test_a_down_server_is_reported_on_the_page(demo, page):
     assert page.is_enabled("#place")  # the trader can try again
 
 
+def place_tcs_and_wait(page: Any) -> None:
+    """Place a second, distinct order (TCS) and wait until it is in the feed: events arrive in
+    publish order, so every order placed before it has arrived too."""
+    page.fill("#symbol", "TCS")
+    page.click("#place")
+    page.wait_for_function(
+        "[...document.querySelectorAll('#feed li[data-event=order_event]')]"
+        ".some(r => r.textContent.includes('symbol: TCS'))", timeout=WAIT_MS)
+
+
 def test_a_double_click_places_one_order(demo, page):
     """A double click on Place order places one order: after a second, distinct order has
     arrived (events arrive in publish order), the feed and book show exactly two."""
@@ -97,11 +107,7 @@ def test_a_double_click_places_one_order(demo, page):
     page.dblclick("#place")
     page.wait_for_selector("#feed li[data-event='order_event']", timeout=WAIT_MS)
     page.wait_for_function("!document.getElementById('place').disabled", timeout=WAIT_MS)
-    page.fill("#symbol", "TCS")
-    page.click("#place")
-    page.wait_for_function(
-        "[...document.querySelectorAll('#feed li[data-event=order_event]')]"
-        ".some(r => r.textContent.includes('symbol: TCS'))", timeout=WAIT_MS)
+    place_tcs_and_wait(page)
     rows = order_rows(page)
     assert len(rows) == 2, rows
     book = demo_state(app).desk.positions("demo-user", "live")
@@ -118,11 +124,7 @@ def test_a_second_click_as_the_first_answer_arrives_is_still_one_order(demo, pag
     page.wait_for_selector('#ticket-result[data-ok="yes"]', timeout=WAIT_MS)
     page.click("#place", force=True)  # as a hand would: at once, whatever the button shows
     page.wait_for_function("!document.getElementById('place').disabled", timeout=WAIT_MS)
-    page.fill("#symbol", "TCS")
-    page.click("#place")
-    page.wait_for_function(
-        "[...document.querySelectorAll('#feed li[data-event=order_event]')]"
-        ".some(r => r.textContent.includes('symbol: TCS'))", timeout=WAIT_MS)
+    place_tcs_and_wait(page)
     book = demo_state(app).desk.positions("demo-user", "live")
     assert sorted((r["symbol"], r["quantity"]) for r in book) == [("SBIN", 2), ("TCS", 2)]
     assert len(order_rows(page)) == 2, order_rows(page)

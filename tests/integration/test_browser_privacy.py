@@ -3,18 +3,15 @@ agent go to Kafka only, never to a broadcast that every user's browser receives.
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from flask import Flask
-from flask_socketio import SocketIO, join_room
+from flask_socketio import SocketIO
 
 from openalgo_events import Settings
 from openalgo_events.demo import DemoServer
 from openalgo_events.integrations.bridge import KafkaSocketIOBridge
 from openalgo_events.publisher import build_publisher
-from openalgo_events.transports.socketio import user_room
-from tests.sio_support import Listener
+from tests.sio_support import Listener, rooms_by_user
 from tests.support import create_topic, envelope_of, read_topic
 
 pytestmark = [pytest.mark.broker]
@@ -30,10 +27,7 @@ def test_password_change_broadcast_reaches_others_without_ip_and_user_agent(
     app = Flask(__name__)
     socketio = SocketIO(app, async_mode="threading")
 
-    @socketio.on("connect")
-    def connect(auth: Any = None) -> None:
-        if isinstance(auth, dict) and auth.get("user"):
-            join_room(user_room(auth["user"]))
+    rooms_by_user(socketio)
 
     settings = Settings.from_env({
         "ORDER_EVENT_MODE": "BOTH", "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,

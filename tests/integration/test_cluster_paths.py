@@ -101,6 +101,14 @@ def test_missing_topic_keeps_events_says_so_once_and_delivers_once_created(kafka
         publisher.close(5)
 
 
+def scram_publisher(cluster: KafkaCluster, topic: str, tmp_path: Any,
+                    password: str) -> KafkaEventPublisher:
+    """A publisher on the cluster's SASL/SCRAM-SHA-512 listener, as the suite's user."""
+    return KafkaEventPublisher(cluster.sasl_bootstrap_servers, topic, settings=settings(
+        tmp_path, KAFKA_SECURITY_PROTOCOL="SASL_PLAINTEXT", KAFKA_SASL_MECHANISM="SCRAM-SHA-512",
+        KAFKA_SASL_USERNAME=SCRAM_USER, KAFKA_SASL_PASSWORD=password))
+
+
 def test_sasl_scram_wrong_password_is_an_authentication_error_once(kafka_cluster: KafkaCluster,
                                                                   tmp_path, topic, caplog,
                                                                   capsys):
@@ -109,12 +117,7 @@ def test_sasl_scram_wrong_password_is_an_authentication_error_once(kafka_cluster
     caplog.set_level(logging.DEBUG)
     create_topic(kafka_cluster.bootstrap_servers, topic)
     wrong = "wrong-" + "pass-" + "91c2e"
-    publisher = KafkaEventPublisher(kafka_cluster.sasl_bootstrap_servers, topic,
-                                    settings=settings(
-                                        tmp_path, KAFKA_SECURITY_PROTOCOL="SASL_PLAINTEXT",
-                                        KAFKA_SASL_MECHANISM="SCRAM-SHA-512",
-                                        KAFKA_SASL_USERNAME=SCRAM_USER,
-                                        KAFKA_SASL_PASSWORD=wrong))
+    publisher = scram_publisher(kafka_cluster, topic, tmp_path, wrong)
     try:
         publisher.publish_order_event("alice", "SBIN", "BUY", "1", "live")
         wait_for(lambda: errors_mentioning(tmp_path, "authentication"), 30,
@@ -148,12 +151,7 @@ def test_sasl_scram_wrong_password_is_an_authentication_error_once(kafka_cluster
 def test_sasl_scram_right_password_delivers(kafka_cluster: KafkaCluster, tmp_path, topic):
     """The right SCRAM-SHA-512 password on the SASL listener delivers, and health is healthy."""
     create_topic(kafka_cluster.bootstrap_servers, topic)
-    publisher = KafkaEventPublisher(kafka_cluster.sasl_bootstrap_servers, topic,
-                                    settings=settings(
-                                        tmp_path, KAFKA_SECURITY_PROTOCOL="SASL_PLAINTEXT",
-                                        KAFKA_SASL_MECHANISM="SCRAM-SHA-512",
-                                        KAFKA_SASL_USERNAME=SCRAM_USER,
-                                        KAFKA_SASL_PASSWORD=SCRAM_PASSWORD))
+    publisher = scram_publisher(kafka_cluster, topic, tmp_path, SCRAM_PASSWORD)
     collector = TopicCollector(kafka_cluster.bootstrap_servers, topic)
     try:
         ids = {publisher.publish_order_event("alice", "SBIN", "BUY", str(i), "live").event_id

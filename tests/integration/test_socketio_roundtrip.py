@@ -11,12 +11,11 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from flask_socketio import SocketIO, join_room
+from flask_socketio import SocketIO
 
 from openalgo_events import SocketIOEventPublisher
 from openalgo_events.demo import DemoServer
-from openalgo_events.transports.socketio import user_room
-from tests.sio_support import Listener
+from tests.sio_support import Listener, rooms_by_user
 
 TRANSPORTS = ["websocket", "polling"]
 
@@ -71,10 +70,7 @@ def server() -> Iterator[tuple[DemoServer, SocketIO]]:
     app = Flask(__name__)
     socketio = SocketIO(app, async_mode="threading")
 
-    @socketio.on("connect")
-    def connect(auth: Any = None) -> None:
-        if isinstance(auth, dict) and auth.get("user"):
-            join_room(user_room(auth["user"]))
+    rooms_by_user(socketio)
 
     with DemoServer(app) as running:
         yield running, socketio
