@@ -114,8 +114,12 @@ class _ToGunicornLog(_logging.Handler):
         self.addFilter(lambda record: record.name.split(".")[0] == "openalgo_events")
 
     def emit(self, record: _logging.LogRecord) -> None:
+        # Its handlers, not ``handle``: a --log-config that lets gunicorn.error propagate to the
+        # root would bring the record back here.
         if self.error_log.isEnabledFor(record.levelno):
-            self.error_log.handle(record)
+            for handler in self.error_log.handlers:
+                if record.levelno >= handler.level:
+                    handler.handle(record)
 
 
 def _log_to_gunicorn(error_log: _logging.Logger) -> None:
