@@ -3,9 +3,11 @@ level, even when that logger propagates to the root (a --log-config can make it)
 
 from __future__ import annotations
 
+import importlib
 import logging
+import sys
 
-from openalgo_events.integrations.gunicorn import _ToGunicornLog
+MODULE = "openalgo_events.integrations.gunicorn"
 
 
 class Collect(logging.Handler):
@@ -18,13 +20,19 @@ class Collect(logging.Handler):
 
 
 def test_records_reach_gunicorns_error_log_once_at_its_level() -> None:
+    # Imported here and forgotten after: a test that runs the config module as gunicorn does
+    # (runpy) warns when it is in sys.modules already.
+    try:
+        handler_type = importlib.import_module(MODULE)._ToGunicornLog
+    finally:
+        sys.modules.pop(MODULE, None)
     error_log = logging.getLogger("test.gunicorn.error")
     error_log.setLevel(logging.INFO)
     error_log.propagate = True  # back to the root, where our handler is
     collected = Collect()
     error_log.addHandler(collected)
     root, ours = logging.getLogger(), logging.getLogger("openalgo_events.test")
-    handler = _ToGunicornLog(error_log)
+    handler = handler_type(error_log)
     root.addHandler(handler)
     level = ours.level
     ours.setLevel(logging.DEBUG)
