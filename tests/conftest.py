@@ -112,6 +112,16 @@ def cluster(kafka_cluster: kc.KafkaCluster) -> Iterator[kc.KafkaCluster]:
         kafka_cluster.heal()
 
 
+@pytest.fixture(autouse=True)
+def _no_relay_outlives_its_test(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A relay a test started (or a publisher started for it) ends with the test: one with
+    events for a broker the test stopped would otherwise wait for it for the whole session."""
+    yield
+    from tests.integration.relay_support import kill_relays_under
+
+    kill_relays_under(str(tmp_path_factory.getbasetemp()))
+
+
 @pytest.fixture
 def topic() -> str:
     """A fresh topic name for one test (not created: auto-creation is off on the cluster)."""

@@ -31,6 +31,11 @@ def real_threading() -> Any:
     return _original("threading")
 
 
+def real_module(name: str) -> Any:
+    """The unpatched module ``name`` (``os``: its ``waitpid`` blocks only the calling thread)."""
+    return _original(name)
+
+
 def real_sleep(seconds: float) -> None:
     """``time.sleep`` that blocks only the calling OS thread."""
     _original("time").sleep(seconds)

@@ -157,7 +157,7 @@ def check(ctx: click.Context, force_kafka: bool, timeout: float, verbose: bool) 
             click.echo("OK: mode SOCKETIO: events go to the app's Socket.IO clients; Kafka is "
                        "not used (--kafka tests the broker anyway).")
             return
-        problem = spool_location_problem(settings.spool_path)
+        problem = spool_location_problem(settings)
         if problem:
             raise ConfigError([problem])
         topics = [settings.order_events_topic]
@@ -187,9 +187,7 @@ def check(ctx: click.Context, force_kafka: bool, timeout: float, verbose: bool) 
             if limit:
                 click.echo(f"warning: {limit}", err=True)
     finally:
-        spool = settings.spool_path  # where the files are: resolved as the app resolves it
-        where = spool if spool == ":memory:" else os.path.abspath(spool)
-        click.echo(f"Mode {settings.mode.value}; spool {where}"
+        click.echo(f"Mode {settings.mode.value}; spool {settings.spool_location}"
                    + ("" if verbose else " (--verbose lists every setting)"))
         if verbose:
             click.echo("Configuration (secrets masked):")
@@ -333,13 +331,22 @@ def tail(ctx: click.Context, topic: str | None, event_types: tuple[str, ...],
 
 
 # -- replay ---------------------------------------------------------------------------------
+SPOOL_HELP = ("The spool directory (default: KAFKA_SPOOL_PATH, or the default one per cluster "
+              "and topic, as seen from this directory).")
+
+
+def count(number: int, noun: str) -> str:
+    """``1 event``, ``2 events``."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
 @main.command()
 @click.option("--since", type=When(), required=True, help="Window start: ISO 8601 or e.g. 2h.")
 @click.option("--until", type=When(), help="Window end (default: now).")
 @click.option("--user", help="Only this user's events (default: everyone's).")
 @click.option("--event-type", "event_types", multiple=True, help="Only this type (repeatable).")
 @click.option("--topic", help="Send to this topic (default: KAFKA_ORDER_EVENTS_TOPIC).")
-@click.option("--spool", "spool_path", help="Spool file (default: KAFKA_SPOOL_PATH).")
+@click.option("--spool", "spool_path", help=SPOOL_HELP)
 @click.option("--dry-run", is_flag=True, help="List what would be sent; send nothing.")
 @click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(0.1),
               help="Seconds to wait for the broker to confirm the copies.")
@@ -357,23 +364,23 @@ def replay(ctx: click.Context, since: float, until: float | None, user: str | No
       openalgo-events replay --since 2h --user alice --dry-run
       openalgo-events replay --since 2026-01-29T09:00:00Z --until 2026-01-29T10:00:00Z
     """
-    from .ops.trail import Trail
+    from .ops.trail import open_spool
     from .ops.trail import replay as replay_events
 
     settings = _settings(ctx)
     topic = topic or settings.order_events_topic
     until = until if until is not None else time.time()
-    with Trail(spool_path or settings.spool_path) as trail:
-        events = trail.delivered(since=since, until=until, user_id=user,
-                                 event_types=event_types)
+    with open_spool(settings, spool_path) as trail:
+        events = list(trail.trail(since=since, until=until, user_id=user,
+                                  event_types=event_types))
     window = f"{format_when(since)} .. {format_when(until)}"
     who = f"user {user}" if user else "all users"
     if dry_run:
         for event in events:
-            click.echo(f"{format_when(event.created)}  {event.event_type:<24} "
-                       f"{event.user_id:<14} {event.event_id}")
-        click.echo(f"dry run: would re-publish {len(events)} event(s) of {who} from {window} "
-                   f"to {topic}")
+            meta = event.meta
+            click.echo(f"{format_when(event.created)}  {meta[2]:<24} {meta[3]:<14} {meta[1]}")
+        click.echo(f"dry run: would re-publish {count(len(events), 'event')} of {who} from "
+                   f"{window} to {topic}")
         return
     if not events:
         click.echo(f"nothing to replay: no delivered events of {who} in {window}")
@@ -381,61 +388,79 @@ def replay(ctx: click.Context, since: float, until: float | None, user: str | No
     with click.progressbar(length=len(events), label=f"re-publishing to {topic}",
                            file=sys.stderr) as bar:
         sent = replay_events(settings, events, topic, timeout=timeout, on_delivered=bar.update)
-    click.echo(f"re-published {sent} event(s) of {who} from {window} to {topic}")
+    click.echo(f"re-published {count(sent, 'event')} of {who} from {window} to {topic}")
 
 
 # -- spool ----------------------------------------------------------------------------------
 @main.group()
 def spool() -> None:
-    """Inspect the local spool, safe while the app runs (only 'retry' writes: one mark)."""
+    """Inspect the local spool, safe while the app runs ('retry' writes one mark)."""
 
 
 @spool.command("status")
-@click.option("--spool", "spool_path", help="Spool file (default: KAFKA_SPOOL_PATH).")
+@click.option("--spool", "spool_path", help=SPOOL_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.pass_context
 def spool_status(ctx: click.Context, spool_path: str | None, as_json: bool) -> None:
-    """Pending depth and bytes, oldest pending age and the replayable trail.
+    """Pending events, the relay, rejected events and the replayable trail.
 
     \b
     Example:
-      openalgo-events spool status --spool /opt/openalgo/openalgo_events_spool.db
+      openalgo-events spool status --spool /opt/openalgo/openalgo_events_spool/orders-1a2b3c4d
     """
-    from .ops.trail import Trail
+    from .ops.trail import open_spool, report
 
     settings = _settings(ctx)
-    with Trail(spool_path or settings.spool_path) as trail:
-        status = trail.status()
+    with open_spool(settings, spool_path) as opened:
+        found = report(opened)
+    status = found.relay_status
     if as_json:
-        click.echo(json.dumps({**status.__dict__, "max_bytes": settings.spool_max_bytes}))
+        click.echo(json.dumps({
+            "path": found.path, "depth": found.depth, "pending_bytes": found.pending_bytes,
+            "max_bytes": settings.spool_max_bytes,
+            "oldest_pending_age": found.oldest_pending_age, "relay_pid": found.relay_pid,
+            "keeper_pid": found.keeper_pid, "rejected": found.rejected,
+            "trail_bytes": found.trail_bytes, "oldest_trail": found.oldest_trail,
+            "guarantee": status.get("guarantee"), "storage_fault": status.get("storage_fault")
+            if found.relay_pid else None}))
         return
-    age = "-" if status.oldest_pending_age is None else f"{status.oldest_pending_age:.1f}s"
-    since = "-" if status.oldest_delivered is None else format_when(status.oldest_delivered)
-    click.echo(f"path:               {Path(status.path).resolve()}")
-    click.echo(f"pending events:     {status.depth}")
-    click.echo(f"pending bytes:      {status.pending_bytes} of {settings.spool_max_bytes} "
+    age = "-" if found.oldest_pending_age is None else f"{found.oldest_pending_age:.1f}s"
+    since = "-" if found.oldest_trail is None else format_when(found.oldest_trail)
+    relay = (f"running (pid {found.relay_pid}), {status.get('guarantee') or 'starting'}"
+             if found.relay_pid else "not running" + (
+                 f" (its keeper, pid {found.keeper_pid}, starts it again)"
+                 if found.keeper_pid else ""))
+    click.echo(f"path:               {found.path}")
+    click.echo(f"relay:              {relay}")
+    click.echo(f"pending events:     {found.depth}")
+    click.echo(f"pending bytes:      {found.pending_bytes} of {settings.spool_max_bytes} "
                "(KAFKA_SPOOL_MAX_BYTES)")
     click.echo(f"oldest pending age: {age}")
-    click.echo(f"delivered (trail):  {status.delivered} events, {status.delivered_bytes} bytes, "
-               f"since {since}")
-    click.echo(f"rejected:           {status.rejected} events (openalgo-events spool rejected)")
+    click.echo(f"trail:              {found.trail_bytes} bytes of "
+               f"{settings.trail_max_bytes} (KAFKA_TRAIL_MAX_BYTES), since {since}")
+    click.echo(f"rejected:           {count(found.rejected, 'event')} "
+               "(openalgo-events spool rejected)")
+    fault = status.get("storage_fault") if found.relay_pid else None
+    if fault:
+        click.echo(f"storage fault:      {fault['file']} {fault['path']}: {fault['error']} "
+                   f"(since {fault['since']})")
 
 
 @spool.command("rejected")
-@click.option("--spool", "spool_path", help="Spool file (default: KAFKA_SPOOL_PATH).")
+@click.option("--spool", "spool_path", help=SPOOL_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per line.")
 @click.pass_context
 def spool_rejected(ctx: click.Context, spool_path: str | None, as_json: bool) -> None:
-    """Events Kafka refused for good (too large, invalid) or that could not be read.
+    """Events Kafka refused for good (too large, invalid).
 
     Each was set aside so the events after it kept flowing; fix the cause, then send it again
     with 'openalgo-events spool retry EVENT_ID'.
     """
-    from .ops.trail import Trail
+    from .ops.trail import open_spool
 
     settings = _settings(ctx)
-    with Trail(spool_path or settings.spool_path) as trail:
-        events = trail.rejected()
+    with open_spool(settings, spool_path) as opened:
+        events = opened.rejected()
     for event in events:
         if as_json:
             click.echo(json.dumps(event._asdict()))
@@ -444,27 +469,43 @@ def spool_rejected(ctx: click.Context, spool_path: str | None, as_json: bool) ->
                        f"{event.user_id:<14} {event.event_id}  {event.size} bytes  "
                        f"{event.reason}")
     if not as_json:
-        click.echo(f"{len(events)} rejected event(s)")
+        click.echo(f"{count(len(events), 'rejected event')}")
 
 
 @spool.command("retry")
 @click.argument("event_id")
-@click.option("--spool", "spool_path", help="Spool file (default: KAFKA_SPOOL_PATH).")
+@click.option("--spool", "spool_path", help=SPOOL_HELP)
 @click.pass_context
 def spool_retry(ctx: click.Context, event_id: str, spool_path: str | None) -> None:
     """Send a rejected event again, once its cause is fixed.
 
-    The running app's relay queues it within a second (or the next start does), after the
-    events pending now; it keeps its event id.
+    The relay sends it within a second, after the events pending now; it keeps its event id.
+    If no relay runs, one is started.
     """
-    from .ops.trail import mark_for_retry
+    from .ops.trail import open_spool, retry
 
     settings = _settings(ctx)
-    if not mark_for_retry(spool_path or settings.spool_path, event_id):
-        raise click.ClickException(f"no rejected event {event_id} in the spool; list them with "
-                                   "'openalgo-events spool rejected'")
-    click.echo(f"event {event_id} marked for retry; the app's relay sends it within a second "
-               "(or at its next start)")
+    with open_spool(settings, spool_path) as opened:
+        click.echo(retry(settings, opened, event_id))
+
+
+@spool.command("import")
+@click.argument("old_spool", type=click.Path(exists=True, dir_okay=False))
+@click.option("--spool", "spool_path", help=SPOOL_HELP)
+@click.pass_context
+def spool_import(ctx: click.Context, old_spool: str, spool_path: str | None) -> None:
+    """Move the events a version-1 spool file still holds pending into this spool.
+
+    Its relay then sends them (with their event ids); the old file is renamed to
+    OLD_SPOOL.imported so it is never imported twice. Stop the app of the old version first.
+    """
+    from .spool.v1 import import_version_1
+
+    settings = _settings(ctx)
+    target = os.path.abspath(spool_path) if spool_path else settings.spool_location
+    moved = import_version_1(old_spool, settings.with_spool(target))
+    click.echo(f"imported {count(moved, 'pending event')} from {old_spool} into {target}; "
+               f"the old file is now {old_spool}.imported")
 
 
 # -- schemas and sample configuration ------------------------------------------------------

@@ -77,11 +77,11 @@ VARIABLES: tuple[Var, ...] = (
     Var("KAFKA_SASL_USERNAME", "sasl_username", "", "SASL user name"),
     Var("KAFKA_SASL_PASSWORD", "sasl_password", "", "SASL password", secret=True),
     Var("KAFKA_SSL_CA_LOCATION", "ssl_ca_location", "", "CA certificate file for SSL"),
-    Var("KAFKA_SPOOL_PATH", "spool_path", "openalgo_events_spool.db", "durable local spool (SQLite); :memory: turns durability off"),
+    Var("KAFKA_SPOOL_PATH", "spool_path", "", "the spool directory (default: openalgo_events_spool/<topic>-<cluster> in the working directory, one per cluster and topic); :memory: turns durability off"),
     Var("KAFKA_SPOOL_MAX_BYTES", "spool_max_bytes", "536870912", "pending bytes above which LOW and MEDIUM events are shed"),
     Var("KAFKA_SPOOL_SYNC", "spool_sync", "NORMAL", "NORMAL (survives a crash) or FULL (survives power loss, slower)"),
     Var("KAFKA_TRAIL_RETENTION_HOURS", "trail_retention_hours", "168", "how long delivered events stay replayable"),
-    Var("KAFKA_TRAIL_MAX_BYTES", "trail_max_bytes", "1073741824", "spool file size past which the oldest delivered events are pruned (never pending ones)"),
+    Var("KAFKA_TRAIL_MAX_BYTES", "trail_max_bytes", "1073741824", "bytes of delivered events' journal segments kept for replay; past it the oldest are pruned (never a pending one)"),
     Var("KAFKA_STALL_TIMEOUT_SECONDS", "stall_timeout_seconds", "10", "no delivery progress for this long rebuilds the producer"),
     Var("KAFKA_CLOSE_TIMEOUT_SECONDS", "close_timeout_seconds", "5", "how long the relay keeps delivering after SIGTERM before it stops"),
     Var("KAFKA_ROLLOUT_PERCENT", "rollout_percent", "100", "share of users (by hash of user id) whose events go to Kafka"),
@@ -141,7 +141,7 @@ class Settings:
     sasl_username: str = ""
     sasl_password: str = field(default="", repr=False)
     ssl_ca_location: str = ""
-    spool_path: str = "openalgo_events_spool.db"
+    spool_path: str = ""
     spool_max_bytes: int = 536_870_912
     spool_sync: str = "NORMAL"
     trail_retention_hours: int = 168
@@ -174,6 +174,24 @@ class Settings:
                 load_dotenv(env_file, override=False)
             environ = os.environ
         return _parse(environ)
+
+    @property
+    def spool_location(self) -> str:
+        """The spool directory, absolute: ``KAFKA_SPOOL_PATH``, or by default one per cluster
+        and topic under ``openalgo_events_spool/`` in the working directory (resolved now:
+        run tools from the app's directory); ``:memory:`` as it is."""
+        if self.spool_path == ":memory:":
+            return self.spool_path
+        from .spool.format import default_spool_path
+
+        return os.path.abspath(self.spool_path or default_spool_path(self.bootstrap_servers,
+                                                                     self.order_events_topic))
+
+    def with_spool(self, path: str) -> Settings:
+        """These settings with ``KAFKA_SPOOL_PATH`` set to ``path``."""
+        from dataclasses import replace
+
+        return replace(self, spool_path=path)
 
     @property
     def dlq_topic(self) -> str:

@@ -20,7 +20,6 @@ from .catalog import CATALOG, Catalog
 from .config import Mode, Settings
 from .envelope import Envelope, to_json_value, unencodable
 from .errors import ConfigError, EventNotStoredError, EventValidationError, SpoolError
-from .spool import Spool
 from .stats import Stats
 from .transports import Transport
 from .transports.routing import Route, RoutingTransport
@@ -239,23 +238,14 @@ class KafkaEventPublisher(EventPublisher):
 
 
 def kafka_transport(settings: Settings, stats: Stats | None = None) -> Transport:
-    """The Kafka transport for ``settings``.
-
-    With a spool file (``KAFKA_SPOOL_PATH``, the default), the host only journals and a relay
-    process sends (``transports.relayed``, ``relay``). ``KAFKA_SPOOL_PATH=:memory:`` keeps the
-    relay in this process without durability (tests, notebooks): the same relay logic
-    (``KafkaTransport``), on an in-memory spool.
-    """
-    stats = stats or Stats()
-    if settings.spool_path != ":memory:":
-        from .transports.relayed import RelayedKafkaTransport
-
-        return RelayedKafkaTransport(settings, stats=stats)
+    """The Kafka transport for ``settings``: the app journals, a relay process sends
+    (``transports.kafka``, ``relay``). ``KAFKA_SPOOL_PATH=:memory:`` runs that relay on a thread
+    of this process, over a temporary spool (tests, notebooks): the same code, no durability.
+    Raises ``SpoolError`` (the spool cannot be used) or ``ConfigError`` (it is another cluster's
+    or topic's)."""
     from .transports.kafka import KafkaTransport
 
-    return KafkaTransport(settings.producer_config(), settings.order_events_topic,
-                          spool=Spool.for_settings(settings, stats),
-                          stall_timeout=settings.stall_timeout_seconds, stats=stats)
+    return KafkaTransport(settings, stats=stats or Stats())
 
 
 def build_publisher(settings: Settings, socketio: Any = None) -> EventPublisher:

@@ -109,6 +109,32 @@ class Stats:
         with self._lock:
             return sum(v for (n, ls), v in self._counters.items() if n == name and want <= set(ls))
 
+    def export(self) -> dict[str, Any]:
+        """The snapshot as plain JSON (the relay's status carries it to the app's /metrics)."""
+        snapshot = self.snapshot()
+        return {
+            "counters": [[name, [list(kv) for kv in labels], value]
+                         for (name, labels), value in snapshot["counters"].items()],
+            "histograms": [[name, [list(kv) for kv in labels], h.counts, h.total, h.count]
+                           for (name, labels), h in snapshot["histograms"].items()],
+        }
+
+    @staticmethod
+    def imported(doc: Any) -> dict[str, Any]:
+        """``export``'s document back as a snapshot (empty when it is not one)."""
+        counters: dict[Key, int] = {}
+        histograms: dict[Key, Histogram] = {}
+        try:
+            for name, labels, value in doc.get("counters", []):
+                counters[(name, tuple(tuple(kv) for kv in labels))] = int(value)
+            for name, labels, counts, total, count in doc.get("histograms", []):
+                if len(counts) == len(BUCKETS) + 1:
+                    histograms[(name, tuple(tuple(kv) for kv in labels))] = Histogram(
+                        [int(c) for c in counts], float(total), int(count))
+        except (AttributeError, TypeError, ValueError):
+            return {"counters": {}, "histograms": {}}
+        return {"counters": counters, "histograms": histograms}
+
     def snapshot(self) -> dict[str, Any]:
         self._fold()
         with self._lock:

@@ -1,4 +1,4 @@
-"""Helpers for tests of the relay process."""
+"""Helpers for tests of the relay process, its keeper and the spool directory."""
 
 from __future__ import annotations
 
@@ -10,11 +10,13 @@ import time
 import urllib.request
 from typing import Any
 
-from openalgo_events import spooldir
+from openalgo_events.spool import Spool
+from openalgo_events.spool import format as fmt
+from tests.support import wait_for
 
 
-def relay_processes(spool: str) -> list[int]:
-    """Pids of the relay processes of ``spool`` running on this machine."""
+def relay_processes(spool: str, *, keepers: bool = True) -> list[int]:
+    """Pids of the relay processes (and their keepers) of ``spool`` running on this machine."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -22,11 +24,25 @@ def relay_processes(spool: str) -> list[int]:
         with contextlib.suppress(OSError):
             with open(f"/proc/{entry}/cmdline", "rb") as handle:
                 args = handle.read().split(b"\0")
-            if b"openalgo_events.relay" in args and spool.encode() in args:
+            if (b"openalgo_events.relay" in args and spool.encode() in args
+                    and (keepers or b"--keep" not in args)):
                 with open(f"/proc/{entry}/stat") as stat:
-                    if stat.read().split()[2] != "Z":
+                    if stat.read().rsplit(")", 1)[1].split()[0] != "Z":
                         found.append(int(entry))
     return found
+
+
+def relay_pid(spool: str) -> int | None:
+    """The pid holding the spool's relay lock (the relay itself, not its keeper)."""
+    with contextlib.suppress(Exception), Spool(spool) as opened:
+        return opened.relay_pid()
+    return None
+
+
+def keeper_pid(spool: str) -> int | None:
+    with contextlib.suppress(Exception), Spool(spool) as opened:
+        return opened.keeper_pid()
+    return None
 
 
 # One record of the relay's log (relay.command's format): time, level, logger, pid, message.
@@ -34,11 +50,12 @@ _RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ ([A-Z]+) (\S+) \[rela
 
 
 def relay_log(spool: str) -> list[tuple[str, str]]:
-    """(level name, message) of each record in ``<spool>.relay.log``, what a relay started by a
-    publisher wrote; a line that starts no record (a traceback) belongs to the one before."""
+    """(level name, message) of each record in ``<spool>/relay.log`` (what a keeper and relay
+    started by a publisher wrote); a line that starts no record belongs to the one before."""
     records: list[tuple[str, str]] = []
     try:
-        with open(spooldir.log_path(spool), encoding="utf-8", errors="replace") as handle:
+        with open(os.path.join(spool, fmt.RELAY_LOG), encoding="utf-8",
+                  errors="replace") as handle:
             lines = handle.read().splitlines()
     except FileNotFoundError:
         return records
@@ -66,10 +83,10 @@ def relay_metrics(health: dict[str, Any]) -> str:
 
 
 def stop_relays(spool: str, timeout: float = 30.0) -> None:
-    """SIGTERM the relays of ``spool``, as an app restart does (each drains for
-    KAFKA_CLOSE_TIMEOUT_SECONDS and exits, leaving what is pending in the spool), and wait
-    until they are gone. Sent again until then: a relay just started by a publisher may still
-    be starting (forked, not yet running Python), when the first signal finds no relay yet."""
+    """SIGTERM the keepers and relays of ``spool``, as an app restart does (each relay drains
+    for KAFKA_CLOSE_TIMEOUT_SECONDS and exits, leaving what is pending in the journals), and
+    wait until they are gone. Sent again until then: a keeper just started may not yet have
+    started its relay when the first signal comes."""
     deadline = time.monotonic() + timeout
     while pids := relay_processes(spool):
         if time.monotonic() > deadline:
@@ -78,3 +95,25 @@ def stop_relays(spool: str, timeout: float = 30.0) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
         time.sleep(0.1)
+
+
+def kill_relays_under(directory: str) -> None:
+    """SIGKILL every keeper and relay whose spool lies under ``directory`` (a test's leftovers:
+    a relay with events for a broker that is gone waits for it for ever)."""
+    for pid in relay_processes(directory):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                args = handle.read().split(b"\0")
+            if b"openalgo_events.relay" in args and any(
+                    arg.startswith(directory.encode()) for arg in args):
+                os.kill(int(entry), signal.SIGKILL)
+
+
+def wait_relay_gone(spool: str, timeout: float = 20.0) -> None:
+    wait_for(lambda: relay_pid(spool) is None and keeper_pid(spool) is None, timeout,
+             message=f"the relay of {spool} to exit")

@@ -47,7 +47,7 @@ def use_dev_broker(bootstrap_servers: str, env_file: str = ".env") -> None:
     if not _configured("KAFKA_SPOOL_PATH", env_file):
         # The broker forgets everything when it stops; so may the spool that feeds it.
         spool_dir = tempfile.mkdtemp(prefix="openalgo-events-demo-")
-        os.environ["KAFKA_SPOOL_PATH"] = os.path.join(spool_dir, "spool.db")
+        os.environ["KAFKA_SPOOL_PATH"] = os.path.join(spool_dir, "spool")
 
 
 def use_demo_admin_token(env_file: str = ".env") -> str | None:

@@ -1,23 +1,25 @@
-"""The spool's trail, read-only, so it can be inspected and replayed while the app runs.
+"""The spool seen by an operator: status, rejected events, retries, and replay from the trail.
 
-The app holds an exclusive lock on its spool, so these tools never open ``Spool``: they read
-the SQLite file with ``mode=ro`` and re-publish with their own producer. A replayed copy keeps
-its key, value and headers (so its event id) and gains the ``openalgo_replay: 1`` header.
+Everything here reads the spool without a lock (``spool.Spool``), so it is safe while the app
+and its relay run; ``retry`` writes one mark in ``rejected.db`` and starts a relay when none
+runs. A replay produces copies with its own producer: each keeps its key, value and headers
+(so its event id) and gains the ``openalgo_replay: 1`` header.
 """
 
 from __future__ import annotations
 
 import os
-import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from types import TracebackType
+from typing import Any
 
 from ..config import Settings
+from ..envelope import cloudevents_headers
 from ..errors import OpenAlgoEventsError, SpoolError
-from ..spool import REPLAY_HEADER, RejectedEvent, _explain, record_headers, uncommitted
+from ..spool import REPLAY_HEADER, Spool, TrailRecord
+from ..spool import format as fmt
+from ..spool.directory import SpoolDirectory
 from .broker import client_config, cluster_metadata, kafka, unreachable
 
 
@@ -26,113 +28,66 @@ class ReplayError(OpenAlgoEventsError):
 
 
 @dataclass(frozen=True)
-class TrailStatus:
+class SpoolReport:
+    """What ``openalgo-events spool status`` prints."""
+
     path: str
     depth: int
     pending_bytes: int
     oldest_pending_age: float | None
-    delivered: int
-    delivered_bytes: int
-    oldest_delivered: float | None  # unix seconds of the oldest replayable event
-    rejected: int = 0  # events set aside (Kafka refused them for good, or unreadable)
+    relay_pid: int | None
+    keeper_pid: int | None
+    rejected: int
+    trail_bytes: int
+    oldest_trail: float | None  # unix seconds of the oldest trail segment's last write
+    relay_status: dict[str, Any]
 
 
-@dataclass(frozen=True)
-class TrailEvent:
-    """One delivered event as the spool stored it."""
-
-    seq: int
-    event_id: str
-    event_type: str
-    user_id: str
-    created: float
-    topic: str
-    key: bytes
-    value: bytes
-    headers: list[tuple[str, bytes]]
+def open_spool(settings: Settings, path: str | None) -> Spool:
+    """The spool at ``path`` (``--spool``) or the one ``settings`` name; ``SpoolError`` with the
+    fix when there is none."""
+    if (path or settings.spool_path) == ":memory:":
+        raise SpoolError("KAFKA_SPOOL_PATH is :memory:, so there is no spool to read; pass "
+                         "--spool with the app's spool directory")
+    return Spool(os.path.abspath(path) if path else settings.spool_location)
 
 
-class Trail:
-    """A read-only view of a spool file.
-
-    >>> with Trail("openalgo_events_spool.db") as trail:  # doctest: +SKIP
-    ...     print(trail.status().depth)
-    """
-
-    def __init__(self, path: str) -> None:
-        if path == ":memory:":
-            raise SpoolError("KAFKA_SPOOL_PATH is :memory:, so there is no spool file to read; "
-                             "pass --spool with the path of the app's spool file")
-        if not Path(path).is_file():
-            raise SpoolError(f"no spool file at {path}; pass --spool (or set KAFKA_SPOOL_PATH) "
-                             "to the file the app writes, as seen from this directory")
-        self.path = path
-        try:
-            self._db = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
-            self._db.execute("SELECT 1 FROM events LIMIT 1")
-        except sqlite3.Error as exc:
-            raise SpoolError(_explain(path, exc)) from exc
-
-    def status(self) -> TrailStatus:
-        depth, pending_bytes, oldest_pending, committed = self._db.execute(
-            "SELECT count(*) FILTER (WHERE delivered IS NULL), coalesce(sum(length(value)) "
-            "FILTER (WHERE delivered IS NULL), 0), min(created) FILTER (WHERE delivered IS NULL),"
-            " coalesce(max(seq), 0) FROM events").fetchone()
-        journaled = uncommitted(self.path, committed)  # accepted, not yet in SQLite
-        depth += len(journaled)
-        pending_bytes += sum(size for _, _, size in journaled)
-        if journaled and oldest_pending is None:
-            oldest_pending = journaled[0][1]
-        delivered, delivered_bytes, oldest_delivered = self._db.execute(
-            "SELECT count(*), coalesce(sum(length(value)), 0), min(created) FROM events "
-            "WHERE delivered IS NOT NULL").fetchone()
-        age = time.time() - oldest_pending if oldest_pending is not None else None
-        return TrailStatus(self.path, depth, pending_bytes, age, delivered, delivered_bytes,
-                           oldest_delivered, len(self.rejected()))
-
-    def rejected(self) -> list[RejectedEvent]:
-        """Events set aside as rejected, oldest first (none in a spool from before the table)."""
-        try:
-            rows = self._db.execute(
-                "SELECT seq, event_id, event_type, user_id, created, rejected, reason, "
-                "length(value) FROM rejected ORDER BY seq").fetchall()
-        except sqlite3.OperationalError:  # no such table: written by an earlier version
-            return []
-        return [RejectedEvent(*row) for row in rows]
-
-    def delivered(self, *, since: float, until: float, user_id: str | None = None,
-                  event_types: Iterable[str] = ()) -> list[TrailEvent]:
-        """Delivered events created in ``[since, until]``, oldest first."""
-        where = ["delivered IS NOT NULL", "created >= ?", "created <= ?"]
-        params: list[object] = [since, until]
-        if user_id is not None:
-            where.append("user_id = ?")
-            params.append(user_id)
-        types = list(event_types)
-        if types:
-            where.append(f"event_type IN ({','.join('?' * len(types))})")
-            params.extend(types)
-        rows = self._db.execute(
-            "SELECT seq, event_id, event_type, user_id, created, topic, key, value, "
-            f"extra_headers FROM events WHERE {' AND '.join(where)} ORDER BY seq",
-            params).fetchall()
-        return [
-            TrailEvent(seq, event_id, event_type, user, created, topic, bytes(key), bytes(value),
-                       record_headers(bytes(value), extra))
-            for seq, event_id, event_type, user, created, topic, key, value, extra in rows
-        ]
-
-    def close(self) -> None:
-        self._db.close()
-
-    def __enter__(self) -> Trail:
-        return self
-
-    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
-        self.close()
+def report(spool: Spool) -> SpoolReport:
+    ledger = spool.ledger()
+    pending = spool.pending(ledger)
+    trail_bytes, oldest_trail = spool.trail_size()
+    age = None if pending.oldest_created is None else max(
+        0.0, time.time() - pending.oldest_created)
+    return SpoolReport(spool.path, pending.depth, pending.bytes, age, spool.relay_pid(),
+                       spool.keeper_pid(), len(spool.rejected()), trail_bytes, oldest_trail,
+                       spool.status())
 
 
-def replay(settings: Settings, events: list[TrailEvent], topic: str, *, timeout: float = 30.0,
+def retry(settings: Settings, spool: Spool, event_id: str) -> str:
+    """Mark ``event_id`` for sending again; what will happen, truthfully. Starts a relay (its
+    keeper) when none runs. Raises ``SpoolError`` when no rejected event has that id."""
+    if not spool.retry(event_id):
+        raise SpoolError(f"no rejected event {event_id} in spool {spool.path}; list them with "
+                         "'openalgo-events spool rejected'")
+    pid = spool.relay_pid()
+    if pid is not None:
+        return (f"event {event_id} marked for retry; the relay (pid {pid}) sends it within a "
+                "second, after the events pending now")
+    if not settings.bootstrap_servers:
+        return (f"event {event_id} marked for retry, but no relay runs and none can be started "
+                "here without KAFKA_BOOTSTRAP_SERVERS; it is sent when a relay next starts")
+    from ..host.starter import spawn_keeper
+
+    if spool.keeper_pid() is None and not spawn_keeper(settings.with_spool(spool.path),
+                                                       spool.directory):
+        return (f"event {event_id} marked for retry, but no relay runs and starting one failed "
+                "(see the log); start 'openalgo-events relay'")
+    return (f"event {event_id} marked for retry; no relay was running, so one was started (its "
+            f"log: {os.path.join(spool.path, fmt.RELAY_LOG)}); it sends the event within a "
+            "few seconds")
+
+
+def replay(settings: Settings, events: list[TrailRecord], topic: str, *, timeout: float = 30.0,
            on_delivered: Callable[[int], None] = lambda _: None) -> int:
     """Produce ``events`` again to ``topic`` and wait for every delivery report.
 
@@ -153,12 +108,10 @@ def replay(settings: Settings, events: list[TrailEvent], topic: str, *, timeout:
         on_delivered(1)
 
     for event in events:
-        headers = [(k, v) for k, v in event.headers if k != REPLAY_HEADER]
-        headers.append((REPLAY_HEADER, b"1"))
+        producer_args = replay_record(event)
         while True:
             try:
-                producer.produce(topic, event.value, event.key, headers=headers,
-                                 on_delivery=on_delivery)
+                producer.produce(topic, *producer_args, on_delivery=on_delivery)
                 break
             except BufferError:
                 producer.poll(0.1)  # the local queue is full: let deliveries drain it
@@ -174,33 +127,40 @@ def replay(settings: Settings, events: list[TrailEvent], topic: str, *, timeout:
     return confirmed
 
 
-def spool_location_problem(path: str) -> str | None:
-    """Why the app could not keep its spool at ``path``, or None when it could."""
+def replay_record(event: TrailRecord) -> tuple[bytes, bytes, Any]:
+    """(value, key, headers=...) of a replayed copy: the original's, plus the replay header."""
+    meta = event.meta
+    headers = cloudevents_headers(meta[fmt.EVENT_ID], meta[fmt.EVENT_TYPE], meta[fmt.SOURCE],
+                                  meta[fmt.TIMESTAMP])
+    headers += [(str(k), str(v).encode()) for k, v in meta[fmt.EXTRA_HEADERS] or []
+                if k != REPLAY_HEADER]
+    headers.append((REPLAY_HEADER, b"1"))
+    return event.value, meta[fmt.USER_ID].encode(), headers
+
+
+def spool_location_problem(settings: Settings) -> str | None:
+    """Why the app could not keep its spool where ``settings`` say, or None when it could."""
+    path = settings.spool_location
     if path == ":memory:":
         return None
-    directory = Path(path).resolve().parent
-    if not directory.is_dir():
-        return (f"KAFKA_SPOOL_PATH={path!r}: directory {directory} does not exist; create it or "
-                "point KAFKA_SPOOL_PATH at a file in an existing directory")
-    if not os.access(directory, os.W_OK) or (Path(path).exists() and not os.access(path, os.W_OK)):
-        return (f"KAFKA_SPOOL_PATH={path!r} is not writable by this user; fix the permissions "
-                "or choose another location")
-    return None
+    from ..spool import refuse_version_1
 
-
-def mark_for_retry(path: str, event_id: str) -> bool:
-    """Mark rejected event ``event_id`` in spool ``path`` for sending again; the app's relay
-    (now, or at its next start) queues it. Writes only that row, so it is safe while the app
-    runs. False when no rejected event has that id."""
-    if not Path(path).is_file():
-        raise SpoolError(f"no spool file at {path}; pass --spool (or set KAFKA_SPOOL_PATH) to "
-                         "the file the app writes, as seen from this directory")
     try:
-        with sqlite3.connect(path, timeout=10) as db:
-            changed = db.execute("UPDATE rejected SET retry = ? WHERE event_id = ?",
-                                 (time.time(), event_id)).rowcount
-    except sqlite3.OperationalError as exc:
-        if "no such table" in str(exc):
-            return False
-        raise SpoolError(_explain(path, exc)) from exc
-    return bool(changed)
+        refuse_version_1(path)
+        if os.path.isdir(path):
+            SpoolDirectory(path, create=False).close()
+            writable = os.access(path, os.W_OK)
+        else:
+            parent = os.path.dirname(path)
+            if not settings.spool_path:
+                parent = os.path.dirname(parent)  # the default's openalgo_events_spool/ is made
+            if not os.path.isdir(parent):
+                return (f"the spool {path} cannot be made: directory {parent} does not exist; "
+                        "create it or set KAFKA_SPOOL_PATH to a directory in an existing one")
+            writable = os.access(parent, os.W_OK)
+    except SpoolError as exc:
+        return str(exc)
+    if not writable:
+        return (f"the spool {path} is not writable by this user; fix the permissions or set "
+                "KAFKA_SPOOL_PATH to another location")
+    return None

@@ -1,8 +1,10 @@
-"""The relay process: everything of the Kafka path that does not run in the host app.
+"""The relay process: everything of the Kafka path that does not run in the app.
 
-``openalgo-events relay`` (or ``python -m openalgo_events.relay``) runs it in the foreground;
-the gunicorn hook starts and supervises one; a publisher starts one detached when none runs.
-See ``process`` for what it does and ``spooldir`` for the format it reads.
+``process`` is the relay (journals -> Kafka, the ledger, health); ``reader`` its cursor over
+the journals, ``producer`` its Kafka client, ``ledger`` its record files, ``trail`` what it
+keeps after delivery, ``faults`` what it does when its own files fail; ``keeper`` restarts it
+when it dies; ``supervisor`` runs a keeper from gunicorn's master; ``command`` is
+``openalgo-events relay``. The format it reads is ``spool.format``'s.
 """
 
 from .process import Relay

@@ -1,20 +1,24 @@
-"""The relay process: from the writers' journals to SQLite to Kafka, outside the host.
+"""The relay: from every writer's journal to Kafka, outside the app. One log, one cursor.
 
-One relay per spool (the flock on ``<spool>.lock``, taken by ``Spool``). Its main thread waits on
-the doorbell (or ``SCAN_EVERY``), reads every writer's journal from its cursor and commits the
-records with the cursors in one SQLite transaction (``Spool.adopt``), then deletes the segments
-the cursors have passed and the directories of dead writers once drained. Kafka is
-``KafkaTransport``'s relay thread, unchanged: the producer, delivery reports, recovery by
-rebuilding the producer, the trail's retention. A small HTTP server on loopback answers
-``/health`` and ``/metrics``; ``<spool>.status.json`` (``spooldir``) carries the same figures to
-hosts, plus each writer's confirmed sequence number, which their ``flush`` waits on.
+One relay per spool (``relay.lock``). Its main thread blocks on the doorbell (and on the
+producer's wake-up when delivery reports arrive), reads the journals from each writer's
+position (``reader``), hands records to the producer (``producer``, whose own thread waits on
+Kafka), moves each writer's acknowledged position as reports come back, and writes the ledger
+once per batch (``ledger``). Nothing is copied on the way: the journals are the only store of
+pending events, and memory holds only what is in flight. About once a second (``SAFETY_SCAN``)
+it looks at every writer (a lost ring only delays), moves drained writers to the trail
+(``trail``), resends rejected events marked for retry, and rewrites its status for health. A
+small HTTP server on loopback answers ``/health`` and ``/metrics``.
 
-SIGTERM or SIGINT: stop reading journals, drain to Kafka for up to ``KAFKA_CLOSE_TIMEOUT_SECONDS``
-(``KafkaTransport.close`` stops its thread before the spool is closed), then exit. What is not
-delivered stays in SQLite or the journals for the next relay.
+SIGTERM or SIGINT: stop reading; deliver what is in flight for up to
+``KAFKA_CLOSE_TIMEOUT_SECONDS`` (not at all when the brokers are known down: it stays in the
+journals); write the ledger; exit. SIGUSR1: from now on, exit once idle (the keeper's parent,
+gunicorn's master, is gone).
 
-Started detached by a publisher (``--exit-when-idle``), the relay exits once no writer is left
-and nothing is pending; if a writer appears while it exits, it starts its successor.
+Started by a keeper for a publisher (``--exit-when-idle``), the relay exits once no writer is
+alive and nothing is pending, pruning the trail on its way out. Exit status: 0 done, 3 another
+relay holds the spool, 78 the spool or the settings cannot be used (the message says why and
+what to do; the keeper waits longer before trying again), anything else a crash.
 """
 
 from __future__ import annotations
@@ -22,489 +26,700 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import mmap
 import os
-import shutil
+import select
 import signal
-import socket
 import threading
 import time
-from collections import deque
-from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import orjson
-
-from .. import spooldir
+from .._threads import new_event, start_thread
+from ..catalog import Priority
 from ..config import Settings
 from ..envelope import cloudevents_headers
 from ..errors import ConfigError, SpoolError
-from ..spool import Spool, record_headers
+from ..spool import LedgerEntry, Spool, identity, open_directory
+from ..spool import format as fmt
+from ..spool.directory import SpoolDirectory, bind_doorbell, posix_lock
+from ..spool.rejected import RejectedStore
 from ..stats import Stats
+from . import trail
+from .faults import StorageFaults
+from .ledger import RecordWriter, ledger_positions
+from .producer import Producer, _iso
+from .reader import Entry, Reader, Writer
 
 log = logging.getLogger("openalgo_events.relay")
 
-READ_BATCH = 1000  # records read per turn at most (then produced, before reading on)
-CORRUPT_AFTER = 2.0  # seconds a bad frame of a live writer may stay "being written"
-IDLE_EXIT_AFTER = 2.0  # seconds with no writer and nothing pending before an idle exit
-# Seconds a relay started by a publisher stays with no writer left while events stay pending
-# (the broker down): then it exits, and the spool waits for the next publisher's relay.
-GIVE_UP_AFTER = 60.0
-STATUS_COMPUTE_EVERY = 0.005  # seconds; a flush waits on the status file
-LOCK_CHECK_EVERY = 0.2  # seconds between checks that the lock file at the path is ours
-CLAIM_FOR = 1.0  # seconds to retry the relay lock (a host's liveness probe holds it briefly)
-
-
-@dataclass
-class Writer:
-    """What the relay knows of one writer's journal."""
-
-    name: str
-    path: str
-    segment: int
-    offset: int
-    seq: int  # the writer's last sequence number read (and committed once ``adopt`` returns)
-    delivered: int = 0  # every record up to this writer seq is delivered
-    marks: deque[tuple[int, int]] = field(default_factory=deque)  # (spool seq, writer seq)
-    bad_since: float | None = None
-    corrupt: int = 0
-    deleted_below: int = 0  # segments before this one are deleted
-
-    def cursor(self) -> str:
-        return json.dumps([self.segment, self.offset, self.seq])
+EXIT_OK, EXIT_HELD, EXIT_UNUSABLE = 0, 3, 78
+MAX_IN_FLIGHT = 10_000  # records handed to the producer and not yet reported
+READ_BATCH = 1_000  # records read from one writer per turn at most
+LEDGER_EVERY = 0.05  # seconds between ledger writes while records are in flight
+STATUS_EVERY = 1.0  # seconds between status writes when nothing changes
+RECHECK_AFTER = 0.002  # seconds: a second read after a ring, for writes that skipped theirs
+IDLE_EXIT_AFTER = 2.0  # seconds idle before a relay started for a publisher exits
+FORGET_GONE_AFTER = 3600.0  # seconds a vanished writer's position is kept
+ENV_PORT = "OPENALGO_EVENTS_RELAY_PORT"
 
 
 class Relay:
-    """The relay of one spool.
+    """The relay of one spool (``Settings.spool_location``).
 
     >>> Relay(Settings.from_env()).run()  # doctest: +SKIP
     0
+
+    ``in_process`` runs it on a thread of the publishing process (an in-memory spool): no
+    relay lock (nothing else can reach its temporary spool), no HTTP server, no signals.
     """
 
     def __init__(self, settings: Settings, *, exit_when_idle: bool = False,
-                 wait_for_lock: bool = False, port: int = 0,
-                 exit_with_parent: bool = False) -> None:
+                 wait_for_lock: bool = False, port: int | None = None, in_process: bool = False,
+                 stats: Stats | None = None) -> None:
         self.settings = settings
-        self.exit_with_parent = exit_with_parent  # a supervised relay orphaned by a kill -9
-        self._parent = os.getppid()
-        self.spool_path = os.path.abspath(settings.spool_path)
         self.exit_when_idle = exit_when_idle
         self.wait_for_lock = wait_for_lock
-        self.port = port
-        self.stats = Stats()
-        self.stop = threading.Event()
-        self.writers: dict[str, Writer] = {}
-        self.spool: Spool | None = None
-        self.transport: Any = None
+        self.port = int(os.environ.get(ENV_PORT) or 0) if port is None else port
+        self.in_process = in_process
+        self.stats = stats or Stats()
+        self.stop = new_event()
+        self.faults = StorageFaults()
+        self.spool: SpoolDirectory | None = None
+        self.reader: Reader | None = None
+        self.producer: Producer | None = None
+        self._lock_fd = -1
+        self._ledger: RecordWriter | None = None
+        self._status: RecordWriter | None = None
+        self._rejected: RejectedStore | None = None
+        self._bell: Any = None
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._server: ThreadingHTTPServer | None = None
-        self._bell: socket.socket | None = None
-        self._status_due = self._compute_due = self._next_lock_check = 0.0
+        self._thread: threading.Thread | None = None
+        self._tokens: dict[int, tuple[Writer | None, Any]] = {}
+        self._generation = 0
+        self._suspects: set[tuple[str, int]] = set()
+        self._retrying: set[int] = set()  # rejected rows in flight again
+        # refused records not yet written to the rejected store (it failed): tried again
+        self._unsettled: list[tuple[Writer, Entry, str]] = []
+        self._rejected_total: int | None = None
+        self._rung: set[str] = set()
+        self._recheck_at: float | None = None
+        self._moved = False  # acknowledged positions moved since the last ledger write
+        self._last_ledger = 0.0
+        self._next_scan = 0.0
+        self._next_prune = 0.0
         self._last_status: dict[str, Any] = {}
+        self._status_due = 0.0
+        self._status_written = 0.0
+        self._status_retry_at: float | None = None  # a change held back by the rate limit
         self._idle_since: float | None = None
-        self._status_failed = False
-        self._lost_lock = False  # the status file is then the other relay's
+        # depth, bytes, oldest created: from the last look
+        self._pending: tuple[int, int, float | None] = (0, 0, None)
+        self._started = time.time()
+        self.exit_code = EXIT_OK
 
-    # -- start and stop -----------------------------------------------------------------------
+    # -- start and stop -------------------------------------------------------------------------
     def run(self) -> int:
-        """Relay until stopped (or idle, with ``exit_when_idle``); the process's exit code."""
-        if self.settings.spool_path == ":memory:":
-            raise ConfigError(["KAFKA_SPOOL_PATH=:memory: keeps the relay inside the publishing "
-                               "process; a relay process needs a spool file path"])
-        spooldir.Identity(self.settings.bootstrap_servers,
-                          self.settings.order_events_topic).claim(self.spool_path)
-        self.spool = self._claim()
-        if self.spool is None:
-            log.info("another relay holds spool %s; exiting", self.spool_path)
-            return 0
-        from ..transports.kafka import KafkaTransport
-
+        """Relay until stopped (or idle, with ``exit_when_idle``); the exit status."""
         try:
-            self.transport = KafkaTransport(
-                self.settings.producer_config(), self.settings.order_events_topic,
-                spool=self.spool, stall_timeout=self.settings.stall_timeout_seconds,
-                stats=self.stats)
-        except BaseException:
-            self.spool.close()
-            raise
-        self._bind_doorbell()
-        self._serve_http()
-        self._load_cursors()
-        log.info("relay for spool %s running (pid %s, port %s, %s pending)", self.spool_path,
-                 os.getpid(), self.port, self.spool.depth)
+            held = self._open()
+        except (SpoolError, ConfigError, OSError) as exc:
+            log.error("relay: cannot use spool %s: %s", self.settings.spool_location, exc)
+            self._close_files()
+            return EXIT_UNUSABLE
+        if not held:
+            self._close_files()
+            return self.exit_code
         try:
-            busy = False
-            while not self.stop.is_set():
-                if not busy:  # after a read that found records, read again at once
-                    self._wait_for_bell()
-                try:
-                    busy = self._intake()
-                except Exception:
-                    busy = False
-                    log.exception("relay: reading the journals failed; retrying")
-                    self._load_cursors()
-                    self.stop.wait(0.5)
-                self._write_status()
-                if not self._still_ours():
-                    self._lost_lock = True
-                    self.stop.set()  # no successor either: the other process serves the spool
-                    break
-                if self.exit_with_parent and not self.exit_when_idle and os.getppid() != (
-                        self._parent):
-                    log.warning("relay: its supervisor (pid %s) is gone; exiting once the "
-                                "journals are drained and nothing is pending", self._parent)
-                    self.exit_when_idle = True
-                if self._idle():
-                    break
+            self._loop()
         finally:
             self._shutdown()
-        if self.exit_when_idle and not self.stop.is_set() and self._writer_names():
-            # A writer came while we were exiting, after its own check saw us: start the next.
-            from ..transports.relayed import start_detached
+        return EXIT_OK
 
-            start_detached(self.settings, self.spool_path)
-        return 0
+    def start_thread(self) -> Relay:
+        """Run in this process, on a real thread (an in-memory spool's relay)."""
+        self._thread = start_thread(lambda: setattr(self, "exit_code", self.run()),
+                                    "openalgo-events-relay")
+        return self
 
-    def _claim(self) -> Spool | None:
-        deadline = time.monotonic() + CLAIM_FOR
-        while True:
-            try:
-                return Spool.for_settings(self.settings, self.stats, self.spool_path)
-            except SpoolError as exc:
-                if "in use" not in str(exc):
-                    raise
-            if self.stop.is_set() or (not self.wait_for_lock and time.monotonic() > deadline):
-                return None
-            self.stop.wait(0.1)
+    def stop_and_join(self, timeout: float) -> None:
+        self.stop.set()
+        self._wake()
+        if self._thread is not None:
+            self._thread.join(timeout + 5.0)
 
-    def _still_ours(self) -> bool:
-        """Whether this relay still holds the lock file at the spool's path. Deleted (a tmp
-        cleaner, an operator), it is taken again at once, as at every commit (``Spool.
-        keep_lock``): the relay carries on and a host's check still finds it running. Taken
-        by another process first (a relay a host started meanwhile), the path is that one's:
-        this relay stops, so that two relays never serve one spool path (its pending events
-        stay in SQLite and the journals for the other)."""
-        now = time.monotonic()
-        if now < self._next_lock_check:
-            return True
-        self._next_lock_check = now + LOCK_CHECK_EVERY
-        assert self.spool is not None
-        if self.spool.keep_lock():
-            return True
-        log.error("relay: %s was deleted or replaced under the running relay and another "
-                  "process holds it now; stopping (that process serves the spool)",
-                  spooldir.relay_lock_path(self.spool_path))
-        return False
-
-    def _shutdown(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._bell is not None:
-            self._bell.close()
-        if self.transport is not None:
-            left = self.transport.close(self.settings.close_timeout_seconds)
-            log.info("relay for spool %s stopped; %s events pending for the next relay",
-                     self.spool_path, left)
-        if self._lost_lock:
-            return
-        with contextlib.suppress(OSError):
-            spooldir.write_json(spooldir.status_path(self.spool_path),
-                                {**self._last_status, "running": False, "updated": time.time()})
-
-    def install_signals(self) -> None:
-        def on_signal(_signum: int, _frame: Any) -> None:
-            self.stop.set()
-
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
-
-    def _bind_doorbell(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-        try:
-            sock.bind(spooldir.doorbell_address(self.spool_path))
-        except OSError as exc:
-            sock.close()
-            log.warning("relay: no doorbell (%s); reading the journals every %s s", exc,
-                        spooldir.SCAN_EVERY)
-            return
-        self._bell = sock
-
-    def _wait_for_bell(self) -> None:
-        # While events are on their way, turn often: the status file (what flush waits on)
-        # follows the delivery reports within milliseconds.
-        moving = bool(self.transport._in_flight) or bool(self.spool and self.spool.queued)
-        timeout = 0.005 if moving else spooldir.SCAN_EVERY
-        if self._bell is None:
-            self.stop.wait(timeout)
-            return
-        self._bell.settimeout(timeout)
-        with contextlib.suppress(OSError):
-            self._bell.recv(64)
-            self._bell.setblocking(False)
-            with contextlib.suppress(OSError):
-                while self._bell.recv(64):  # one scan serves every ring so far
-                    pass
-
-    # -- the journals -------------------------------------------------------------------------
-    def _writer_names(self) -> list[str]:
-        try:
-            return sorted(n for n in os.listdir(spooldir.writers_dir(self.spool_path))
-                          if not n.startswith("."))
-        except FileNotFoundError:
-            return []
-
-    def _load_cursors(self) -> None:
-        """Reading positions from the committed cursors (at start, and after a failed commit)."""
-        assert self.spool is not None
-        committed = self.spool.cursors()
-        self.writers.clear()
-        for name, text in committed.items():
-            segment, offset, seq = json.loads(text)
-            path = os.path.join(spooldir.writers_dir(self.spool_path), name)
-            if not os.path.isdir(path):
-                self.spool.forget_writer(name)
-                continue
-            writer = Writer(name, path, segment, offset, seq)
-            writer.marks.append((self.spool.last_seq, seq))
-            self.writers[name] = writer
-
-    def _intake(self) -> bool:
-        """Read new records of every writer and commit them with the cursors; whether any."""
-        assert self.spool is not None
-        records: list[tuple[list[Any], bytes]] = []
-        owners: list[Writer] = []
-        moved: list[Writer] = []
-        finished: list[Writer] = []
-        names = self._writer_names()
-        for gone in set(self.writers) - set(names):  # removed by hand: nothing left to read
-            log.warning("relay: writer directory %s disappeared", gone)
-            del self.writers[gone]
-            self.spool.forget_writer(gone)
-        for name in names:
-            writer = self.writers.get(name)
-            if writer is None:
-                path = os.path.join(spooldir.writers_dir(self.spool_path), name)
-                found = spooldir.segments(path)
-                if not found:
-                    continue
-                writer = self.writers[name] = Writer(name, path,
-                                                     spooldir.segment_number(found[0]), 0, 0)
-            dead = not spooldir.locked(os.path.join(writer.path, "lock"))
-            before = len(records)
-            self._read(writer, records, dead)
-            owners.extend([writer] * (len(records) - before))
-            if len(records) > before:
-                moved.append(writer)
-            elif dead:
-                finished.append(writer)
-            if len(records) >= READ_BATCH:
-                break
-        if records:
-            headers = [cloudevents_headers(meta[1], meta[2], meta[11], meta[10])
-                       if len(meta) > 11 and meta[8] is None else record_headers(value, meta[8])
-                       for meta, value in records]
-            # Queued and produced at once, from here, as callers did in-process: rows and
-            # cursors are committed with the delivery marks (a record delivered by then is
-            # written once). Under the produce lock: see KafkaTransport.hand_over_locked.
-            with self.transport.produce_lock:
-                seqs = self.spool.adopt(records, {w.name: w.cursor() for w in moved})
-                events = [(seq, meta[6], meta[7].encode(), value, header, meta[5])
-                          for (meta, value), seq, header in zip(records, seqs, headers,
-                                                                strict=True) if seq is not None]
-                self.transport.hand_over_locked(events)
-            last: dict[str, tuple[int, int]] = {}
-            for writer, (meta, _), seq in zip(owners, records, seqs, strict=True):
-                last[writer.name] = (seq or 0, int(meta[0]))
-            for writer in moved:
-                writer.marks.append(last[writer.name])
-        committed = self.spool.committed_cursors
-        for writer in self.writers.values():
-            self._delete_passed(writer, committed.get(writer.name))
-        for writer in finished:
-            if writer.seq and committed.get(writer.name) != writer.cursor():
-                continue  # its last records are not committed yet
-            log.info("relay: writer %s is gone and its journal drained; removing it", writer.name)
-            shutil.rmtree(writer.path, ignore_errors=True)
-            self.spool.forget_writer(writer.name)
-            del self.writers[writer.name]
-        if not self.spool.queued and self.spool._cursors_pending:
-            self.spool.ingest()  # cursors with no record left to commit them (all shed)
-        return bool(records)
-
-    def _read(self, writer: Writer, out: list[tuple[list[Any], bytes]], dead: bool) -> None:
-        """Append ``writer``'s new records to ``out``, moving its reading position."""
-        while len(out) < READ_BATCH:
-            data = _map(self._segment(writer, writer.segment))
-            if data is None:
-                later = [n for n in map(spooldir.segment_number, spooldir.segments(writer.path))
-                         if n > writer.segment]
-                if not later:
-                    return
-                writer.segment, writer.offset = later[0], 0  # a gap: only after a crash
-                continue
-            try:
-                for _start, end, payload in spooldir.frames_from(data, writer.offset):
-                    text, _, value = payload.partition(b"\n")
-                    meta = orjson.loads(text)
-                    out.append((meta, value))
-                    writer.offset, writer.seq, writer.bad_since = end, int(meta[0]), None
-                    if len(out) >= READ_BATCH:
-                        return
-                if not _at_end(data, writer.offset):
-                    # A frame that does not check out: being written, or corrupt. It is corrupt
-                    # once the writer is dead or has moved on to the next segment.
-                    final = dead or self._started(writer, writer.segment + 1)
-                    if self._skip_bad(writer, data, final):
-                        continue
-                    return
-            finally:
-                data.close()
-            if not self._started(writer, writer.segment + 1):
-                return  # nothing more yet (the next segment may be the writer's spare)
-            writer.segment, writer.offset = writer.segment + 1, 0
-
-    @staticmethod
-    def _segment(writer: Writer, number: int) -> str:
-        return os.path.join(writer.path, f"{spooldir.JOURNAL_NAME}.journal.{number}")
-
-    def _started(self, writer: Writer, number: int) -> bool:
-        """Whether segment ``number`` holds a record: the writer has finished the one before."""
-        data = _map(self._segment(writer, number))
-        if data is None:
-            return False
-        try:
-            return not _at_end(data, 0)
-        finally:
-            data.close()
-
-    def _skip_bad(self, writer: Writer, data: mmap.mmap, final: bool) -> bool:
-        """Skip the bad frame at the reading position (resynchronise on the next intact one),
-        count it and say so; or, while a live writer may still be writing it, wait (False)."""
-        now = time.monotonic()
-        if not final:
-            if writer.bad_since is None:
-                writer.bad_since = now
-            if now - writer.bad_since < CORRUPT_AFTER:
+    def _open(self) -> bool:
+        """Everything the relay needs, or an exception saying what is wrong; False when another
+        relay holds the spool."""
+        self.spool = open_directory(self.settings)
+        identity.claim(self.spool, self.settings.bootstrap_servers,
+                       self.settings.order_events_topic)
+        if not self.in_process:
+            if not self._take_lock():
                 return False
-        found = spooldir.resync(data, writer.offset)
-        writer.corrupt += 1
-        writer.bad_since = None
-        self.stats.incr("journal_corrupt_frames")
-        log.error("relay: corrupt frame in writer %s's journal, segment %s at offset %s; "
-                  "skipped (%s so far for this writer)", writer.name, writer.segment,
-                  writer.offset, writer.corrupt)
-        writer.offset = len(data) if found is None else found
+            from ..spool.v1 import import_legacy_default
+
+            import_legacy_default(self.settings)
+        sync = self.settings.spool_sync == "FULL"
+        self._ledger = RecordWriter(self.spool, fmt.LEDGER, self.faults, sync=sync)
+        self._status = RecordWriter(self.spool, fmt.STATUS, self.faults)
+        self._rejected = RejectedStore(self.spool)
+        self.reader = Reader(self.spool, ledger_positions(self._ledger.read()))
+        try:
+            self._bell = bind_doorbell(self.spool)
+        except OSError as exc:
+            log.warning("relay: no doorbell (%s); reading the journals every %s s", exc,
+                        fmt.SAFETY_SCAN)
+        self.producer = Producer(self.settings.producer_config(),
+                                 self.settings.order_events_topic, self.stats, wake=self._wake,
+                                 stall_timeout=self.settings.stall_timeout_seconds)
+        if not self.in_process:
+            self._serve_http()
+        log.info("relay for spool %s running (pid %s, port %s, topic %s)", self.spool.path,
+                 os.getpid(), self.port, self.settings.order_events_topic)
         return True
 
-    def _delete_passed(self, writer: Writer, committed: str | None) -> None:
-        """Segments before the committed cursor's: every record of them is in SQLite."""
-        if committed is None:
-            return
-        segment = int(json.loads(committed)[0])
-        if segment <= writer.deleted_below:
-            return
-        for path in spooldir.segments(writer.path):
-            if spooldir.segment_number(path) < segment:
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(path)
-        writer.deleted_below = segment
-
-    # -- status ------------------------------------------------------------------------------
-    def _confirm(self) -> None:
-        """Move each writer's confirmed seq past every mark whose events are all delivered."""
+    def _take_lock(self) -> bool:
         assert self.spool is not None
-        oldest = self.spool.min_pending_seq()
-        for writer in self.writers.values():
-            while writer.marks and (oldest is None or writer.marks[0][0] < oldest):
-                writer.delivered = max(writer.delivered, writer.marks.popleft()[1])
+        self._lock_fd = self.spool.open(fmt.RELAY_LOCK, os.O_RDWR, create=True)
+        while not posix_lock(self._lock_fd):
+            holder = Spool.of(self.spool).relay_pid()
+            if not self.wait_for_lock:
+                if self.exit_when_idle:
+                    log.info("relay: another relay (pid %s) holds spool %s; exiting", holder,
+                             self.spool.path)
+                    self.exit_code = EXIT_OK
+                else:
+                    log.error("relay: another relay (pid %s) already holds spool %s; this one "
+                              "exits. Stop that one first, or run this one with "
+                              "--wait-for-lock to take over when it stops", holder,
+                              self.spool.path)
+                    self.exit_code = EXIT_HELD
+                return False
+            if self.stop.wait(0.2):
+                return False
+        return True
 
-    def status(self) -> dict[str, Any]:
-        """The figures hosts read. Cheap on purpose (computed up to every few milliseconds
-        while events move): no count over the trail, the oldest pending row by its index."""
-        assert self.spool is not None
-        transport = self.transport
-        self._confirm()
-        oldest = self.spool.oldest_pending_created()
-        age = None if oldest is None else max(0.0, time.time() - oldest)
-        state = transport.delivery_state()
-        healthy = state.pop("delivering") and not (
-            age is not None and age > max(self.settings.stall_timeout_seconds, 30.0))
-        return {
-            "version": spooldir.VERSION,
-            "running": True,
-            "pid": os.getpid(),
-            "port": self.port,
-            "updated": time.time(),
-            "healthy": healthy,
-            "topic": self.settings.order_events_topic,
-            "spool_depth": self.spool.depth,
-            "spool_pending_bytes": self.spool._pending_bytes,
-            "spool_over_limit": self.spool._pending_bytes > self.spool.max_bytes,
-            "spool_shed": self.spool._shed,
-            "spool_rejected": self.spool.rejected_count(),
-            "oldest_pending_age_seconds": age,
-            **state,
-            "journal_corrupt_frames": sum(w.corrupt for w in self.writers.values()),
-            "writers": {w.name: {"read": w.seq, "delivered": w.delivered}
-                        for w in self.writers.values()},
-        }
+    def install_signals(self) -> None:
+        def on_stop(_signum: int, _frame: Any) -> None:
+            self.stop.set()
+            self._wake()
 
-    def _write_status(self) -> None:
-        """Replace the status file when a figure changed (at most every ``SCAN_EVERY``) and at
-        least every ``STATUS_EVERY`` seconds (hosts read its age as liveness)."""
+        def on_orphaned(_signum: int, _frame: Any) -> None:
+            if not self.exit_when_idle:
+                log.warning("relay: its supervisor is gone; exiting once nothing is pending")
+            self.exit_when_idle = True
+
+        signal.signal(signal.SIGTERM, on_stop)
+        signal.signal(signal.SIGINT, on_stop)
+        signal.signal(signal.SIGUSR1, on_orphaned)
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"\1")
+
+    # -- the loop -------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        assert self.reader is not None
         now = time.monotonic()
-        if now < self._compute_due:
-            return
-        self._compute_due = now + STATUS_COMPUTE_EVERY
-        doc = self.status()
-        # the age moves every time: a change of the rest is what makes a new file due
-        changed = {k: v for k, v in doc.items() if k not in ("updated", "oldest_pending_age_"
-                                                             "seconds")} != {
-            k: v for k, v in self._last_status.items() if k not in (
-                "updated", "oldest_pending_age_seconds")}
-        if changed or now >= self._status_due:
-            self._last_status = doc
-            self._status_due = now + spooldir.STATUS_EVERY
-            try:
-                spooldir.write_json(spooldir.status_path(self.spool_path), doc)
-            except OSError as exc:  # a full disk: hosts then see a stale status, say so once
-                if not self._status_failed:
-                    log.error("relay: cannot write %s (%s); hosts will report the relay as "
-                              "not running", spooldir.status_path(self.spool_path), exc)
-                self._status_failed = True
-            else:
-                self._status_failed = False
+        self._housekeeping(now)
+        self._prune()
+        while not self.stop.is_set():
+            self._wait(self._timeout(time.monotonic()))
+            now = time.monotonic()
+            self._collect(now)
+            self._send(now)
+            if now >= self._next_scan:
+                self._housekeeping(now)
+            self._write_ledger(now)
+            self._write_status(now)
+            if self._idle(now):
+                self._prune()
+                break
+        self._collect(time.monotonic())
 
-    def _idle(self) -> bool:
-        """With ``exit_when_idle``: whether to exit now (no writer, nothing pending, for a
-        moment; or no writer and no delivery for ``GIVE_UP_AFTER``)."""
+    def _timeout(self, now: float) -> float:
+        deadline = self._next_scan
+        if self._moved:
+            deadline = min(deadline, self._last_ledger + LEDGER_EVERY)
+        if self._recheck_at is not None:
+            deadline = min(deadline, self._recheck_at)
+        if self._status_retry_at is not None:
+            deadline = min(deadline, self._status_retry_at)
+        return max(0.0, deadline - now)
+
+    def _wait(self, timeout: float) -> None:
+        sources = [self._wake_r] + ([self._bell] if self._bell is not None else [])
+        try:
+            ready, _, _ = select.select(sources, [], [], timeout)
+        except InterruptedError:
+            return
+        with contextlib.suppress(OSError):
+            while os.read(self._wake_r, 4096):
+                pass
+        if self._bell is not None and self._bell in ready:
+            self._bell.setblocking(False)
+            with contextlib.suppress(OSError):
+                while True:
+                    self._rung.add(self._bell.recv(256).decode(errors="replace"))
+            self._recheck_at = time.monotonic() + RECHECK_AFTER
+
+    # -- delivery reports -----------------------------------------------------------------------
+    def _collect(self, now: float) -> None:
+        producer, reader = self.producer, self.reader
+        assert producer is not None and reader is not None
+        delivered, refused = producer.results()
+        if delivered:
+            wall = time.time()
+            latencies = []
+            stats = self.stats
+            for token in delivered:
+                item = self._tokens.pop(token, None)
+                if item is None:
+                    continue
+                writer, entry = item
+                if writer is None:  # a rejected event retried
+                    self._retry_delivered(entry)
+                    continue
+                meta = entry.meta
+                stats.add(Stats.event_key("delivered", meta[fmt.EVENT_TYPE], "kafka"))
+                latencies.append(wall - meta[fmt.CREATED])
+                reader.done(writer, entry)
+            stats.observe_all(Stats.key("delivery_latency"), latencies)
+            self._moved = True
+        for token, reason, alone in refused:
+            item = self._tokens.pop(token, None)
+            if item is None:
+                continue
+            writer, entry = item
+            if writer is None:
+                self._retry_refused(entry, reason)
+            elif alone:
+                self._set_aside(writer, entry, reason)
+            else:
+                self._suspects.add((writer.name, entry.seq))  # resent alone after the rebuild
+        if producer.generation != self._generation:
+            self._generation = producer.generation
+            self._tokens.clear()
+            self._retrying.clear()
+            reader.rewind()
+        if self._suspects and producer.isolating and all(
+                self._settled(name, seq) for name, seq in self._suspects):
+            self._suspects.clear()
+            producer.end_isolation()
+
+    def _settled(self, name: str, seq: int) -> bool:
+        assert self.reader is not None
+        writer = self.reader.writers.get(name)
+        return writer is None or seq <= writer.acked_seq or seq in writer.done_above
+
+    def _set_aside(self, writer: Writer, entry: Entry, reason: str) -> None:
+        """Kafka refused this record for good: into ``rejected.db`` with its reason, and the
+        records after it flow. Until that write succeeds, it stays pending (retried)."""
+        assert self._rejected is not None and self.reader is not None
+        meta = entry.meta
+        value = self._value_of(writer, entry)
+        if not self.faults.due("rejected store"):
+            self._unsettled.append((writer, entry, reason))
+            return
+        try:
+            self._rejected.add(meta, value if value is not None else b"", reason)
+        except Exception as exc:  # sqlite3.Error: a full disk, a read-only file
+            self.faults.failed("rejected store", self._rejected.path, exc)
+            self._unsettled.append((writer, entry, reason))  # pending until it can be written
+            return
+        self.faults.ok("rejected store")
+        self._rejected_total = (self._rejected_total or 0) + 1
+        writer.rejected += 1
+        self.stats.incr("rejected", event_type=meta[fmt.EVENT_TYPE], transport="kafka")
+        log.error("Kafka refused %s event %s for good: %s. It is set aside as rejected and the "
+                  "events after it are sent; fix the cause, then run 'openalgo-events spool "
+                  "retry %s'", meta[fmt.EVENT_TYPE], meta[fmt.EVENT_ID], reason,
+                  meta[fmt.EVENT_ID])
+        self.reader.done(writer, entry)
+        self._moved = True
+
+    def _value_of(self, writer: Writer, entry: Entry) -> bytes | None:
+        """A record's value, read back from its journal (values are not kept in memory)."""
+        if writer.directory is None:
+            return None
+        try:
+            fd = writer.directory.open(fmt.segment_name(entry.segment), os.O_RDONLY)
+        except (OSError, SpoolError):
+            return None
+        try:
+            found = fmt.frame_at(os.pread(fd, entry.end - entry.start, entry.start), 0)
+        except fmt.BadFrame:
+            return None
+        finally:
+            os.close(fd)
+        return None if found is None else fmt.decode(found[1])[1]
+
+    # -- sending --------------------------------------------------------------------------------
+    def _send(self, now: float) -> None:
+        producer, reader = self.producer, self.reader
+        assert producer is not None and reader is not None
+        if not producer.accepting:
+            return
+        room = MAX_IN_FLIGHT - producer.in_flight
+        shedding = self._pending[1] > self.settings.spool_max_bytes
+        rung, self._rung = self._rung, set()
+        if not rung <= reader.writers.keys() and any(n[:1].isdigit() for n in rung):
+            reader.scan(now)  # a writer's first ring: it is new
+        recheck = self._recheck_at is not None and now >= self._recheck_at
+        for writer in reader.writers.values():
+            if room <= 0:
+                break
+            if writer.caught_up and writer.name not in rung and not recheck:
+                continue
+            records = reader.read(writer, min(room, READ_BATCH), now)
+            for entry, value in records:
+                meta = entry.meta
+                if shedding and meta[fmt.PRIORITY] < Priority.HIGH:
+                    self._shed(writer, entry)
+                    continue
+                headers = cloudevents_headers(meta[fmt.EVENT_ID], meta[fmt.EVENT_TYPE],
+                                              meta[fmt.SOURCE], meta[fmt.TIMESTAMP])
+                extra = meta[fmt.EXTRA_HEADERS]
+                if extra:
+                    headers += [(str(k), str(v).encode()) for k, v in extra]
+                token = producer.send(meta[fmt.USER_ID].encode(), value, headers,
+                                      int(meta[fmt.CREATED] * 1000))
+                if token is None:
+                    reader.unread(writer, entry)
+                    room = 0
+                    break
+                if isinstance(token, str):
+                    self._set_aside(writer, entry, token)
+                    continue
+                self._tokens[token] = (writer, entry)
+                room -= 1
+        if recheck:
+            self._recheck_at = None
+
+    def _shed(self, writer: Writer, entry: Entry) -> None:
+        assert self.reader is not None
+        meta = entry.meta
+        writer.shed += 1
+        self.stats.incr("shed", event_type=meta[fmt.EVENT_TYPE])
+        log.warning("spool over its limit of %s bytes: shed %s event %s (priority %s)",
+                    self.settings.spool_max_bytes, meta[fmt.EVENT_TYPE], meta[fmt.EVENT_ID],
+                    Priority(meta[fmt.PRIORITY]).name)
+        self.reader.done(writer, entry)
+        self._moved = True
+
+    # -- rejected events marked for retry ------------------------------------------------------
+    def _send_retries(self) -> None:
+        producer, store = self.producer, self._rejected
+        assert producer is not None and store is not None
+        if not producer.accepting or not self.faults.due("rejected store"):
+            return
+        try:
+            marked = store.marked_for_retry()
+        except Exception as exc:
+            self.faults.failed("rejected store", store.path, exc)
+            return
+        for record in marked:
+            if record.id in self._retrying:
+                continue
+            meta = record.meta
+            headers = cloudevents_headers(meta[fmt.EVENT_ID], meta[fmt.EVENT_TYPE],
+                                          meta[fmt.SOURCE], meta[fmt.TIMESTAMP])
+            headers += [(str(k), str(v).encode()) for k, v in meta[fmt.EXTRA_HEADERS] or []]
+            token = producer.send(meta[fmt.USER_ID].encode(), record.value, headers,
+                                  int(time.time() * 1000))
+            if token is None:
+                return
+            if isinstance(token, str):
+                self._retry_refused(record, token)
+                continue
+            self._retrying.add(record.id)
+            self._tokens[token] = (None, record)
+            log.warning("rejected event %s sent again (spool retry)", meta[fmt.EVENT_ID])
+
+    def _retry_delivered(self, record: Any) -> None:
+        assert self._rejected is not None
+        self._retrying.discard(record.id)
+        with contextlib.suppress(Exception):
+            self._rejected.delivered(record.id)
+        self.stats.incr("delivered", event_type=record.meta[fmt.EVENT_TYPE], transport="kafka")
+        log.warning("rejected event %s delivered on retry", record.meta[fmt.EVENT_ID])
+
+    def _retry_refused(self, record: Any, reason: str) -> None:
+        assert self._rejected is not None
+        self._retrying.discard(record.id)
+        with contextlib.suppress(Exception):
+            self._rejected.refused_again(record.id, reason)
+        log.error("rejected event %s refused again: %s", record.meta[fmt.EVENT_ID], reason)
+
+    # -- housekeeping ---------------------------------------------------------------------------
+    def _housekeeping(self, now: float) -> None:
+        """About once a second: every writer looked at, gaps settled, drained writers retired,
+        retries sent, the lock and the spool checked, the pending figures taken."""
+        reader, spool = self.reader, self.spool
+        assert reader is not None and spool is not None
+        self._next_scan = now + fmt.SAFETY_SCAN
+        reader.scan(now)
+        for writer in reader.writers.values():
+            writer.caught_up = False  # read every writer now: a lost ring only delays
+        self._send(now)
+        reader.settle_gaps(now)
+        for name in reader.forget_gone(now, FORGET_GONE_AFTER):
+            self._moved = True
+            log.info("relay: forgot writer %s (its directory gone for an hour)", name)
+        for writer in [w for w in reader.writers.values() if reader.drained(w)]:
+            self._retire(writer)
+        unsettled, self._unsettled = self._unsettled, []
+        for writer, entry, reason in unsettled:
+            self._set_aside(writer, entry, reason)
+        self._send_retries()
+        self._rejected_total = self._rejected_count()
+        self._pending = self._measure_pending()
+        if spool.gone():
+            log.error("relay: its spool directory %s was deleted; nothing is left to send, so "
+                      "it stops", spool.path)
+            self.stop.set()
+        elif not self.in_process and not self._still_ours():
+            self.stop.set()
+        if time.time() >= self._next_prune:
+            self._prune()
+
+    def _retire(self, writer: Writer) -> None:
+        assert self.reader is not None and self.spool is not None
+        if not self.faults.due("trail"):
+            return
+        try:
+            trail.retire(self.spool, writer.name, writer.acked_segment, writer.acked_offset)
+        except (OSError, SpoolError) as exc:
+            self.faults.failed("trail", os.path.join(self.spool.path, fmt.TRAIL), exc)
+            return
+        self.faults.ok("trail")
+        writer.close()
+        del self.reader.writers[writer.name]
+        self._moved = True
+        log.info("relay: writer %s is gone and its journal delivered; moved to the trail",
+                 writer.name)
+
+    def _prune(self) -> None:
+        assert self.reader is not None and self.spool is not None
+        self._next_prune = time.time() + trail.PRUNE_EVERY
+        if not self.faults.due("trail"):
+            return
+        positions = {name: LedgerEntry(*pos) for name, pos in self.reader.positions().items()}
+        try:
+            trail.prune(self.spool, positions, self.settings.trail_retention_hours * 3600,
+                        self.settings.trail_max_bytes)
+        except OSError as exc:
+            self.faults.failed("trail", os.path.join(self.spool.path, fmt.TRAIL), exc)
+
+    def _measure_pending(self, scan: bool = True) -> tuple[int, int, float | None]:
+        """(records, bytes, oldest created) not yet acknowledged: from memory while every writer
+        is read to its end (what is in flight), else from the journals (a backlog: read only
+        with ``scan``, about once a second; the last figures otherwise)."""
+        assert self.reader is not None and self.spool is not None
+        writers = [w for w in self.reader.writers.values() if w.gone_since is None]
+        if any(not w.caught_up for w in writers):
+            if not scan:
+                return self._pending
+            pending = Spool.of(self.spool).pending(
+                {w.name: LedgerEntry(*w.position()) for w in writers})
+            return pending.depth, pending.bytes, pending.oldest_created
+        depth = size = 0
+        oldest: float | None = None
+        for writer in writers:
+            depth += len(writer.sending)
+            if writer.segment == writer.acked_segment:
+                size += max(0, writer.offset - writer.acked_offset)
+            first = next((e for e in writer.window if not e.done and e.meta), None)
+            if first is not None:
+                created = float(first.meta[fmt.CREATED])
+                oldest = created if oldest is None else min(oldest, created)
+        return depth, size, oldest
+
+    def _still_ours(self) -> bool:
+        """Whether the relay lock at the spool's path is still the one this relay holds.
+        Deleted (a cleaner, an operator), it is made and taken again at once; taken by another
+        relay first, the path is that one's: this relay stops, so two never serve one spool."""
+        assert self.spool is not None
+        held = os.fstat(self._lock_fd)
+        try:
+            named = os.stat(fmt.RELAY_LOCK, dir_fd=self.spool.fd, follow_symlinks=False)
+            if (named.st_ino, named.st_dev) == (held.st_ino, held.st_dev):
+                return True
+        except FileNotFoundError:
+            pass
+        try:
+            fd = self.spool.open(fmt.RELAY_LOCK, os.O_RDWR, create=True)
+        except (OSError, SpoolError) as exc:
+            self.faults.failed("lock", os.path.join(self.spool.path, fmt.RELAY_LOCK), exc)
+            return True
+        if posix_lock(fd):
+            os.close(self._lock_fd)  # the old file's: deleted, no one else's
+            self._lock_fd = fd
+            log.error("relay: its lock file %s was deleted or replaced; it is taken again",
+                      os.path.join(self.spool.path, fmt.RELAY_LOCK))
+            return True
+        os.close(fd)
+        log.error("relay: %s was deleted or replaced under the running relay and another "
+                  "process holds it now; stopping (that process serves the spool)",
+                  os.path.join(self.spool.path, fmt.RELAY_LOCK))
+        return False
+
+    def _idle(self, now: float) -> bool:
+        """With ``exit_when_idle``: whether to exit (no writer alive, nothing pending or in
+        flight, no retry waiting, for ``IDLE_EXIT_AFTER``). Pending events keep it running
+        whatever the broker's state: it is the one that can deliver them."""
         if not self.exit_when_idle:
             return False
-        assert self.spool is not None
-        now = time.monotonic()
-        if self.writers or self._writer_names():
+        reader, producer = self.reader, self.producer
+        assert reader is not None and producer is not None
+        busy = (any(w.live or w.window or not w.caught_up for w in reader.writers.values()
+                    if w.gone_since is None)
+                or producer.in_flight or self._retrying or self._pending[0])
+        if busy:
             self._idle_since = None
             return False
         if self._idle_since is None:
             self._idle_since = now
-        if self.spool.depth or self.spool.queued:
-            if now - self._idle_since < GIVE_UP_AFTER:
-                return False
-            log.warning("relay: no publisher left and %s events undeliverable for %s s; "
-                        "exiting, they stay in spool %s for the next relay", self.spool.depth,
-                        GIVE_UP_AFTER, self.spool_path)
-            return True
         return now - self._idle_since >= IDLE_EXIT_AFTER
 
-    # -- HTTP ----------------------------------------------------------------------------------
+    # -- records of progress --------------------------------------------------------------------
+    def _write_ledger(self, now: float, force: bool = False) -> None:
+        assert self._ledger is not None and self.reader is not None and self.producer is not None
+        if not self._moved:
+            return
+        if not force and self.producer.in_flight and now - self._last_ledger < LEDGER_EVERY:
+            return
+        self._last_ledger = now
+        if self._ledger.write({"writers": self.reader.positions()}):
+            self._moved = False
+
+    def status(self) -> dict[str, Any]:
+        """The figures hosts read (the ``status`` file) and ``/health`` shows."""
+        producer, reader = self.producer, self.reader
+        assert producer is not None and reader is not None
+        depth, size, oldest = self._pending
+        age = None if oldest is None else max(0.0, time.time() - oldest)
+        state = producer.delivery_state()
+        fault = self.faults.describe()
+        healthy = bool(state.pop("delivering")) and fault is None and not (
+            age is not None and age > max(self.settings.stall_timeout_seconds, 30.0))
+        return {
+            "version": fmt.VERSION,
+            "running": True,
+            "pid": os.getpid(),
+            "port": self.port,
+            "relay_port": self.port,
+            "started": _iso(self._started),
+            "updated": time.time(),
+            "healthy": healthy,
+            "topic": self.settings.order_events_topic,
+            "guarantee": "at-least-once",
+            "spool_depth": depth,
+            "spool_pending_bytes": size,
+            "spool_over_limit": size > self.settings.spool_max_bytes,
+            "spool_shed": sum(w.shed for w in reader.writers.values()),
+            "spool_rejected": self._rejected_total,
+            "oldest_pending_age_seconds": age,
+            "journal_corrupt_frames": reader.corrupt,
+            "journal_lost_records": reader.lost,
+            "storage_fault": fault,
+            "writers": len(reader.writers),
+            **state,
+            "stats": self.stats.export(),
+        }
+
+    def _rejected_count(self) -> int | None:
+        assert self._rejected is not None
+        try:
+            return self._rejected.count()
+        except Exception:
+            return None
+
+    def _write_status(self, now: float) -> None:
+        """Rewrite the status when a figure changed (not more often than every
+        ``LEDGER_EVERY``) and at least every ``STATUS_EVERY`` seconds (hosts read its age)."""
+        assert self._status is not None
+        self._pending = self._measure_pending(scan=False)
+        doc = self.status()
+        volatile = ("updated", "oldest_pending_age_seconds", "stats", "in_flight")
+        changed = {k: v for k, v in doc.items() if k not in volatile} != {
+            k: v for k, v in self._last_status.items() if k not in volatile}
+        if not changed and now < self._status_due:
+            return
+        if now - self._status_written < LEDGER_EVERY:
+            self._status_retry_at = self._status_written + LEDGER_EVERY
+            return
+        self._status_retry_at = None
+        self._last_status = doc
+        self._status_due = now + STATUS_EVERY
+        self._status_written = now
+        self._status.write(doc)
+
+    def health(self) -> dict[str, Any]:
+        """An in-process relay's health, as an app reports it (``transports.kafka``)."""
+        doc = self._last_status or {"healthy": False}
+        keys = ("broker_reachable", "spool_depth", "spool_pending_bytes", "spool_over_limit",
+                "spool_shed", "spool_rejected", "oldest_pending_age_seconds", "in_flight",
+                "producer_rebuilds", "last_error", "last_error_at", "condition",
+                "condition_detail", "problem", "storage_fault", "guarantee")
+        return {"transport": "kafka", "healthy": bool(doc.get("healthy")),
+                "relay_running": self._thread is not None and self._thread.is_alive(),
+                "relay_pid": os.getpid(), "relay_port": None,
+                "topic": self.settings.order_events_topic,
+                "spool_path": self.settings.spool_location, **{k: doc.get(k) for k in keys},
+                "unconfirmed": doc.get("spool_depth"), "relay_stats": None}
+
+    def pending_count(self) -> int:
+        return int(self._pending[0])
+
+    # -- shutdown -------------------------------------------------------------------------------
+    def _shutdown(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self.producer is not None:
+            self.producer.close(self.settings.close_timeout_seconds)
+            self._collect(time.monotonic())
+        if self.reader is not None and self._ledger is not None:
+            self._moved = True
+            self._write_ledger(time.monotonic(), force=True)
+            self._pending = self._measure_pending()
+            if self._status is not None:
+                self._status.write({**self.status(), "running": False})
+            log.info("relay for spool %s stopped; %s events pending for the next relay",
+                     self.settings.spool_location, self._pending[0])
+        self._close_files()
+
+    def _close_files(self) -> None:
+        if self.reader is not None:
+            self.reader.close()
+        for closable in (self._ledger, self._status, self._rejected):
+            if closable is not None:
+                closable.close()
+        if self._bell is not None:
+            self._bell.close()
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._wake_r = self._wake_w = -1
+        # the relay lock goes with the process (or with this descriptor, in process)
+        if self._lock_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._lock_fd)
+            self._lock_fd = -1
+        if self.spool is not None:
+            self.spool.close()
+
+    # -- HTTP -----------------------------------------------------------------------------------
     def _serve_http(self) -> None:
         relay = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 if self.path.startswith("/health"):
-                    doc = relay._last_status or {"running": True, "healthy": False}
+                    doc = {k: v for k, v in (relay._last_status or {"healthy": False}).items()
+                           if k != "stats"}
                     body, kind = json.dumps(doc).encode(), "application/json"
                     code = 200 if doc.get("healthy") else 503
                 elif self.path.startswith("/metrics"):
@@ -527,7 +742,8 @@ class Relay:
         try:
             self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         except OSError as exc:
-            log.warning("relay: no HTTP endpoint on 127.0.0.1:%s (%s)", self.port, exc)
+            log.warning("relay: no HTTP endpoint on 127.0.0.1:%s (%s); set %s to a free port",
+                        self.port, exc, ENV_PORT)
             return
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
@@ -535,27 +751,6 @@ class Relay:
                          daemon=True).start()
 
     def metrics(self) -> tuple[bytes, str]:
-        from ..integrations.metrics import exposition, metrics_registry
-        from ..publisher import EventPublisher
+        from ..integrations.metrics import exposition, relay_registry
 
-        publisher = EventPublisher(self.transport, stats=self.stats)
-        return exposition(metrics_registry(lambda: publisher))
-
-
-def _at_end(data: mmap.mmap, offset: int) -> bool:
-    """Whether ``offset`` is past the last frame: the end, or the zeroed, unwritten rest."""
-    return offset + 8 > len(data) or data[offset:offset + 4] == b"\0\0\0\0"
-
-
-def _map(path: str) -> mmap.mmap | None:
-    """A segment mapped read-only, or None when it does not exist (yet, or any more)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    try:
-        if os.fstat(fd).st_size == 0:
-            return None
-        return mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
-    finally:
-        os.close(fd)
+        return exposition(relay_registry(self))
