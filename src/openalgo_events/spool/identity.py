@@ -28,7 +28,12 @@ def claim(directory: SpoolDirectory, bootstrap_servers: str, topic: str) -> None
     mine = {"version": fmt.VERSION, "bootstrap_servers": bootstrap_servers, "topic": topic}
     path = os.path.join(directory.path, fmt.IDENTITY)
     for _attempt in range(5):
-        recorded = read(directory)
+        try:
+            data = directory.read(fmt.IDENTITY)
+        except OSError as exc:
+            raise ConfigError([f"cannot read {path} ({exc.strerror}); give this user access to "
+                               "the spool directory"]) from exc
+        recorded = _parse(data)
         if recorded is not None:
             check(recorded, mine, directory.path)
             return
@@ -39,14 +44,14 @@ def claim(directory: SpoolDirectory, bootstrap_servers: str, topic: str) -> None
                 os.write(fd, json.dumps(mine).encode())
             finally:
                 os.close(fd)
-            if directory.exists(fmt.IDENTITY):  # torn: replaced whole
+            if data is not None:  # there, but not a whole document: replaced whole
                 directory.rename(tmp, fmt.IDENTITY)
-            else:
+            else:  # absent: whoever links first wins, the others check theirs against it
                 os.link(tmp, fmt.IDENTITY, src_dir_fd=directory.fd, dst_dir_fd=directory.fd,
                         follow_symlinks=False)
             return
         except FileExistsError:
-            continue  # another claimant was first: check theirs
+            continue
         except OSError as exc:
             raise ConfigError([f"cannot write {path} ({exc.strerror}); make the spool "
                                "directory writable or set KAFKA_SPOOL_PATH to a writable "
@@ -61,9 +66,15 @@ def claim(directory: SpoolDirectory, bootstrap_servers: str, topic: str) -> None
 def read(directory: SpoolDirectory) -> dict[str, Any] | None:
     """The recorded identity, or None when absent or not a whole document."""
     try:
-        data = directory.read(fmt.IDENTITY)
+        return _parse(directory.read(fmt.IDENTITY))
+    except OSError:
+        return None
+
+
+def _parse(data: bytes | None) -> dict[str, Any] | None:
+    try:
         doc = json.loads(data) if data else None
-    except (OSError, ValueError):
+    except ValueError:
         return None
     return doc if isinstance(doc, dict) and "topic" in doc else None
 
