@@ -218,23 +218,21 @@ def topics_create(ctx: click.Context, partitions: int, replication_factor: int,
     Each gets 5 partitions (keyed by user id) and replication factor 3, capped to the number
     of brokers. The order topic keeps 7 days, the ESB topic 24 hours, the dead-letter topic
     7 days; all snappy, max.message.bytes = ORDER_EVENT_MAX_MESSAGE_BYTES (1 MiB). Safe to
-    run twice.
+    run twice. Each line shows the topic as the cluster reports it afterwards (an existing
+    topic with its own settings, and a warning where they differ).
 
     \b
     Examples:
       openalgo-events topics create
       openalgo-events topics create --partitions 12
     """
-    from .ops.topics import create_topics, planned_topics
+    from .ops.topics import create_topics, describe_line, planned_topics
 
     settings = _settings(ctx)
     plans = planned_topics(settings, partitions, replication_factor)
     warn = lambda text: click.echo(f"warning: {text}", err=True)  # noqa: E731
     for result in create_topics(settings, plans, timeout, warn):
-        plan = next(p for p in plans if p.name == result.name)
-        settings_text = ", ".join(f"{k}={v}" for k, v in plan.configs.items())
-        click.echo(f"{result.name}: {result.outcome} ({plan.partitions} partitions, "
-                   f"replication factor {result.replication_factor}, {settings_text})")
+        click.echo(describe_line(result))  # as read back from the cluster, not as planned
 
 
 @topics.command("describe")
