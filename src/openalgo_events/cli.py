@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from . import __version__
+from ._words import plural
 from .config import Settings
 from .errors import ConfigError, OpenAlgoEventsError
 from .ops.when import When, format_when
@@ -136,9 +137,10 @@ def dev_broker(port: int) -> None:
 def check(ctx: click.Context, force_kafka: bool, timeout: float, verbose: bool) -> None:
     """Validate the configuration, test Kafka, and say whether publishing would work.
 
-    The verdict comes first; the details (broker, topics, and with --verbose every setting,
-    secrets masked) follow it. Exit status: 0 publishing would work, 1 the configuration is
-    invalid, 2 no broker answered, 3 a topic does not exist (create it with 'topics create').
+    The verdict comes first, whatever it is; the details (broker, topics, and with --verbose
+    every setting, secrets masked) follow it. Exit status: 0 ok (publishing would work),
+    1 configuration invalid, 2 broker unreachable (no broker answered), 3 a topic missing
+    (create it with 'topics create').
 
     \b
     Examples:
@@ -146,57 +148,76 @@ def check(ctx: click.Context, force_kafka: bool, timeout: float, verbose: bool) 
       openalgo-events check --kafka --timeout 2 --verbose
       KAFKA_BOOTSTRAP_SERVERS=kafka1:9092 ORDER_EVENT_MODE=BOTH openalgo-events check
     """
+    from .ops.broker import BrokerUnreachableError
+
+    settings = _settings(ctx)
+    missing: list[str] = []
+    failure: _Failure | None = None
+    try:
+        missing = _check_kafka(settings, force_kafka, timeout)
+    except BrokerUnreachableError as exc:
+        failure = _Failure(str(exc), EXIT_BROKER)
+    except ConfigError as exc:
+        failure = _config_failure(exc)
+    if failure is not None:
+        failure.show()  # now, so that the verdict precedes the details below
+    for warning in settings.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    spool = settings.spool_path  # where the files are: resolved as the app resolves it
+    where = spool if spool == ":memory:" else os.path.abspath(spool)
+    click.echo(f"Mode {settings.mode.value}; spool {where}"
+               + ("" if verbose else " (--verbose lists every setting)"))
+    if verbose:
+        click.echo("Configuration (secrets masked):")
+        for name, value in settings.describe().items():
+            click.echo(f"  {name:<32} {value}")
+    if failure is not None:
+        ctx.exit(failure.exit_code)
+    if missing:
+        ctx.exit(3)
+
+
+def _check_kafka(settings: Settings, force_kafka: bool, timeout: float) -> list[str]:
+    """Print check's verdict and the broker's and topics' details; return the missing topics.
+    Raises ``BrokerUnreachableError`` or ``ConfigError`` before printing anything."""
     from .ops.broker import probe
     from .ops.trail import spool_location_problem
 
-    settings = _settings(ctx)
-    for warning in settings.warnings:
-        click.echo(f"warning: {warning}", err=True)
-    try:
-        if not (settings.mode.uses_kafka or force_kafka):
-            click.echo("OK: mode SOCKETIO: events go to the app's Socket.IO clients; Kafka is "
-                       "not used (--kafka tests the broker anyway).")
-            return
-        problem = spool_location_problem(settings.spool_path)
-        if problem:
-            raise ConfigError([problem])
-        topics = [settings.order_events_topic]
-        if settings.consumer_enabled:
-            topics.append(settings.esb_events_topic)
-        found = probe(settings, topics, timeout)
-        missing = [topic for topic, partitions in found.partitions.items() if partitions is None]
-        if missing:
-            click.echo(f"Not ready: topic {', '.join(missing)} does not exist; create it with "
-                       "'openalgo-events topics create' (events wait in the spool until then).")
-        else:
-            click.echo("OK: publishing to Kafka would work.")
-        click.echo(f"Kafka: {settings.bootstrap_servers} answered: {len(found.brokers)} "
-                   f"broker(s) {', '.join(found.brokers)}; cluster id {found.cluster_id}")
-        for topic, partitions in found.partitions.items():
-            if partitions is None:
-                click.echo(f"Topic {topic}: does not exist yet; create it with "
-                           "'openalgo-events topics create'")
-            else:
-                click.echo(f"Topic {topic}: {partitions} partition(s)")
-        if found.partitions.get(settings.order_events_topic) is not None:
-            from .ops.broker import client_config
-            from .transports.kafka_limits import topic_limit_problem
-
-            limit = topic_limit_problem(client_config(settings), settings.order_events_topic,
-                                        settings.max_message_bytes)
-            if limit:
-                click.echo(f"warning: {limit}", err=True)
-    finally:
-        spool = settings.spool_path  # where the files are: resolved as the app resolves it
-        where = spool if spool == ":memory:" else os.path.abspath(spool)
-        click.echo(f"Mode {settings.mode.value}; spool {where}"
-                   + ("" if verbose else " (--verbose lists every setting)"))
-        if verbose:
-            click.echo("Configuration (secrets masked):")
-            for name, value in settings.describe().items():
-                click.echo(f"  {name:<32} {value}")
+    if not (settings.mode.uses_kafka or force_kafka):
+        click.echo("OK: mode SOCKETIO: events go to the app's Socket.IO clients; Kafka is "
+                   "not used (--kafka tests the broker anyway).")
+        return []
+    problem = spool_location_problem(settings.spool_path)
+    if problem:
+        raise ConfigError([problem])
+    topics = [settings.order_events_topic]
+    if settings.consumer_enabled:
+        topics.append(settings.esb_events_topic)
+    found = probe(settings, topics, timeout)
+    missing = [topic for topic, partitions in found.partitions.items() if partitions is None]
     if missing:
-        ctx.exit(3)
+        click.echo(f"Not ready: topic {', '.join(missing)} does not exist; create it with "
+                   "'openalgo-events topics create' (events wait in the spool until then).")
+    else:
+        click.echo("OK: publishing to Kafka would work.")
+    click.echo(f"Kafka: {settings.bootstrap_servers} answered: "
+               f"{plural(len(found.brokers), 'broker')} {', '.join(found.brokers)}; "
+               f"cluster id {found.cluster_id}")
+    for topic, partitions in found.partitions.items():
+        if partitions is None:
+            click.echo(f"Topic {topic}: does not exist yet; create it with "
+                       "'openalgo-events topics create'")
+        else:
+            click.echo(f"Topic {topic}: {plural(partitions, 'partition')}")
+    if found.partitions.get(settings.order_events_topic) is not None:
+        from .ops.broker import client_config
+        from .transports.kafka_limits import topic_limit_problem
+
+        limit = topic_limit_problem(client_config(settings), settings.order_events_topic,
+                                    settings.max_message_bytes)
+        if limit:
+            click.echo(f"warning: {limit}", err=True)
+    return missing
 
 
 # -- topics ---------------------------------------------------------------------------------

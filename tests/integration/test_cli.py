@@ -43,7 +43,7 @@ def test_check_passes_and_prints_the_topics_partitions(kafka_bootstrap, cli_env,
     result = run("check")
     assert result.exit_code == 0, result.output + result.stderr
     assert result.stdout.splitlines()[0] == "OK: publishing to Kafka would work."
-    assert f"Topic {topic}: 3 partition(s)" in result.output
+    assert f"Topic {topic}: 3 partitions" in result.output
     assert "KAFKA_PRODUCER_LINGER_MS" not in result.output  # settings only with --verbose
 
 
