@@ -542,21 +542,34 @@ def sample_env_command() -> None:
 @click.option("--prefix", default="/openalgo-events", show_default=True,
               help="The extension's url_prefix.")
 @click.option("--token", envvar="ORDER_EVENT_ADMIN_TOKEN", show_envvar=True,
-              help="Admin token (default: $ORDER_EVENT_ADMIN_TOKEN; never printed).")
-def mode(mode: str, rollout: int | None, url: str, prefix: str, token: str | None) -> None:
+              help="Admin token (default: $ORDER_EVENT_ADMIN_TOKEN, else that variable in the "
+                   "env file; never printed).")
+@click.pass_context
+def mode(ctx: click.Context, mode: str, rollout: int | None, url: str, prefix: str,
+         token: str | None) -> None:
     """Switch a running app to SOCKETIO, KAFKA or BOTH without a restart.
 
+    The admin token is the app's ORDER_EVENT_ADMIN_TOKEN: --token, else that variable in the
+    environment, else in the env file (.env in this directory, as the app reads it). KAFKA
+    and BOTH need an app started with Kafka settings (KAFKA_BOOTSTRAP_SERVERS); one without
+    them refuses the switch (400) and keeps its mode.
+
     \b
-    Example:
-      openalgo-events mode BOTH                     # the reference app (openalgo-events demo)
-      openalgo-events mode KAFKA --rollout 10 --url http://127.0.0.1:5000   # OpenAlgo
+    Examples:
+      ORDER_EVENT_ADMIN_TOKEN=demo-admin-token openalgo-events mode KAFKA
+          # the reference app started with 'openalgo-events demo --with-broker'
+      openalgo-events mode SOCKETIO --url http://127.0.0.1:5000
+          # OpenAlgo, from its directory (its .env has the token): back to Socket.IO only
     """
     import json
     import urllib.error
     import urllib.request
 
+    env_file = (ctx.find_root().obj or {}).get("env_file", ".env")
+    token = token or _env_file_value(env_file, "ORDER_EVENT_ADMIN_TOKEN")
     if not token:
-        raise _Failure("no admin token: set ORDER_EVENT_ADMIN_TOKEN or pass --token")
+        raise _Failure(f"no admin token: set ORDER_EVENT_ADMIN_TOKEN in the environment or in "
+                       f"{env_file} (the app's; --env-file names another), or pass --token")
     body = {"mode": mode.upper(), **({"rollout_percent": rollout} if rollout is not None else {})}
     req = urllib.request.Request(
         url.rstrip("/") + prefix + "/mode", data=json.dumps(body).encode(), method="POST",
@@ -578,6 +591,16 @@ def mode(mode: str, rollout: int | None, url: str, prefix: str, token: str | Non
                if answer.get("previous") else f"mode {answer['mode']}")
 
 
+def _env_file_value(env_file: str, name: str) -> str | None:
+    """``name`` as the env file sets it (python-dotenv, OpenAlgo's ``KEY = 'value'`` style,
+    as the app reads the file), or None."""
+    if not os.path.exists(env_file):
+        return None
+    from dotenv import dotenv_values
+
+    return dotenv_values(env_file).get(name) or None
+
+
 def _mode_refusal(url: str, status: int, body: bytes) -> str:
     """One line for a refused mode switch: the extension's own JSON error when it answered,
     or what a bare 404 from an app without the extension means (never its HTML)."""
@@ -585,6 +608,9 @@ def _mode_refusal(url: str, status: int, body: bytes) -> str:
         detail = json.loads(body).get("error")
     except (ValueError, AttributeError):
         detail = None
+    if isinstance(detail, str) and status == 401 and "is not this app's" in detail:
+        return (f"{url} answered {status}: {detail}; give mode the app's token (--token, "
+                "ORDER_EVENT_ADMIN_TOKEN in the environment or in .env)")
     if isinstance(detail, str):
         return f"{url} answered {status}: {detail}"
     if status == 404:
