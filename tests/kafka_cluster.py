@@ -104,6 +104,9 @@ def resolve_jars(version: str = KAFKA_VERSION) -> Path:
                            f"(org.apache.kafka:kafka_2.13:{version})")
     partial = target.with_name(target.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
+    # Minutes on a bare machine (Maven downloads the broker and its dependencies): say so.
+    print(f"resolving Kafka {version}'s jars with Maven into {target} (once; cached for "
+          "later runs)", file=sys.stderr, flush=True)
     command = [mvn, "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
                f"-DoutputDirectory={partial}", f"-Dkafka.version={version}",
                "-DincludeScope=runtime"]

@@ -10,22 +10,9 @@ import sys
 import time
 from pathlib import Path
 
+from tests.support import processes_naming
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def processes_naming(*texts: str) -> list[int]:
-    """Pids of the processes whose command line contains every one of ``texts`` (with the
-    cluster's state directory: its JVMs, and its own start)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                line = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue  # it exited meanwhile
-            if all(text in line for text in texts):
-                found.append(int(entry.name))
-    return found
 
 
 def test_start_without_confluent_kafka_fails_fast_and_leaves_nothing_running(tmp_path):
