@@ -332,8 +332,8 @@ def tail(ctx: click.Context, topic: str | None, event_types: tuple[str, ...],
     where = f"the {start}" if isinstance(start, str) else format_when(start)
 
     def ready(partitions: int) -> None:
-        click.echo(f"following {topic} ({partitions} partitions) from {where}; Ctrl-C stops",
-                   err=True)
+        click.echo(f"following {topic} ({plural(partitions, 'partition')}) from {where}; "
+                   "Ctrl-C stops", err=True)
         if not as_json:
             click.echo(TABLE_HEADER)
 
