@@ -278,7 +278,7 @@ def topics_describe(ctx: click.Context, names: tuple[str, ...], timeout: float) 
         if not info.exists:
             missing.append(info.name)
             continue
-        click.echo(f"{info.name}: {len(info.partitions)} partition(s)")
+        click.echo(f"{info.name}: {plural(len(info.partitions), 'partition')}")
         for part in info.partitions:
             click.echo(f"  partition {part.id:<3} leader {part.leader:<5} replicas "
                        f"{part.replicas}  in-sync {part.isrs}")
@@ -645,7 +645,7 @@ def demo(ctx: click.Context, host: str, port: int, with_broker: bool) -> None:
     # A port in use is refused before anything starts (OpenAlgoEventsError, exit 1).
     left = run(host, port, with_broker, env_file=env_file, echo=click.echo)
     if left:
-        click.echo(f"{left} events were not delivered before shutdown", err=True)
+        click.echo(f"{plural(left, 'event')} not delivered before shutdown", err=True)
 
 
 @main.command("consume")

@@ -76,7 +76,7 @@ def test_topics_create_is_idempotent_and_describe_shows_the_layout(kafka_bootstr
     described = run("topics", "describe")
     assert described.exit_code == 0, described.stderr
     order_part, esb_part = described.output.split(f"{esb}: ", 1)
-    assert f"{topic}: 5 partition(s)" in order_part
+    assert f"{topic}: 5 partitions" in order_part
     assert "retention.ms = 604800000" in order_part
     assert "compression.type = snappy" in order_part
     assert "max.message.bytes = 1048576" in order_part

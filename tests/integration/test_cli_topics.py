@@ -60,3 +60,21 @@ def test_on_one_broker_the_capped_settings_are_printed(cli_env):
         assert (f"warning: {name}: replication factor 3 capped to 1, the number of brokers in "
                 "this cluster, and min.insync.replicas 2 to 1 (a production cluster should "
                 "have at least 3 brokers)") in result.stderr
+
+
+def test_a_count_of_one_is_singular(cli_env):
+    """On one broker with one-partition topics, topics create, topics describe and check say
+    "1 partition" and "1 broker", never "1 partitions" or "partition(s)"."""
+    with DevBroker() as broker:
+        cli_env(KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap_servers, ORDER_EVENT_MODE="KAFKA")
+        runner = CliRunner()
+        outputs = [runner.invoke(main, args) for args in (
+            ["topics", "create", "--partitions", "1"], ["topics", "describe"], ["check"])]
+    assert [result.exit_code for result in outputs] == [0, 0, 0], [r.output for r in outputs]
+    created, described, checked = (result.stdout for result in outputs)
+    assert "from_openalgo_order_events: created (1 partition, replication factor 1," in created
+    assert "from_openalgo_order_events: 1 partition\n" in described
+    assert f"answered: 1 broker {broker.bootstrap_servers.split(':')[0]}" in checked
+    assert "Topic from_openalgo_order_events: 1 partition\n" in checked
+    for text in (created, described, checked):
+        assert not re.search(r"\b1 (partitions|brokers)\b|\(s\)", text), text

@@ -266,3 +266,11 @@ def test_every_exit_status_of_check_is_listed_wherever_they_are_listed():
     for name, text in places.items():
         missing = [status for status in CHECK_EXITS if status not in text]
         assert not missing, f"{name} does not list {missing}: {text}"
+
+
+def test_plural_says_one_of_a_thing():
+    """The CLI's counts read as English: 1 event, 0 events, 2 partitions."""
+    from openalgo_events._words import plural
+
+    assert [plural(n, "event") for n in (0, 1, 2)] == ["0 events", "1 event", "2 events"]
+    assert plural(1, "partition") == "1 partition"

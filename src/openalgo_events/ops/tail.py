@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._words import plural
 from ..config import Settings
 from ..envelope import parse_timestamp
 from ..spool import REPLAY_HEADER
@@ -167,7 +168,8 @@ def table_row(record: Tailed) -> str:
     if doc is None:
         moment = _moment(None, record.timestamp_ms)
         return f"{moment:<24} {'(not an envelope)':<24} {_text(record.key):<14} " \
-               f"{len(record.value)} bytes at partition {record.partition} offset {record.offset}"
+               f"{plural(len(record.value), 'byte')} at partition {record.partition} offset " \
+               f"{record.offset}"
     data = doc["data"] if isinstance(doc.get("data"), dict) else {}
     details = [f"{name}={_short(data[name])}" for name in DETAIL_FIELDS if name in data]
     if record.replayed:
