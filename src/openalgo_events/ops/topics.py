@@ -107,12 +107,12 @@ def create_topics(settings: Settings, plans: list[TopicPlan], timeout: float = 1
         factors[plan.name] = factor
         topic_configs = dict(plan.configs)
         min_isr = int(topic_configs.get("min.insync.replicas", "1"))
+        lowered = ""
         if min_isr > 1 and min_isr >= factor:
             # With as many required copies as replicas, losing any one broker stops every
             # write; keep one broker's worth of slack (1 on a 1- or 2-broker cluster).
             topic_configs["min.insync.replicas"] = str(max(1, factor - 1))
-        lowered = (f"min.insync.replicas {min_isr} to {topic_configs['min.insync.replicas']}"
-                   if topic_configs.get("min.insync.replicas", "1") != str(min_isr) else "")
+            lowered = f"min.insync.replicas {min_isr} to {topic_configs['min.insync.replicas']}"
         if factor < plan.replication_factor:
             warn(f"{plan.name}: replication factor {plan.replication_factor} capped to "
                  f"{factor}, the number of brokers in this cluster"
@@ -156,7 +156,7 @@ def _differences(result: CreateResult, plan: TopicPlan) -> list[str]:
         return []
     differences = []
     if len(info.partitions) != plan.partitions:
-        differences.append(f"{len(info.partitions)} partitions, not {plan.partitions}")
+        differences.append(f"{plural(len(info.partitions), 'partition')}, not {plan.partitions}")
     if info.replication_factor != result.replication_factor:
         differences.append(f"replication factor {info.replication_factor}, not "
                            f"{result.replication_factor}")
