@@ -104,6 +104,9 @@ def resolve_jars(version: str = KAFKA_VERSION) -> Path:
                            f"(org.apache.kafka:kafka_2.13:{version})")
     partial = target.with_name(target.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
+    # Minutes on a bare machine (Maven downloads the broker and its dependencies): say so.
+    print(f"resolving Kafka {version}'s jars with Maven into {target} (once; cached for "
+          "later runs)", file=sys.stderr, flush=True)
     command = [mvn, "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
                f"-DoutputDirectory={partial}", f"-Dkafka.version={version}",
                "-DincludeScope=runtime"]
@@ -335,11 +338,17 @@ class KafkaCluster:
             running.append((node, subprocess.Popen(command, stdout=subprocess.PIPE,
                                                    stderr=subprocess.STDOUT, text=True)))
         failures = []
-        for node, process in running:
-            output, _ = process.communicate(timeout=120)
-            if process.returncode != 0:
-                failures.append(f"node {node.node_id}:\n"
-                                f"{output.replace(SCRAM_PASSWORD, '***')[-2000:]}")
+        try:
+            for node, process in running:
+                output, _ = process.communicate(timeout=120)
+                if process.returncode != 0:
+                    failures.append(f"node {node.node_id}:\n"
+                                    f"{output.replace(SCRAM_PASSWORD, '***')[-2000:]}")
+        except BaseException:  # interrupted or timed out: leave no formatter running
+            for _, process in running:
+                process.kill()
+                process.wait()
+            raise
         if failures:
             raise ClusterError("formatting failed: " + "\n".join(failures))
 
@@ -365,14 +374,26 @@ class KafkaCluster:
 
     def start(self, timeout: float = 120.0) -> KafkaCluster:
         """Resolve the jars, format storage where needed, start every stopped node, and return
-        once metadata shows every broker (ClusterError after ``timeout`` seconds)."""
+        once metadata shows every broker (ClusterError after ``timeout`` seconds).
+
+        The readiness check needs confluent-kafka: without it, this fails before anything
+        starts. A start that fails or is interrupted stops the nodes it started."""
+        require_client()
         self.classpath_dir = str(resolve_jars(self.version))
         self._format(self.nodes)
-        for node in self.nodes:
-            if not self.running(node.node_id):
-                self._spawn(node)
-        self.save()
-        self.wait_ready(timeout)
+        spawned = []
+        try:
+            for node in self.nodes:
+                if not self.running(node.node_id):
+                    self._spawn(node)
+                    spawned.append(node.node_id)
+            self.save()
+            self.wait_ready(timeout)
+        except BaseException:
+            for node_id in spawned:  # only ours: a node that already ran is left running
+                self.stop_node(node_id, timeout=10)
+            self.save()
+            raise
         return self
 
     def _spawn(self, node: Node) -> None:
@@ -465,13 +486,15 @@ class KafkaCluster:
 
     def brokers(self, timeout: float = 2.0) -> set[int]:
         """Ids of the brokers the cluster's metadata lists now (empty if none answers)."""
+        from confluent_kafka import KafkaException  # a missing client is an error, not "none"
+
         running = [n for n in self.broker_nodes if self.running(n.node_id)]
         if not running:
             return set()
         bootstrap = ",".join(f"127.0.0.1:{n.broker_port}" for n in running)
         try:
             return set(self._admin(bootstrap).list_topics(timeout=timeout).brokers)
-        except Exception:
+        except KafkaException:
             return set()
 
     def wait_ready(self, timeout: float = 120.0, brokers: set[int] | None = None) -> None:
@@ -540,6 +563,19 @@ class KafkaCluster:
                 and self.brokers() == {n.node_id for n in self.broker_nodes})
 
 
+def require_client() -> None:
+    """ClusterError unless this interpreter imports confluent-kafka, which every readiness
+    check uses (an interpreter outside the suite's virtualenv often lacks it)."""
+    try:
+        import confluent_kafka.admin  # noqa: F401
+    except ImportError as exc:
+        raise ClusterError(
+            f"{sys.executable} cannot import confluent_kafka ({exc}), which the cluster's "
+            "readiness check needs; run this with the suite's virtualenv "
+            "(.venv/bin/python -m tests.kafka_cluster ...) or pip install confluent-kafka"
+        ) from exc
+
+
 def java_and_maven_missing() -> str | None:
     """Why the cluster cannot run here (no Java, or no Maven and no cached jars), or None."""
     try:
@@ -602,6 +638,9 @@ def main(argv: list[str] | None = None) -> int:
     except ClusterError as exc:
         print(f"kafka_cluster: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # start() has stopped the nodes it started
+        print("kafka_cluster: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 
@@ -265,3 +266,18 @@ class TcpProxy:
             conns, self._conns = self._conns, []
         for sock in conns:
             self._reset(sock)
+
+
+def processes_naming(*texts: str) -> list[int]:
+    """Pids of the processes whose command line contains every one of ``texts`` (given a test
+    cluster's state directory: its JVMs, and the command that started them)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                line = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue  # it exited meanwhile
+            if all(text in line for text in texts):
+                found.append(int(entry.name))
+    return found

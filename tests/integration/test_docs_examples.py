@@ -609,7 +609,7 @@ def test_the_openalgo_guide_hook_runs_under_openalgos_gunicorn_commands(
 def _run_the_operations_block(port: int, token: str) -> None:
     """The guide's operations block, run as printed on the address of a running worker whose
     `.env` holds ``token``: every command succeeds, the last two switch to SOCKETIO."""
-    block = _guide_block("openalgo-events mode SOCKETIO", "bash")
+    block = _guide_block("export ORDER_EVENT_ADMIN_TOKEN", "bash")
     script = _replaced(block.body, ("127.0.0.1:5000", f"127.0.0.1:{port}"),
                        ("<the value of ORDER_EVENT_ADMIN_TOKEN in .env>", token),
                        (".venv/bin/openalgo-events", str(Path(sys.executable).parent /

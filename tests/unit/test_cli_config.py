@@ -102,7 +102,7 @@ def test_kafka_command_without_the_extra_names_the_install_command(cli_env, monk
     monkeypatch.setitem(sys.modules, "confluent_kafka.admin", None)
     result = run("topics", "describe")
     assert result.exit_code == 1
-    assert "pip install 'openalgo-events[kafka]'" in result.stderr
+    assert "pip install 'confluent-kafka>=2.3' (the 'kafka' extra)" in result.stderr
     assert "Traceback" not in result.stderr
 
 

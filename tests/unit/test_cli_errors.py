@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -216,3 +217,60 @@ def test_a_listener_in_a_child_process_counts_as_the_parents():
         os.killpg(parent.pid, signal.SIGKILL)  # the parent and its listening child
         parent.wait(10)
         parent.stdout.close()
+
+
+def test_check_gives_the_verdict_first_in_every_outcome(cli_env, tmp_path):
+    """As the terminal shows it (stdout and stderr in order), check's first line is its verdict
+    whatever the outcome: the 'Error:' line of an unreachable broker or a bad spool directory
+    comes before the 'Mode ...; spool ...' line, and a configuration warning after 'OK:'."""
+    cli_env(ORDER_EVENT_MODE="KAFKA", KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}")
+    unreachable = run("check", "--timeout", "0.5")
+    assert unreachable.exit_code == 2, unreachable.output
+    lines = unreachable.output.splitlines()
+    assert lines[0].startswith("Error: cannot reach Kafka at 127.0.0.1:"), lines
+    assert lines[1].startswith("Mode KAFKA; spool "), lines
+
+    cli_env(KAFKA_SPOOL_PATH=str(tmp_path / "missing" / "spool.db"))
+    bad_spool = run("check")
+    assert bad_spool.exit_code == 1, bad_spool.output
+    lines = bad_spool.output.splitlines()
+    assert lines[0].startswith("Error: invalid configuration: KAFKA_SPOOL_PATH="), lines
+    assert lines[1] == (f"Mode KAFKA; spool {tmp_path / 'missing' / 'spool.db'} "
+                        "(--verbose lists every setting)")
+
+    cli_env(ORDER_EVENT_MODE="SOCKETIO", ORDER_EVENT_MODEE="KAFKA")
+    warned = run("check")
+    assert warned.exit_code == 0, warned.output
+    lines = warned.output.splitlines()
+    assert lines[0].startswith("OK: mode SOCKETIO"), lines
+    assert lines[1].startswith("warning: ORDER_EVENT_MODEE is not an openalgo-events "
+                               "variable"), lines
+
+
+CHECK_EXITS = ("0 ok", "1 configuration invalid", "2 broker unreachable", "3 a topic missing")
+
+
+def test_every_exit_status_of_check_is_listed_wherever_they_are_listed():
+    """check's exit statuses (0 ok, 1 configuration invalid, 2 broker unreachable, 3 a topic
+    missing) are all listed in its --help, in the README, docs/operations.md and
+    docs/security.md, and every other line of the docs that lists some of them."""
+    root = Path(__file__).resolve().parents[2]
+    places = {"check --help": " ".join(run("check", "--help").output.split())}
+    for path in (root / "README.md", *sorted((root / "docs").glob("*.md"))):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if "1 configuration invalid" in line or (
+                    "openalgo-events check" in line and "exit" in line.lower()):
+                places[f"{path.name}:{number}"] = line
+    assert {"README.md", "operations.md", "security.md"} <= {
+        name.split(":")[0] for name in places}, places
+    for name, text in places.items():
+        missing = [status for status in CHECK_EXITS if status not in text]
+        assert not missing, f"{name} does not list {missing}: {text}"
+
+
+def test_plural_says_one_of_a_thing():
+    """The CLI's counts read as English: 1 event, 0 events, 2 partitions."""
+    from openalgo_events._words import plural
+
+    assert [plural(n, "event") for n in (0, 1, 2)] == ["0 events", "1 event", "2 events"]
+    assert plural(1, "partition") == "1 partition"

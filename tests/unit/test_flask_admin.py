@@ -158,3 +158,74 @@ def test_sighup_rereads_the_env_file(app_state, tmp_path):
     assert state.route == Route(Mode.BOTH, 25)
     state.close(1)
     assert signal.getsignal(signal.SIGHUP) is previous
+
+
+@pytest.fixture
+def served(app_state):
+    """An app on a real port whose mode endpoint takes TOKEN; returns (url, state)."""
+    app, state = app_state()
+    server = make_server("127.0.0.1", free_port(), app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}", state
+    server.shutdown()
+    thread.join(5)
+
+
+def test_a_missing_token_and_a_wrong_one_are_told_apart(app_state):
+    """No Authorization header is answered 'no admin token was sent', a header that is not a
+    bearer token 'send ... as Bearer', and a wrong token 'is not this app's token': each 401,
+    none echoing what was sent."""
+    app, state = app_state()
+    client = app.test_client()
+    answers = {}
+    for name, headers in (("none", {}), ("basic", {"Authorization": "Basic dXNlcg=="}),
+                          ("wrong", {"Authorization": "Bearer nope-not-it"})):
+        response = client.post("/openalgo-events/mode", json={"mode": "KAFKA"}, headers=headers)
+        assert response.status_code == 401
+        answers[name] = response.get_json()["error"]
+    assert answers == {
+        "none": "no admin token was sent; send it as 'Authorization: Bearer <token>'",
+        "basic": "the Authorization header is not a bearer token; send the admin token as "
+                 "'Authorization: Bearer <token>'",
+        "wrong": "the admin token sent is not this app's ORDER_EVENT_ADMIN_TOKEN"}
+    assert state.route == Route(Mode.SOCKETIO)
+
+
+def test_cli_with_a_wrong_token_says_it_is_wrong(served, cli_env):
+    """`mode` with a token the app does not have says the token is wrong and where the right one
+    comes from, never that none was sent, and prints neither token."""
+    url, state = served
+    result = CliRunner().invoke(main, ["mode", "KAFKA", "--url", url, "--token", "n0t-the-one"])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        f"Error: {url}/openalgo-events/mode answered 401: the admin token sent is not this "
+        "app's ORDER_EVENT_ADMIN_TOKEN; give mode the app's token (--token, "
+        "ORDER_EVENT_ADMIN_TOKEN in the environment or in .env)")
+    assert "n0t-the-one" not in result.output and TOKEN not in result.output
+    assert state.route == Route(Mode.SOCKETIO)
+
+
+def test_cli_reads_the_token_from_the_env_file_as_the_app_does(served, cli_env, tmp_path):
+    """With no token in the environment, `mode` takes ORDER_EVENT_ADMIN_TOKEN from .env in the
+    current directory (OpenAlgo's `KEY = 'value'` style) or from --env-file; a token set in the
+    environment wins over the file; with none anywhere it names all three places."""
+    url, state = served
+    runner = CliRunner()
+    missing = runner.invoke(main, ["mode", "KAFKA", "--url", url])
+    assert missing.exit_code == 1
+    assert missing.stderr.strip() == (
+        "Error: no admin token: set ORDER_EVENT_ADMIN_TOKEN in the environment or in .env "
+        "(the app's; --env-file names another), or pass --token")
+    (tmp_path / ".env").write_text(f"ORDER_EVENT_ADMIN_TOKEN = '{TOKEN}'\n")
+    result = runner.invoke(main, ["mode", "KAFKA", "--url", url])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == "mode KAFKA, rollout 100% (was SOCKETIO, 100%)"
+    (tmp_path / ".env").rename(tmp_path / "openalgo.env")
+    result = runner.invoke(main, ["--env-file", "openalgo.env", "mode", "BOTH", "--url", url])
+    assert result.exit_code == 0, result.output
+    cli_env(ORDER_EVENT_ADMIN_TOKEN="set-in-the-environment")
+    result = runner.invoke(main, ["--env-file", "openalgo.env", "mode", "SOCKETIO",
+                                  "--url", url])
+    assert result.exit_code == 1 and "answered 401" in result.stderr
+    assert state.route == Route(Mode.BOTH)

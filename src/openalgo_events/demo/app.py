@@ -30,7 +30,7 @@ from ..envelope import Envelope
 from ..errors import ConfigError
 from ..integrations.flask import EventsState, OpenAlgoEvents
 from ..publisher import EventPublisher, build_publisher
-from ..transports.socketio import user_room
+from ..transports.socketio import browser_payload, user_room
 from .kafka_tap import KafkaTap
 from .orders import BROKER, MODES, BadRequest, OrderDesk, parse_order
 
@@ -119,7 +119,7 @@ def create_app(settings: Settings | None = None, *, api_keys: Mapping[str, str] 
     app = Flask(__name__)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     socketio = SocketIO(app, async_mode="threading")
-    publisher = _Stamped(build_publisher(settings, socketio), socketio)
+    publisher = _Stamped(build_publisher(settings, socketio), socketio, settings.socketio_scope)
     state = DemoState(settings, publisher, OrderDesk(publisher),
                       dict(api_keys or {DEMO_API_KEY: DEMO_USER}))
     # Health, metrics and the mode switch, exactly as an application mounts them.
@@ -136,19 +136,26 @@ def create_app(settings: Settings | None = None, *, api_keys: Mapping[str, str] 
 class _Stamped(EventPublisher):
     """The demo's publisher: the real one, and after each event a ``demo_event_meta`` message
     with its event_id and timestamp, so that the page shows when the event happened (today's
-    Socket.IO payloads carry neither, and stay unchanged)."""
+    Socket.IO payloads carry neither, and stay unchanged).
 
-    def __init__(self, inner: EventPublisher, socketio: Any) -> None:
+    The message carries the event's browser payload, never more: the page matches it to the
+    event's row by that payload, and a browser must not learn through the demo's channel what
+    the catalog keeps for Kafka (``password_change``'s IP address and user agent), nor, in
+    the user scope, another user's events."""
+
+    def __init__(self, inner: EventPublisher, socketio: Any, scope: str) -> None:
         self.__dict__.update(inner.__dict__)  # the same transport, stats and settings
         self._socketio = socketio
+        self._scope = scope
 
     def publish(self, event_type: str, user_id: str | None,
                 data: Mapping[str, Any] | None = None, **fields: Any) -> Envelope:
         envelope = super().publish(event_type, user_id, data, **fields)
+        room = user_room(envelope.user_id) if self._scope == "user" else None
         self._socketio.emit(META_EVENT, {"event_type": envelope.event_type,
                                          "event_id": envelope.event_id,
                                          "timestamp": envelope.timestamp,
-                                         "data": dict(envelope.data)})
+                                         "data": browser_payload(envelope)}, to=room)
         return envelope
 
 

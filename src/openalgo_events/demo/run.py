@@ -62,7 +62,7 @@ def use_demo_admin_token(env_file: str = ".env") -> str | None:
 def create_order_topic(settings: Settings, echo: Callable[[str], None]) -> None:
     """Create the order topic as ``topics create`` does; an unreachable broker is reported
     and the demo starts anyway (its events wait in the spool)."""
-    from ..ops.topics import create_topics, planned_topics
+    from ..ops.topics import create_topics, describe_line, planned_topics
 
     [plan] = [p for p in planned_topics(settings) if p.name == settings.order_events_topic]
     try:
@@ -70,8 +70,7 @@ def create_order_topic(settings: Settings, echo: Callable[[str], None]) -> None:
     except OpenAlgoEventsError as exc:
         echo(f"warning: could not create topic {plan.name}: {exc}")
         return
-    echo(f"topic {plan.name}: {result.outcome} ({plan.partitions} partitions, replication "
-         f"factor {result.replication_factor})")
+    echo(f"topic {describe_line(result)}")  # as the broker reports it
 
 
 def _interrupt_on_sigterm() -> None:

@@ -300,9 +300,18 @@ def _mode() -> tuple[Response, int]:
     token = state.settings.admin_token
     if not token:
         return _error(404, "the mode endpoint is off; set ORDER_EVENT_ADMIN_TOKEN to enable it")
-    given = request.headers.get("Authorization", "").encode()
-    if not hmac.compare_digest(given, f"Bearer {token}".encode()):
-        response, status = _error(401, "send the admin token as 'Authorization: Bearer <token>'")
+    given = request.headers.get("Authorization", "")
+    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        # Say which of the three it was: a caller who sent a token needs to hear that it is
+        # the wrong one, not to be told to send one (the token itself is never repeated).
+        if not given:
+            problem = "no admin token was sent; send it as 'Authorization: Bearer <token>'"
+        elif not given.startswith("Bearer "):
+            problem = ("the Authorization header is not a bearer token; send the admin token "
+                       "as 'Authorization: Bearer <token>'")
+        else:
+            problem = "the admin token sent is not this app's ORDER_EVENT_ADMIN_TOKEN"
+        response, status = _error(401, problem)
         response.headers["WWW-Authenticate"] = "Bearer"
         return response, status
     body = request.get_json(silent=True)

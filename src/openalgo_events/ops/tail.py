@@ -1,7 +1,8 @@
 """Following a topic live without joining a consumer group (nothing is committed).
 
 Every partition is assigned explicitly; the starting offsets are resolved before ``on_ready``
-is called, so an event produced after that is always seen.
+is called, so an event produced after that is always seen, and, from the end, none produced
+before it is shown.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._words import plural
 from ..config import Settings
 from ..envelope import parse_timestamp
 from ..spool import REPLAY_HEADER
@@ -67,7 +69,8 @@ def follow(settings: Settings, topic: str, *, start: str | float = "end",
     only = only or TailFilter()
     consumer = ck.Consumer({**client_config(settings),
                             "group.id": f"openalgo-events-tail-{uuid.uuid4().hex[:12]}",
-                            "enable.auto.commit": False, "enable.auto.offset.store": False})
+                            "enable.auto.commit": False, "enable.auto.offset.store": False,
+                            "enable.partition.eof": True})
     try:
         deadline = None if timeout is None else time.monotonic() + timeout
         metadata = cluster_metadata(settings, min(timeout or 10.0, 10.0), consumer)
@@ -80,6 +83,7 @@ def follow(settings: Settings, topic: str, *, start: str | float = "end",
                              f"is {settings.order_events_topic}, KAFKA_ORDER_EVENTS_TOPIC)")
         partitions = sorted(metadata.topics[topic].partitions)
         consumer.assign(_start_offsets(ck, consumer, topic, partitions, start))
+        early = _skip_to_end(ck, consumer, partitions, deadline) if start == "end" else []
         on_ready(len(partitions))
         since_ms = int(start * 1000) if isinstance(start, float | int) else -1
         shown = 0
@@ -87,7 +91,7 @@ def follow(settings: Settings, topic: str, *, start: str | float = "end",
             wait = 0.5 if deadline is None else deadline - time.monotonic()
             if wait <= 0:
                 return
-            msg = consumer.poll(min(wait, 0.5))
+            msg = early.pop(0) if early else consumer.poll(min(wait, 0.5))
             if msg is None:
                 continue
             if msg.error() is not None:
@@ -102,6 +106,32 @@ def follow(settings: Settings, topic: str, *, start: str | float = "end",
                 yield record
     finally:
         consumer.close()
+
+
+def _skip_to_end(ck: Any, consumer: Any, partitions: list[int],
+                 deadline: float | None) -> list[Any]:
+    """Read past what was on each partition when the tail began, up to the end its fetches
+    report, and return the records that came after that end meanwhile.
+
+    A broker's answer to "the latest offset" may lag its log: the dev broker (Tansu) gives the
+    start of the partition's last batch plus one, so starting there would reprint that batch.
+    A fetch reports the true end (librdkafka's partition EOF); records before it were there
+    already. Bounded by 10 s (or ``deadline``): a partition without a leader does not hold
+    the tail up.
+    """
+    until = time.monotonic() + 10.0 if deadline is None else min(deadline,
+                                                                   time.monotonic() + 10.0)
+    waiting, after = set(partitions), []
+    while waiting and time.monotonic() < until:
+        msg = consumer.poll(min(0.5, max(0.0, until - time.monotonic())))
+        if msg is None:
+            continue
+        error = msg.error()
+        if error is not None and error.code() == ck.KafkaError._PARTITION_EOF:
+            waiting.discard(msg.partition())
+        elif msg.partition() not in waiting:
+            after.append(msg)  # produced after that partition's end was reached: new
+    return after
 
 
 def _start_offsets(ck: Any, consumer: Any, topic: str, partitions: list[int],
@@ -138,7 +168,8 @@ def table_row(record: Tailed) -> str:
     if doc is None:
         moment = _moment(None, record.timestamp_ms)
         return f"{moment:<24} {'(not an envelope)':<24} {_text(record.key):<14} " \
-               f"{len(record.value)} bytes at partition {record.partition} offset {record.offset}"
+               f"{plural(len(record.value), 'byte')} at partition {record.partition} offset " \
+               f"{record.offset}"
     data = doc["data"] if isinstance(doc.get("data"), dict) else {}
     details = [f"{name}={_short(data[name])}" for name in DETAIL_FIELDS if name in data]
     if record.replayed:
