@@ -21,7 +21,6 @@ import pytest
 
 from openalgo_events import Envelope, KafkaEventPublisher, Settings
 from openalgo_events.errors import ConfigError
-from openalgo_events.host.journal import JournalWriter
 from openalgo_events.spool import Spool, identity
 from openalgo_events.spool import format as fmt
 from openalgo_events.spool.directory import SpoolDirectory, posix_lock

@@ -87,8 +87,8 @@ class JournalModel(RuleBasedStateMachine):
             self.writers[index] = None
             return
         directory = os.path.join(self.spool.path, fmt.WRITERS, journal.name)
-        segments = sorted((n for n in map(fmt.segment_number, os.listdir(directory))
-                           if n is not None))
+        segments = sorted(n for n in map(fmt.segment_number, os.listdir(directory))
+                           if n is not None)
         which, how = fault.split()
         self._note_segments()  # what each segment holds before the damage
         if which == "directory":

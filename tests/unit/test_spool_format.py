@@ -78,8 +78,8 @@ def test_identity_mismatch_is_refused_with_the_fix(tmp_path):
     spool = SpoolDirectory(str(tmp_path / "s"))
     identity.claim(spool, "k1:9092,k2:9092", "orders")
     identity.claim(spool, "k2:9092, k1:9092", "orders")
-    with pytest.raises(ConfigError, match="k1:9092,k2:9092 topic orders, not k1:9092 topic "
-                                          "other.*its own KAFKA_SPOOL_PATH"):
+    with pytest.raises(ConfigError, match=r"k1:9092,k2:9092 topic orders, not k1:9092 topic "
+                                          r"other.*its own KAFKA_SPOOL_PATH"):
         identity.claim(spool, "k1:9092", "other")
 
 
@@ -191,7 +191,7 @@ def test_the_default_spool_is_one_per_cluster_and_topic(tmp_path, monkeypatch):
         assert all(os.path.dirname(p) == str(tmp_path / fmt.DEFAULT_ROOT) for p in paths)
         explicit = Settings.from_env({"KAFKA_SPOOL_PATH": str(tmp_path / "one")})
         KafkaEventPublisher("127.0.0.1:9", "topic-x", settings=explicit).close()
-        with pytest.raises(ConfigError, match="topic topic-x, not 127.0.0.1:9 topic topic-y"):
+        with pytest.raises(ConfigError, match=r"topic topic-x, not 127\.0\.0\.1:9 topic topic-y"):
             KafkaEventPublisher("127.0.0.1:9", "topic-y", settings=explicit)
     finally:
         first.close()

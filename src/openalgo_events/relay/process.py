@@ -41,7 +41,7 @@ from ..envelope import cloudevents_headers
 from ..errors import ConfigError, SpoolError
 from ..spool import LedgerEntry, Spool, identity, open_directory
 from ..spool import format as fmt
-from ..spool.directory import SpoolDirectory, bind_doorbell, posix_lock
+from ..spool.directory import SpoolDirectory, bind_doorbell, explain, posix_lock
 from ..spool.rejected import RejectedStore
 from ..stats import Stats
 from . import trail
@@ -124,7 +124,9 @@ class Relay:
         try:
             held = self._open()
         except (SpoolError, ConfigError, OSError) as exc:
-            log.error("relay: cannot use spool %s: %s", self.settings.spool_location, exc)
+            where = self.settings.spool_location
+            reason = explain(exc, where) if isinstance(exc, OSError) else str(exc)
+            log.error("relay: cannot use spool %s: %s", where, reason)
             self._close_files()
             return EXIT_UNUSABLE
         if not held:

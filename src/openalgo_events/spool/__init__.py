@@ -373,15 +373,28 @@ def open_directory(settings: Settings, *, create: bool = True) -> SpoolDirectory
 
 
 def refuse_version_1(path: str) -> None:
-    """A version-1 spool (a SQLite file at ``KAFKA_SPOOL_PATH``) is not a directory of this
-    version: say what to do with it."""
+    """A path that is not a directory of its own: a version-1 spool (a SQLite file at
+    ``KAFKA_SPOOL_PATH``) is told what to do with it; a link or any other file is refused
+    (never followed)."""
+    import stat
+
     try:
-        with open(path, "rb") as handle:
-            head = handle.read(16)
-    except (IsADirectoryError, FileNotFoundError, NotADirectoryError):
-        return
+        found = os.lstat(path)
     except OSError:
         return
+    if stat.S_ISDIR(found.st_mode):
+        return
+    if stat.S_ISLNK(found.st_mode):
+        raise SpoolError(f"KAFKA_SPOOL_PATH={path} is a symbolic link, not a directory of its "
+                         "own: a spool is never reached through a link (another user could "
+                         "have planted it); remove it or set KAFKA_SPOOL_PATH to a directory path")
+    head = b""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        try:
+            head = os.read(fd, 16)
+        finally:
+            os.close(fd)
     if head == b"SQLite format 3\x00":
         raise SpoolError(
             f"KAFKA_SPOOL_PATH={path} is a version-1 spool file; this version keeps its spool "

@@ -193,6 +193,19 @@ def _fix(exc: OSError, path: str) -> str:
             "location")
 
 
+def explain(exc: OSError, directory: str) -> str:
+    """An ``OSError`` on a file of the spool as a sentence with its path and the fix."""
+    name = exc.filename if isinstance(exc.filename, str) else ""
+    path = os.path.join(directory, name) if name else directory
+    if exc.errno in (errno.EISDIR, errno.ENOTDIR, errno.ELOOP):
+        return (f"{path} is not a regular file; remove it (the spool makes it again; if it "
+                "was a symbolic link, find out who put it there)")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return (f"{path} cannot be written ({exc.strerror}); give this user write access to "
+                f"{directory} and its files again")
+    return f"{path}: {exc.strerror}; {_fix(exc, directory)}"
+
+
 def _read_all(fd: int) -> bytes:
     chunks = []
     while chunk := os.read(fd, 65536):

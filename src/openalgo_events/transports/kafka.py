@@ -135,6 +135,10 @@ class KafkaTransport:
         if self._closed:
             raise SpoolError("this publisher is closed; build a new one")
         self._journal = JournalWriter(self._spool, sync=self.settings.spool_sync == "FULL")
+        if self._watch is not None:
+            # Now, not on the watch's thread: a script (or a forked child) may exit right
+            # after this publish, and the thread with it. A millisecond, once per process.
+            self._starter.ensure()
         return self._journal
 
     def _look(self) -> bool:
@@ -148,6 +152,7 @@ class KafkaTransport:
                 self._spool = open_directory(self.settings)
                 identity.claim(self._spool, self.settings.bootstrap_servers, self.topic)
                 journal.spool = self._spool
+                self._bell.close()
                 self._bell = Bell(self._spool)
                 self._starter.spool = self._spool
             journal.check(lambda: self._acknowledged().acked_seq)
@@ -160,9 +165,12 @@ class KafkaTransport:
         self._lock = new_lock()  # the parent's may have been held by another thread at fork
         if journal is not None:
             journal.forget()
+        self._bell.close()  # our copy of the parent's socket
         self._bell = Bell(self._spool)
+        # "a relay was just started" was the parent's: the child looks for itself
+        self._starter = Starter(self.settings, self._spool)
         if self._watch is not None:
-            self._watch.forget()
+            self._watch = Watch(self._look, self._starter)
 
     @property
     def spool(self) -> HostTrail:
