@@ -39,8 +39,8 @@ COUNTERS: dict[str, tuple[str, str, tuple[str, ...]]] = {
                    ("event_type",)),
     "rejected": ("rejected", "Events Kafka refused for good, set aside in the spool "
                  "('openalgo-events spool rejected').", ("event_type", "transport")),
-    "quarantined": ("quarantined", "Stored records the relay could not read, set aside as "
-                    "rejected.", ()),
+    "quarantined": ("quarantined", "Journal frames the relay could not read (a bad CRC, or "
+                    "metadata that is not a record's), set aside and counted.", ()),
     "producer_rebuilds": ("producer_rebuilds",
                           "Kafka producers discarded and rebuilt to resend pending events.", ()),
 }

@@ -144,10 +144,10 @@ class Keeper:
         self._signal(signum)
 
     def _signal(self, signum: int) -> None:
-        child = self._child
+        child = self._child  # a signal handler may call this: os.kill only, no lock
         if child is not None:
             with contextlib.suppress(ProcessLookupError):
-                child.send_signal(signum)
+                os.kill(child.pid, signum)
 
     def _sleep(self, seconds: float) -> bool:
         """Wait ``seconds``, or until a stop signal; whether it came."""

@@ -83,6 +83,9 @@ class Relay:
         self.in_process = in_process
         self.stats = stats or Stats()
         self.stop = new_event()
+        # Set by a signal handler, which must take no lock (Event.set does: a second SIGTERM
+        # arriving inside the first handler's set() would deadlock the relay).
+        self._signalled = False
         self.faults = StorageFaults()
         self.spool: SpoolDirectory | None = None
         self.reader: Reader | None = None
@@ -102,6 +105,7 @@ class Relay:
         # refused records not yet written to the rejected store (it failed): tried again
         self._unsettled: list[tuple[Writer, Entry, str]] = []
         self._rejected_total: int | None = None
+        self._corrupt_counted = 0  # bad frames already counted in ``stats`` (quarantined)
         self._rung: set[str] = set()
         self._recheck_at: float | None = None
         self._moved = False  # acknowledged positions moved since the last ledger write
@@ -198,13 +202,13 @@ class Relay:
                               self.spool.path)
                     self.exit_code = EXIT_HELD
                 return False
-            if self.stop.wait(0.2):
+            if self.stop.wait(0.2) or self._signalled:
                 return False
         return True
 
     def install_signals(self) -> None:
         def on_stop(_signum: int, _frame: Any) -> None:
-            self.stop.set()
+            self._signalled = True
             self._wake()
 
         def on_orphaned(_signum: int, _frame: Any) -> None:
@@ -226,7 +230,7 @@ class Relay:
         now = time.monotonic()
         self._housekeeping(now)
         self._prune()
-        while not self.stop.is_set():
+        while not (self.stop.is_set() or self._signalled):
             self._wait(self._timeout(time.monotonic()))
             now = time.monotonic()
             self._collect(now)
@@ -641,7 +645,10 @@ class Relay:
     def _write_status(self, now: float) -> None:
         """Rewrite the status when a figure changed (not more often than every
         ``LEDGER_EVERY``) and at least every ``STATUS_EVERY`` seconds (hosts read its age)."""
-        assert self._status is not None
+        assert self._status is not None and self.reader is not None
+        if self.reader.corrupt > self._corrupt_counted:
+            self.stats.incr("quarantined", self.reader.corrupt - self._corrupt_counted)
+            self._corrupt_counted = self.reader.corrupt
         self._pending = self._measure_pending(scan=False)
         doc = self.status()
         volatile = ("updated", "oldest_pending_age_seconds", "stats", "in_flight")
@@ -659,8 +666,14 @@ class Relay:
         self._status.write(doc)
 
     def health(self) -> dict[str, Any]:
-        """An in-process relay's health, as an app reports it (``transports.kafka``)."""
-        doc = self._last_status or {"healthy": False}
+        """An in-process relay's health, as an app reports it (``transports.kafka``): the last
+        status, with the producer's state read now (a condition shows at once)."""
+        doc = dict(self._last_status or {"healthy": False})
+        if self.producer is not None:
+            state = self.producer.delivery_state()
+            age = doc.get("oldest_pending_age_seconds")
+            doc.update(state, healthy=bool(state.pop("delivering")) and not self.faults and not (
+                age is not None and age > max(self.settings.stall_timeout_seconds, 30.0)))
         keys = ("broker_reachable", "spool_depth", "spool_pending_bytes", "spool_over_limit",
                 "spool_shed", "spool_rejected", "oldest_pending_age_seconds", "in_flight",
                 "producer_rebuilds", "last_error", "last_error_at", "condition",
