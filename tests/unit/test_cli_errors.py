@@ -58,7 +58,7 @@ def test_failures_of_every_kind_share_one_prefix(cli_env, tmp_path):
                                "--url", f"http://127.0.0.1:{free_port()}"))
     assert "cannot reach" in line and "is the app running" in line
     line = _one_error_line(run("spool", "status", "--spool", str(tmp_path / "none.db")))
-    assert "no spool file" in line
+    assert "no spool directory" in line
 
 
 def test_several_configuration_problems_are_listed_under_one_error(cli_env):

@@ -145,6 +145,8 @@ def spool_location_problem(settings: Settings) -> str | None:
         return None
     from ..spool import refuse_version_1
 
+    named = (f"KAFKA_SPOOL_PATH={settings.spool_path!r}: " if settings.spool_path
+             else "KAFKA_SPOOL_PATH is unset, so the spool is the default one: ")
     try:
         refuse_version_1(path)
         if os.path.isdir(path):
@@ -155,12 +157,13 @@ def spool_location_problem(settings: Settings) -> str | None:
             if not settings.spool_path:
                 parent = os.path.dirname(parent)  # the default's openalgo_events_spool/ is made
             if not os.path.isdir(parent):
-                return (f"the spool {path} cannot be made: directory {parent} does not exist; "
-                        "create it or set KAFKA_SPOOL_PATH to a directory in an existing one")
+                return (f"{named}the spool {path} cannot be made: directory {parent} does not "
+                        "exist; create it or set KAFKA_SPOOL_PATH to a directory in an "
+                        "existing one")
             writable = os.access(parent, os.W_OK)
     except SpoolError as exc:
-        return str(exc)
+        return f"{named}{exc}"
     if not writable:
-        return (f"the spool {path} is not writable by this user; fix the permissions or set "
-                "KAFKA_SPOOL_PATH to another location")
+        return (f"{named}the spool {path} is not writable by this user; fix the permissions or "
+                "set KAFKA_SPOOL_PATH to another location")
     return None

@@ -91,6 +91,19 @@ def error_name(err: Any) -> str:
         return type(err).__name__
 
 
+def check_config(config: Mapping[str, Any]) -> None:
+    """Build (and drop) a client with ``config`` but no broker, to have librdkafka judge every
+    property now: a property it refuses stops the app's start-up with a ``ConfigError`` rather
+    than the relay's, later, in a log the app never reads. Connects nowhere."""
+    ck: Any = cast(Any, require("confluent_kafka", "kafka"))
+    try:
+        client = ck.Producer({**config, "bootstrap.servers": "", "logger": QuietLibrdkafkaLog()})
+    except ck.KafkaException as exc:
+        raise ConfigError([f"librdkafka refused the producer settings ({exc}); check the "
+                           "KAFKA_LIBRDKAFKA_* variables"]) from exc
+    del client
+
+
 class Producer:
     """Produces to one topic; ``wake`` is called (from this module's thread) when results wait.
 

@@ -78,6 +78,10 @@ class KafkaTransport:
         self.settings = settings
         self.topic = settings.order_events_topic
         self.stats = stats or Stats()
+        if settings.librdkafka:  # ours are checked by Settings; librdkafka's only by librdkafka
+            from ..relay.producer import check_config
+
+            check_config(settings.producer_config())
         self._catalog = catalog
         self._relay: Any = None  # the in-process relay of an in-memory spool
         self._temporary = settings.spool_path == ":memory:"
