@@ -150,7 +150,7 @@ def test_unreadable_journal_frame_is_quarantined(kafka_bootstrap, topic, tmp_pat
     stop_app_relay(tmp_path)
     (segment,) = (tmp_path / "spool" / fmt.WRITERS).glob("*/1.seg")
     data = segment.read_bytes()
-    end, payload = fmt.frame_at(data, 0)
+    end, _payload = fmt.frame_at(data, 0)
     envelope = Envelope("order_event", "alice", {"orderid": "bad"})
     bad = _raw_frame(b'[1,"' + envelope.event_id.encode() + b'","order_event","alice",'
                      + b"1" * 400 + b',0,"t","s",null]', envelope.value)
