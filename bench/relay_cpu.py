@@ -29,12 +29,13 @@ def _cpu(pid: int) -> float:
 
 def main(events: int) -> None:
     os.environ["OPENALGO_EVENTS_RELAY_AUTOSTART"] = "FALSE"
-    from openalgo_events import KafkaEventPublisher, Settings, spooldir
+    from openalgo_events import KafkaEventPublisher, Settings
+    from openalgo_events.spool.directory import Bell, SpoolDirectory
 
     bootstrap = os.environ["KAFKA_BOOTSTRAP_SERVERS"]
     topic = f"bench-relay-{os.getpid()}"
     create_topic(bootstrap, topic)  # clusters usually do not create topics on first use
-    spool = os.path.join(tempfile.mkdtemp(prefix="openalgo-relay-bench-"), "spool.db")
+    spool = os.path.join(tempfile.mkdtemp(prefix="openalgo-relay-bench-"), "spool")
     env = {**os.environ, "KAFKA_ORDER_EVENTS_TOPIC": topic, "KAFKA_SPOOL_PATH": spool,
            "KAFKA_PRODUCER_COMPRESSION": "none"}
     relay = subprocess.Popen([sys.executable, "-m", "openalgo_events.relay"], env=env,
@@ -53,12 +54,12 @@ def main(events: int) -> None:
         left = publisher.flush(120)
         confirmed = time.perf_counter() - started
         relay_cpu = _cpu(relay.pid) - relay_before
-        sock, address = spooldir.doorbell_socket(), spooldir.doorbell_address(spool)
+        bell = Bell(SpoolDirectory(spool, create=False))
         ring_before = time.thread_time()
         for _ in range(events):
-            spooldir.ring(sock, address)
+            bell.ring(b"bench")
         ring = time.thread_time() - ring_before
-        sock.close()
+        bell.close()
         print(f"host CPU per publish {caller / events * 1e6:.1f} us; publish rate "
               f"{events / published:,.0f}/s; confirmed {events / confirmed:,.0f}/s "
               f"({left} left); relay CPU per event {relay_cpu / events * 1e6:.1f} us; "
