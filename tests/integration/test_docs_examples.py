@@ -27,10 +27,11 @@ from openalgo_events import (
     MemoryTransport,
     Settings,
     schema,
-    spooldir,
 )
+from openalgo_events.spool import format as fmt
 from openalgo_events.devbroker import free_port
 from tests.integration.openalgo_procs import APP, app_env
+from tests.integration.relay_support import relay_pid, wait_relay_gone
 from tests.support import create_topic, read_topic, wait_for
 
 pytestmark = pytest.mark.broker
@@ -51,7 +52,7 @@ def test_the_documented_consumer_handles_each_event_once(kafka_bootstrap, topic,
     script = tmp_path / "consumer.py"
     script.write_text(_example_code())
     publisher = KafkaEventPublisher(kafka_bootstrap, topic, settings=Settings.from_env(
-        {"KAFKA_SPOOL_PATH": str(tmp_path / "spool.db")}))
+        {"KAFKA_SPOOL_PATH": str(tmp_path / "spool")}))
     placed = publisher.publish_order_event("alice", "SBIN-EQ", "BUY", "ORD1", "live", quantity=5)
     publisher.publish("order_update", "alice", orderid="ORD1", order_status="complete")
     publisher.publish_password_change("bob", "success", "Password changed")
@@ -175,7 +176,7 @@ def docs_env(kafka_bootstrap, tmp_path_factory) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("KAFKA_", "ORDER_EVENT_", "OPENALGO_EVENTS_"))}
     env.update(KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap, DOCS_WORKDIR=str(workdir),
-               KAFKA_SPOOL_PATH=str(workdir / "openalgo_events_spool.db"),
+               KAFKA_SPOOL_PATH=str(workdir / "openalgo_events_spool"),
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
     created = subprocess.run([sys.executable, "-m", "openalgo_events", "topics", "create"],
                              env=env, cwd=workdir, capture_output=True, text=True, timeout=60)
@@ -301,7 +302,7 @@ def test_the_readme_first_snippet_in_kafka_mode_delivers_everything(docs_env, to
     create_topic(docs_env["KAFKA_BOOTSTRAP_SERVERS"], topic)
     script = tmp_path / "first.py"
     script.write_text(first.body)
-    spool = tmp_path / "spool.db"
+    spool = tmp_path / "spool"
     done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
                           text=True, timeout=120,
                           env={**docs_env, "ORDER_EVENT_MODE": "KAFKA",
@@ -322,42 +323,41 @@ def test_the_readme_first_snippet_in_kafka_mode_delivers_everything(docs_env, to
 
     wait_for(lambda: spool_status()["depth"] == 0, 30,
              message=lambda: f"an empty spool: {spool_status()}")
-    wait_for(lambda: not spooldir.relay_running(str(spool)), 30,
-             message=lambda: f"the relay to exit; its log: {_relay_log(spool)}")
+    wait_relay_gone(str(spool), 30)
 
 
 def _relay_log(spool: Path) -> str:
-    log = Path(spooldir.log_path(str(spool)))
+    log = spool / fmt.RELAY_LOG
     return log.read_text() if log.exists() else "(none)"
 
 
 def test_the_spool_files_the_operations_guide_lists_are_there(docs_env, topic, tmp_path):
-    """Every file docs/operations.md lists beside the spool exists once a script has published
-    (the trail, the relay's lock, identity, status and log, this process's journal directory),
-    and the detached relay delivers the event."""
+    """Every file docs/operations.md lists in the spool directory exists once a script has
+    published (its journal; the relay's lock, ledger, status, doorbell and log; the keeper's
+    lock; identity and the rejected store), and the relay delivers the event; once the script's
+    journal is done with, it moves to the trail."""
     [layout] = [b for b in all_blocks() if b.path.name == "operations.md"
-                and "<KAFKA_SPOOL_PATH>.lock" in b.body]
+                and "relay.lock" in b.body and "ledger" in b.body]
     create_topic(docs_env["KAFKA_BOOTSTRAP_SERVERS"], topic)
-    spool = str(tmp_path / "spool.db")
+    spool = tmp_path / "spool"
     publisher = KafkaEventPublisher(docs_env["KAFKA_BOOTSTRAP_SERVERS"], topic,
-                                    settings=Settings.from_env({"KAFKA_SPOOL_PATH": spool}))
+                                    settings=Settings.from_env({"KAFKA_SPOOL_PATH": str(spool)}))
+    names = [line.split()[0] for line in layout.body.splitlines() if line.strip()]
+    assert len(names) == 10, names
     try:
         publisher.publish_order_event("alice", "SBIN-EQ", "BUY", "ORD1", "live")
-        wait_for(lambda: spooldir.read_status(spool) is not None, 30,
-                 message=lambda: f"the relay's status; its log: {_relay_log(Path(spool))}")
-        names = [line.split()[0] for line in layout.body.splitlines() if line.strip()]
-        assert len(names) == 6, names
+        assert publisher.flush(30) == 0, _relay_log(spool)
+        wait_for(lambda: (spool / fmt.STATUS).exists(), 30, message="the relay's status")
         for name in names:
-            path = name.replace("<KAFKA_SPOOL_PATH>", spool)
-            if "<pid>-<start>" in path:
-                folder = Path(path.split("<pid>-<start>")[0])
-                assert any(p.is_dir() and p.name.startswith(f"{os.getpid()}-")
-                           for p in folder.iterdir()), (name, list(folder.iterdir()))
-            else:
-                assert Path(path).exists(), name
-        assert publisher.flush(30) == 0
+            if name.startswith(fmt.WRITERS):
+                assert any(p.name.startswith(f"{os.getpid()}-")
+                           for p in (spool / fmt.WRITERS).iterdir()), name
+            elif not name.startswith(fmt.TRAIL):
+                assert (spool / name).exists(), name
     finally:
         publisher.close()
+    wait_for(lambda: (spool / fmt.TRAIL).is_dir() and any((spool / fmt.TRAIL).iterdir()), 30,
+             message=lambda: f"the journal moved to the trail; log: {_relay_log(spool)}")
     [message] = read_topic(docs_env["KAFKA_BOOTSTRAP_SERVERS"], topic, 1)
     assert json.loads(message.value())["data"]["orderid"] == "ORD1"
 
@@ -379,12 +379,12 @@ def test_the_systemd_unit_runs_the_relay_and_stops_it_in_time(docs_env, topic, t
     assert argv[0] == "/opt/openalgo/.venv/bin/openalgo-events"
     argv[0] = str(Path(sys.executable).parent / "openalgo-events")
     create_topic(docs_env["KAFKA_BOOTSTRAP_SERVERS"], topic)
-    spool = str(tmp_path / "openalgo_events_spool.db")
+    spool = str(tmp_path / "openalgo_events_spool")
     env = {**docs_env, "KAFKA_ORDER_EVENTS_TOPIC": topic, "KAFKA_SPOOL_PATH": spool}
     relay = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
     try:
-        wait_for(lambda: spooldir.relay_running(spool), 30, message="the relay holds the spool")
+        wait_for(lambda: relay_pid(spool) == relay.pid, 30, message="the relay holds the spool")
 
         def health() -> Any:
             try:
@@ -398,7 +398,7 @@ def test_the_systemd_unit_runs_the_relay_and_stops_it_in_time(docs_env, topic, t
         relay.send_signal(getattr(signal, service["KillSignal"]))
         output, _ = relay.communicate(timeout=float(service["TimeoutStopSec"]))
     assert relay.returncode == 0, output
-    assert not spooldir.relay_running(spool)
+    assert relay_pid(spool) is None
 
 
 def test_the_user_resolver_line_names_openalgos_function(tmp_path, monkeypatch):
@@ -495,7 +495,7 @@ def test_the_openalgo_guide_install_runs_as_printed(kafka_bootstrap, topic, tmp_
                           cwd=tmp_path, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"{topic}: created" in done.stdout, done.stdout
-    spool_line = "Mode BOTH; spool {}/db/openalgo_events_spool.db (--verbose lists every setting)"
+    spool_line = "Mode BOTH; spool {}/db/openalgo_events_spool (--verbose lists every setting)"
     for quoted, printed in (("OK: publishing to Kafka would work.",) * 2,
                             (spool_line.format("/path/to/openalgo"), spool_line.format(openalgo))):
         assert f"`{quoted}`" in guide
@@ -570,7 +570,7 @@ def test_the_openalgo_guide_hook_runs_under_openalgos_gunicorn_commands(
     try:
         answer = wait_for(health, 60, step=0.5,
                           message=lambda: f"healthy from {health_command}: {log.read_text()}")
-        spool = str(tmp_path / "db" / "openalgo_events_spool.db")
+        spool = str(tmp_path / "db" / "openalgo_events_spool")
         assert answer["mode"] == "BOTH" and "bridge" not in answer, answer
         assert answer["transports"]["kafka"]["spool_path"] == spool
         published = subprocess.run([*base[:-1], "-X", "POST", f"{base[-1]}/publish?orderid=G"],
@@ -600,7 +600,7 @@ def test_the_openalgo_guide_hook_runs_under_openalgos_gunicorn_commands(
         return re.search(pattern.replace("<path>", re.escape(spool)), text) is not None
 
     assert printed(relay_line), text
-    master_line = "openalgo-events: relay started (pid N) for spool <path>"
+    master_line = "openalgo-events: relay keeper started (pid N) for spool <path>"
     assert f"`{master_line}`" in guide
     assert printed(master_line) is (install != "docker"), text  # start.sh: --log-level warning
     assert "Traceback" not in text, text

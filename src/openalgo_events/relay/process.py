@@ -181,8 +181,9 @@ class Relay:
                                  stall_timeout=self.settings.stall_timeout_seconds)
         if not self.in_process:
             self._serve_http()
-        log.info("relay for spool %s running (pid %s, port %s, topic %s)", self.spool.path,
-                 os.getpid(), self.port, self.settings.order_events_topic)
+        pending = Spool.of(self.spool).pending(ledger_positions(self._ledger.read()))
+        log.info("relay for spool %s running (pid %s, port %s, %s pending)", self.spool.path,
+                 os.getpid(), self.port, pending.depth)
         return True
 
     def _take_lock(self) -> bool:
