@@ -63,7 +63,8 @@ def read_topic(bootstrap: str, name: str, count: int, timeout: float = 30.0) -> 
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"read-{uuid.uuid4().hex}",
-                         "enable.auto.commit": False})
+                         "enable.auto.commit": False,
+                         "isolation.level": "read_committed"})  # what consumers are told to use
     try:
         metadata = wait_for(lambda: consumer.list_topics(name, timeout=5).topics[name].partitions
                             or None, timeout, message=f"topic {name}")
@@ -102,6 +103,7 @@ class TopicCollector:
 
         consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": uuid.uuid4().hex,
                              "enable.auto.commit": False, "fetch.wait.max.ms": 10,
+                             "isolation.level": "read_committed",
                              "topic.metadata.refresh.interval.ms": 1000,
                              "log_level": 2})  # outage tests: no line per refused connect
         assigned: set[int] = set()

@@ -40,6 +40,7 @@ OFFSET_RESETS = ("earliest", "latest")
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "GSSAPI", "OAUTHBEARER")
 SPOOL_SYNC = ("NORMAL", "FULL")
+GUARANTEES = ("exactly_once", "at_least_once")
 SOCKETIO_SCOPES = ("broadcast", "user")
 PASSTHROUGH_PREFIX = "KAFKA_LIBRDKAFKA_"
 _HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
@@ -82,6 +83,8 @@ VARIABLES: tuple[Var, ...] = (
     Var("KAFKA_SPOOL_SYNC", "spool_sync", "NORMAL", "NORMAL (survives a crash) or FULL (survives power loss, slower)"),
     Var("KAFKA_TRAIL_RETENTION_HOURS", "trail_retention_hours", "168", "how long delivered events stay replayable"),
     Var("KAFKA_TRAIL_MAX_BYTES", "trail_max_bytes", "1073741824", "bytes of delivered events' journal segments kept for replay; past it the oldest are pruned (never a pending one)"),
+    Var("KAFKA_DELIVERY_GUARANTEE", "delivery_guarantee", "exactly_once", "exactly_once (Kafka transactions; at_least_once where the cluster refuses them) or at_least_once"),
+    Var("KAFKA_RELAY_POSITIONS_TOPIC", "relay_positions_topic", "openalgo_events_positions", "compacted topic where the relay commits each journal's position with its events (exactly_once)"),
     Var("KAFKA_STALL_TIMEOUT_SECONDS", "stall_timeout_seconds", "10", "no delivery progress for this long rebuilds the producer"),
     Var("KAFKA_CLOSE_TIMEOUT_SECONDS", "close_timeout_seconds", "5", "how long the relay keeps delivering after SIGTERM before it stops"),
     Var("KAFKA_ROLLOUT_PERCENT", "rollout_percent", "100", "share of users (by hash of user id) whose events go to Kafka"),
@@ -109,6 +112,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "KAFKA_CONSUMER_AUTO_OFFSET_RESET": OFFSET_RESETS,
     "KAFKA_SECURITY_PROTOCOL": SECURITY_PROTOCOLS,
     "KAFKA_SPOOL_SYNC": SPOOL_SYNC,
+    "KAFKA_DELIVERY_GUARANTEE": GUARANTEES,
 }
 _CASE_INSENSITIVE = {"ORDER_EVENT_MODE", "KAFKA_SECURITY_PROTOCOL", "KAFKA_SPOOL_SYNC"}
 _BOOL = {"TRUE": True, "1": True, "YES": True, "FALSE": False, "0": False, "NO": False}
@@ -146,6 +150,8 @@ class Settings:
     spool_sync: str = "NORMAL"
     trail_retention_hours: int = 168
     trail_max_bytes: int = 1_073_741_824
+    delivery_guarantee: str = "exactly_once"
+    relay_positions_topic: str = "openalgo_events_positions"
     stall_timeout_seconds: int = 10
     close_timeout_seconds: int = 5
     rollout_percent: int = 100
@@ -277,6 +283,8 @@ def _parse(environ: Mapping[str, str]) -> Settings:
         shown = MASK if var.secret else repr(raw)
         if var.name in _CASE_INSENSITIVE:
             raw = raw.upper()
+        if var.name == "KAFKA_DELIVERY_GUARANTEE":
+            raw = raw.lower().replace("-", "_")
         if var.name in _INT_VARS:
             try:
                 number = int(raw)
@@ -350,7 +358,8 @@ def _parse(environ: Mapping[str, str]) -> Settings:
     ):
         problems.append(f"KAFKA_SASL_MECHANISM={sasl} requires KAFKA_SASL_USERNAME and "
                         "KAFKA_SASL_PASSWORD")
-    for name in ("KAFKA_ORDER_EVENTS_TOPIC", "KAFKA_ESB_EVENTS_TOPIC"):
+    for name in ("KAFKA_ORDER_EVENTS_TOPIC", "KAFKA_ESB_EVENTS_TOPIC",
+                 "KAFKA_RELAY_POSITIONS_TOPIC"):
         topic = values.get(_BY_NAME[name].attr, "")
         if topic and not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", topic):
             problems.append(f"{name}={topic!r} is not a valid Kafka topic name; use letters, "

@@ -291,7 +291,7 @@ def test_cli_relay_in_the_foreground_serves_health_and_stops_on_sigterm(kafka_bo
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as answer:
             health = json.loads(answer.read())
         assert health["healthy"] is True and health["pid"] == relay.pid
-        assert health["port"] == port and health["guarantee"] == "at-least-once"
+        assert health["port"] == port and health["guarantee"] == "exactly-once"
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
             assert b'openalgo_events_delivered_total{event_type="order_event",transport="kafka"}' \
                 in answer.read()

@@ -323,19 +323,27 @@ def test_integrations_count_events_not_stored_and_log_once(kafka_bootstrap, topi
         collector.stop()
 
 
-def test_close_of_an_in_memory_spool_during_a_rebuild_backoff_is_prompt(tmp_path, caplog):
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+def test_close_of_an_in_memory_spool_while_waiting_for_brokers_is_prompt(tmp_path, caplog,
+                                                                        guarantee):
     """KAFKA_SPOOL_PATH=:memory: (the relay on a thread of the app) with no broker answering:
-    close() stops the relay at once, even while it waits out a rebuild backoff, without an
-    error, and says how many events were lost with the in-memory spool."""
+    close() stops the relay at once, even while it waits out a rebuild backoff (or for a
+    transaction coordinator), without an error, and says how many events were lost with the
+    in-memory spool."""
     from openalgo_events.devbroker import free_port
 
     publisher = KafkaEventPublisher(f"127.0.0.1:{free_port()}", "t", settings=Settings.from_env(
-        {"KAFKA_SPOOL_PATH": ":memory:", "KAFKA_STALL_TIMEOUT_SECONDS": "1"}))
+        {"KAFKA_SPOOL_PATH": ":memory:", "KAFKA_STALL_TIMEOUT_SECONDS": "1",
+         "KAFKA_DELIVERY_GUARANTEE": guarantee}))
     for i in range(5):
         publisher.publish_order_event("alice", "SBIN-EQ", "BUY", f"O{i}", "live")
     relay = publisher.transport._relay  # type: ignore[attr-defined]
-    wait_for(lambda: relay.producer is not None and relay.producer.rebuilds >= 1, 30,
-             message="a producer rebuild")
+    if guarantee == "at_least_once":
+        wait_for(lambda: relay.producer is not None and relay.producer.rebuilds >= 1, 30,
+                 message="a producer rebuild")
+    else:
+        wait_for(lambda: relay.producer is not None and relay.producer.broker_up is False, 30,
+                 message="no coordinator answering")
     with caplog.at_level(logging.WARNING):
         started = time.monotonic()
         left = publisher.close(timeout=1.0)

@@ -56,7 +56,18 @@ def planned_topics(settings: Settings, partitions: int = PARTITIONS,
                   replication_factor, configs(DAY_MS)),
         TopicPlan(settings.dlq_topic, "inbound messages that could not be handled", partitions,
                   replication_factor, configs(7 * DAY_MS)),
+        positions_plan(settings, replication_factor),
     ]
+
+
+def positions_plan(settings: Settings, replication_factor: int = REPLICATION_FACTOR) -> TopicPlan:
+    """The relay's positions topic: compacted (one record per journal, the latest kept), one
+    partition (a handful of small records per spool)."""
+    return TopicPlan(settings.relay_positions_topic,
+                     "each journal's position, committed with its events (exactly-once)", 1,
+                     replication_factor,
+                     {"cleanup.policy": "compact", "min.insync.replicas": str(MIN_INSYNC_REPLICAS),
+                      "segment.ms": str(DAY_MS), "min.compaction.lag.ms": "0"})
 
 
 @dataclass(frozen=True)

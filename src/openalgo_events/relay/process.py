@@ -54,6 +54,7 @@ log = logging.getLogger("openalgo_events.relay")
 
 EXIT_OK, EXIT_HELD, EXIT_UNUSABLE = 0, 3, 78
 MAX_IN_FLIGHT = 10_000  # records handed to the producer and not yet reported
+TXN_MAX = 5_000  # records in one transaction at most (exactly-once); fewer once caught up
 READ_BATCH = 1_000  # records read from one writer per turn at most
 LEDGER_EVERY = 0.05  # seconds between ledger writes while records are in flight
 STATUS_EVERY = 1.0  # seconds between status writes when nothing changes
@@ -109,6 +110,9 @@ class Relay:
         self._rung: set[str] = set()
         self._recheck_at: float | None = None
         self._moved = False  # acknowledged positions moved since the last ledger write
+        self._remote_merged = False  # exactly-once: Kafka's positions taken (before any send)
+        self._committed: dict[str, list[int]] = {}  # exactly-once: positions in Kafka
+        self._tombstones: set[str] = set()  # exactly-once: retired journals to delete there
         self._last_ledger = 0.0
         self._next_scan = 0.0
         self._next_prune = 0.0
@@ -176,9 +180,17 @@ class Relay:
         except OSError as exc:
             log.warning("relay: no doorbell (%s); reading the journals every %s s", exc,
                         fmt.SAFETY_SCAN)
+        transactional_id = positions = None
+        if self.settings.delivery_guarantee == "exactly_once":
+            from .positions import Positions
+
+            spool_id = identity.spool_id(self.spool)
+            transactional_id = f"openalgo-events-{spool_id}"
+            positions = Positions(self.settings.relay_positions_topic, spool_id)
         self.producer = Producer(self.settings.producer_config(),
                                  self.settings.order_events_topic, self.stats, wake=self._wake,
-                                 stall_timeout=self.settings.stall_timeout_seconds)
+                                 stall_timeout=self.settings.stall_timeout_seconds,
+                                 transactional_id=transactional_id, positions=positions)
         if not self.in_process:
             self._serve_http()
         pending = Spool.of(self.spool).pending(ledger_positions(self._ledger.read()))
@@ -235,7 +247,9 @@ class Relay:
             self._wait(self._timeout(time.monotonic()))
             now = time.monotonic()
             self._collect(now)
+            self._take_remote_positions()
             self._send(now)
+            self._commit()
             if now >= self._next_scan:
                 self._housekeeping(now)
             self._write_ledger(now)
@@ -314,6 +328,51 @@ class Relay:
                 self._settled(name, seq) for name, seq in self._suspects):
             self._suspects.clear()
             producer.end_isolation()
+
+    # -- exactly-once ---------------------------------------------------------------------------
+    def _take_remote_positions(self) -> None:
+        """Once, before anything is sent: the positions Kafka holds for this spool's journals,
+        where they are ahead of the ledger (a crash between a commit and the ledger write)."""
+        producer, reader = self.producer, self.reader
+        assert producer is not None and reader is not None
+        if self._remote_merged or producer.remote_positions is None:
+            return
+        self._remote_merged = True
+        self._committed = {name: list(entry) for name, entry in
+                           producer.remote_positions.items()}
+        reader.scan(time.monotonic())
+        reader.merge(producer.remote_positions)
+        self._moved = True
+
+    def _commit(self, timeout: float | None = None) -> None:
+        """Exactly-once: commit the open transaction, with every journal's position that it
+        moves, once the journals are read to their end (or it is full)."""
+        producer, reader = self.producer, self.reader
+        assert producer is not None and reader is not None
+        if not producer.transactional or not self._remote_merged:
+            return
+        if not self._tombstones and not producer.in_flight:
+            return
+        if producer.in_flight < TXN_MAX and not producer.wants_commit and not all(
+                w.caught_up for w in reader.writers.values()):
+            return  # more to read into this transaction
+        positions: dict[str, list[int] | None] = {}
+        for name, writer in reader.writers.items():
+            projected = reader.projected(writer)
+            if self._committed.get(name) != projected:
+                positions[name] = projected
+        for name in self._tombstones:
+            positions[name] = None
+        if producer.commit(positions, timeout):
+            for name, position in positions.items():
+                if position is None:
+                    self._committed.pop(name, None)
+                    self._tombstones.discard(name)
+                else:
+                    self._committed[name] = position
+        if producer.fenced:
+            self._signalled = True  # another relay of this spool runs: stop
+        self._collect(time.monotonic())
 
     def _settled(self, name: str, seq: int) -> bool:
         assert self.reader is not None
@@ -473,6 +532,8 @@ class Relay:
         reader.settle_gaps(now)
         for name in reader.forget_gone(now, FORGET_GONE_AFTER):
             self._moved = True
+            if self.producer is not None and self.producer.transactional:
+                self._tombstones.add(name)
             log.info("relay: forgot writer %s (its directory gone for an hour)", name)
         for writer in [w for w in reader.writers.values() if reader.drained(w)]:
             self._retire(writer)
@@ -504,6 +565,8 @@ class Relay:
         writer.close()
         del self.reader.writers[writer.name]
         self._moved = True
+        if self.producer is not None and self.producer.transactional:
+            self._tombstones.add(writer.name)
         log.info("relay: writer %s is gone and its journal delivered; moved to the trail",
                  writer.name)
 
@@ -621,7 +684,7 @@ class Relay:
             "updated": time.time(),
             "healthy": healthy,
             "topic": self.settings.order_events_topic,
-            "guarantee": "at-least-once",
+            "guarantee": producer.guarantee,
             "spool_depth": depth,
             "spool_pending_bytes": size,
             "spool_over_limit": size > self.settings.spool_max_bytes,
@@ -695,6 +758,9 @@ class Relay:
             self._server.shutdown()
             self._server.server_close()
         if self.producer is not None:
+            hopeless = self.producer.broker_up is False or bool(self.producer.condition)
+            if self.producer.transactional and self.producer.in_flight and not hopeless:
+                self._commit(timeout=self.settings.close_timeout_seconds)  # what is in flight
             self.producer.close(self.settings.close_timeout_seconds)
             self._collect(time.monotonic())
         if self.reader is not None and self._ledger is not None:

@@ -21,10 +21,22 @@ batch with that error, so a refusal is first only a suspicion: the producer is r
 record refused on its own is refused for good (``results``' third field). The relay asks for the
 normal producer back once its suspects are settled (``end_isolation``): when nothing is in flight
 it is swapped in, so the swap itself resends nothing.
+
+Exactly-once (``transactional_id`` given): records go out in Kafka transactions, and the relay
+commits (``commit``, on its main thread) each transaction together with a record per journal on
+the positions topic saying how far that journal is done once the transaction is: a crash
+between the commit and the relay's own ledger resends nothing, since the next relay takes the
+position from Kafka when it is ahead (``remote_positions``). A record is reported delivered only
+when its transaction commits. A failed record (any error) dooms its transaction, which is
+aborted and resent; a producer fenced by a newer relay of the same spool stops (``fenced``),
+never fights back. A cluster that refuses transactions (an old broker, an ACL without the
+transactional id) makes the producer fall back to at-least-once, said once at ERROR and shown
+in ``guarantee``. Isolating under exactly-once sends one record per transaction.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import deque
@@ -46,6 +58,7 @@ from ..transports.kafka_errors import (
     degraded,
     is_connection_noise,
 )
+from .positions import Positions
 
 log = logging.getLogger("openalgo_events.kafka")
 
@@ -56,6 +69,14 @@ MAX_BACKOFF = 30.0
 # What makes each record its own batch: a refusal then names only the record that caused it.
 ISOLATING = {"batch.num.messages": 1, "linger.ms": 0,
              "max.in.flight.requests.per.connection": 1}
+INIT_TIMEOUT = 10.0  # seconds init_transactions may take (it needs the transaction coordinator)
+COMMIT_STEP = 1.0  # seconds per commit_transaction try (a stop request is seen between tries)
+# Errors that say the cluster, or its ACLs, will not give this producer transactions.
+NO_TRANSACTIONS = frozenset({"TRANSACTIONAL_ID_AUTHORIZATION_FAILED",
+                             "CLUSTER_AUTHORIZATION_FAILED", "UNSUPPORTED_VERSION",
+                             "_UNSUPPORTED_FEATURE", "UNSUPPORTED_FOR_MESSAGE_FORMAT"})
+FENCED = frozenset({"_FENCED", "PRODUCER_FENCED", "INVALID_PRODUCER_EPOCH",
+                    "TRANSACTIONAL_ID_NOT_FOUND"})
 
 
 class Report(int):
@@ -71,10 +92,10 @@ class Report(int):
         producer = self.producer
         if self.generation != producer.generation:
             return  # purged from a replaced client: the relay resends it anyway
-        if err is None:
-            producer._delivered.append(self)
-        else:
+        if err is not None:
             producer._failed.append((self, err))
+        elif not producer.transactional:  # else delivered when its transaction commits
+            producer._delivered.append(self)
         producer._reported += 1
 
 
@@ -114,7 +135,9 @@ class Producer:
     """
 
     def __init__(self, config: Mapping[str, Any], topic: str, stats: Stats, *,
-                 wake: Callable[[], None], stall_timeout: float = 10.0) -> None:
+                 wake: Callable[[], None], stall_timeout: float = 10.0,
+                 transactional_id: str | None = None, positions: Positions | None = None,
+                 ) -> None:
         self._ck: Any = cast(Any, require("confluent_kafka", "kafka"))
         self.topic = topic
         self.stats = stats
@@ -122,11 +145,24 @@ class Producer:
         self._stall_timeout = stall_timeout
         self._config = {"acks": "all", "enable.idempotence": True, **config,
                         "error_cb": self._on_error, "logger": QuietLibrdkafkaLog()}
+        self.transactional = transactional_id is not None and positions is not None
+        self.guarantee = "exactly-once" if self.transactional else "at-least-once"
+        self.fallback_reason: str | None = None
+        self.fenced = False
+        self._positions = positions
+        if self.transactional:
+            self._config["transactional.id"] = transactional_id
+        # the open transaction (exactly-once): its records' reports, whether one failed
+        self._txn_open = False
+        self._txn_tokens: list[Report] = []
+        self._txn_failed = False
+        self._committing = False
+        self.remote_positions: dict[str, list[int]] | None = None
         self._lock = new_lock()  # guards the client swap and ``_paused``
         self._stop = new_event()
         self._closing = False
         self._close_deadline = 0.0
-        self._paused = False
+        self._paused = self.transactional  # until init_transactions, on the thread
         self.generation = 0
         self.isolating = False
         self._isolate_next = False
@@ -165,11 +201,23 @@ class Producer:
     # -- the main loop's side -----------------------------------------------------------------
     @property
     def accepting(self) -> bool:
-        """Whether ``send`` may be called now (not rebuilding, no condition, no swap due)."""
-        return not (self._paused or self.condition or self._end_isolation or self._closing)
+        """Whether ``send`` may be called now (not rebuilding, no condition, no swap due, and
+        under exactly-once, the positions in Kafka taken and not committing)."""
+        return not (self._paused or self.condition or self._end_isolation or self._closing
+                    or self.fenced or self._committing
+                    or (self.transactional and self.remote_positions is None))
+
+    @property
+    def wants_commit(self) -> bool:
+        """Exactly-once: the open transaction should end now (a record of it failed, or it
+        holds the one record an isolating transaction may)."""
+        return self._txn_open and (self._txn_failed or (self.isolating and bool(
+            self._txn_tokens)))
 
     @property
     def in_flight(self) -> int:
+        if self.transactional:
+            return len(self._txn_tokens)
         return self._sent - self._reported
 
     def send(self, key: bytes, value: bytes, headers: list[tuple[str, bytes]],
@@ -178,8 +226,18 @@ class Producer:
         full, rebuilding), or a reason (a str) when librdkafka refuses this record for good at
         produce (it is then not in flight)."""
         with self._lock:
-            if self._paused:
+            if self._paused or self._committing:
                 return None
+            if self.transactional:
+                if self.isolating and self._txn_tokens:
+                    return None  # isolating: one record per transaction
+                if not self._txn_open:
+                    try:
+                        self._client.begin_transaction()
+                    except self._ck.KafkaException as exc:
+                        self._rebuild_reason = f"begin_transaction failed: {exc}"
+                        return None
+                    self._txn_open = True
             self._token += 1
             report = self._report(self._token)
             try:
@@ -202,7 +260,98 @@ class Producer:
             if self._sent == self._reported:  # the stall clock starts with the first in flight
                 self._last_progress = time.monotonic()
             self._sent += 1
+            if self.transactional:
+                self._txn_tokens.append(report)
         return int(report)
+
+    def commit(self, positions: Mapping[str, list[int] | None],
+               timeout: float | None = None) -> bool:
+        """Exactly-once, on the relay's main thread: commit the open transaction with a record
+        per journal of ``positions`` (how far each is done once it commits; None deletes a
+        journal's record). On success its records are reported delivered (``results``) and True
+        is returned; a transaction that failed is aborted (``generation`` moves on: the relay
+        rewinds and resends) and False returned. Blocks while the commit goes on, at most the
+        stall timeout."""
+        assert self._positions is not None
+        with self._lock:
+            if self._paused:  # being rebuilt: the open transaction goes with the old client
+                return False
+            if not self._txn_open:
+                if not positions:
+                    return True
+                try:  # positions alone (a journal retired): a transaction of their own
+                    self._client.begin_transaction()
+                except self._ck.KafkaException as exc:
+                    self._rebuild_reason = f"begin_transaction failed: {exc}"
+                    return False
+                self._txn_open = True
+            self._committing = True
+        try:
+            if not self._txn_failed:
+                for name, position in positions.items():
+                    self._client.produce(self._positions.topic, self._positions.value(position),
+                                         self._positions.key(name))
+                if self._commit_until(time.monotonic() + (
+                        self._stall_timeout if timeout is None else timeout)):
+                    tokens, self._txn_tokens = self._txn_tokens, []
+                    self._delivered.extend(tokens)
+                    self._txn_open = False
+                    self._last_progress = time.monotonic()
+                    self._backoff = 0.5
+                    if self.broker_up is not True or self.condition:
+                        self._recovered()
+                    return True
+            self._abort()
+            return False
+        finally:
+            self._committing = False
+            self._wake()
+
+    def _commit_until(self, deadline: float) -> bool:
+        while True:
+            try:
+                self._client.commit_transaction(COMMIT_STEP)
+                return True
+            except self._ck.KafkaException as exc:
+                err = exc.args[0] if exc.args else exc
+                if self._fenced_by(err):
+                    return False
+                if getattr(err, "retriable", lambda: False)() and not self._closing and (
+                        time.monotonic() < deadline):
+                    continue
+                self._set_error(f"commit failed: {err}")
+                if not getattr(err, "txn_requires_abort", lambda: False)():
+                    self._rebuild_reason = f"commit failed: {err}"
+                return False
+
+    def _abort(self) -> None:
+        """Abort the open transaction; its records are void (resent from the journals)."""
+        with self._lock:
+            self.generation += 1  # reports still to come for them are void; the relay rewinds
+            self._report = _report_type(self, self.generation, self.isolating)
+            tokens, self._txn_tokens = self._txn_tokens, []
+            self._sent = self._reported = 0
+            self._txn_failed = False
+            self._txn_open = False
+        if not tokens or self.fenced or self._rebuild_reason:
+            return  # a rebuild drops the transaction with the old client
+        try:
+            self._client.abort_transaction(self._stall_timeout)
+        except self._ck.KafkaException as exc:
+            err = exc.args[0] if exc.args else exc
+            if not self._fenced_by(err):
+                self._rebuild_reason = f"abort failed: {err}"
+
+    def _fenced_by(self, err: Any) -> bool:
+        """A newer relay of this spool took the transactional id: stop, never fight back."""
+        if error_name(err) not in FENCED:
+            return False
+        if not self.fenced:
+            self.fenced = True
+            self._set_error(f"fenced: {err}")
+            log.error("relay: another relay of this spool took over its Kafka transactions (%s); "
+                      "this one stops and sends nothing more", err)
+        return True
 
     def results(self) -> tuple[list[int], list[tuple[int, str, bool]]]:
         """Tokens delivered, and (token, reason, refused on its own) for records refused for
@@ -225,6 +374,8 @@ class Producer:
 
     # -- the thread -----------------------------------------------------------------------------
     def _run(self) -> None:
+        if self.transactional:
+            self._start_transactions()
         self._warm()
         while not self._closing:
             try:
@@ -235,6 +386,61 @@ class Producer:
                               "journals)")
                 self._stop.wait(1.0)
         self._shut_down()
+
+    def _start_transactions(self) -> None:
+        """Exactly-once, before anything is sent: the positions topic there, the transactional
+        id initialised (fencing any older relay of this spool), the committed positions read.
+        Retried while the cluster does not answer; a cluster that refuses transactions makes
+        the producer fall back to at-least-once."""
+        from .positions import ensure_topic
+
+        assert self._positions is not None
+        conf = {k: v for k, v in self._config.items() if k != "logger"}
+        backoff, initialised = 0.5, False
+        while not self._closing:
+            there, refused = ensure_topic(conf, self._positions.topic)
+            if refused:
+                self._fall_back(refused)
+                return
+            if not there:
+                self._set_down("no broker answered")
+            else:
+                try:
+                    if not initialised:
+                        self._client.init_transactions(INIT_TIMEOUT)
+                        initialised = True
+                except self._ck.KafkaException as exc:
+                    err = exc.args[0] if exc.args else exc
+                    if error_name(err) in NO_TRANSACTIONS:
+                        self._fall_back(f"the cluster refuses transactions to this producer "
+                                        f"({err})")
+                        return
+                    self._set_error(f"init_transactions: {err}")
+                    self._set_down(str(err))
+                else:
+                    remote = self._positions.read(conf, INIT_TIMEOUT)
+                    if remote is not None:
+                        self.remote_positions = dict(remote)
+                        with self._lock:
+                            self._paused = False
+                        if self.broker_up is not True:
+                            self._recovered()
+                        self._wake()
+                        return
+            self._stop.wait(backoff)
+            backoff = min(backoff * 2, 10.0)
+
+    def _fall_back(self, reason: str) -> None:
+        """At-least-once from now on (until the relay restarts), said once at ERROR."""
+        self.transactional = False
+        self.guarantee = "at-least-once"
+        self.fallback_reason = reason
+        self._config.pop("transactional.id", None)
+        log.error("relay: exactly-once is not available: %s. Events are delivered at-least-once "
+                  "until the relay restarts (a duplicate keeps its event_id)", reason)
+        old = self._client
+        self._install(isolating=False)
+        self._destroy_later(old)
 
     def _turn(self) -> None:
         if self._end_isolation and self.in_flight == 0:
@@ -248,7 +454,8 @@ class Producer:
             if now - self._last_probe > PROBE_EVERY:
                 self._last_probe = now
                 self._probe_condition()
-        elif self.in_flight and now - self._last_progress > self._stall_timeout:
+        elif (not self.transactional and self.in_flight
+              and now - self._last_progress > self._stall_timeout):
             self._rebuild_reason = (f"no delivery report for {now - self._last_progress:.0f}s "
                                     f"with {self.in_flight} records in flight")
         elif not self.in_flight and self.broker_up is False and now - self._last_probe > (
@@ -277,6 +484,8 @@ class Producer:
         resent when it clears); anything else rebuilds the producer. One log line per batch."""
         retry: list[tuple[Report, Any]] = []
         suspects = 0
+        if self.transactional:
+            self._txn_failed = True  # any failed record dooms its transaction: aborted, resent
         for report, err in failed:
             kind, meaning = classify(err)
             if kind is ErrorClass.MESSAGE:
@@ -309,7 +518,7 @@ class Producer:
         self._failures_logged = True
         log.log(level, "delivery of %s records failed (%s); they stay in the journals and are "
                 "resent", len(retry), err)
-        if not self.condition:
+        if not self.condition and not self.transactional:
             self._rebuild_reason = f"delivery failed: {err}"
 
     def _rebuild(self) -> None:
@@ -351,11 +560,25 @@ class Producer:
     def _install(self, isolating: bool) -> None:
         config = {**self._config, **(ISOLATING if isolating else {})}
         client = self._ck.Producer(config)
+        if self.transactional:
+            try:  # fences the old client's epoch and aborts its open transaction
+                client.init_transactions(INIT_TIMEOUT)
+            except self._ck.KafkaException as exc:
+                err = exc.args[0] if exc.args else exc
+                self._destroy_later(client)
+                if error_name(err) in NO_TRANSACTIONS:
+                    self._fall_back(f"the cluster refuses transactions to this producer ({err})")
+                    return
+                self._set_error(f"init_transactions: {err}")
+                self._rebuild_reason = f"init_transactions failed: {err}"  # stays paused
+                return
         with self._lock:
             self._client = client
             self.isolating = isolating
             self._report = _report_type(self, self.generation, isolating)
             self._sent = self._reported = 0
+            self._txn_open = self._txn_failed = False
+            self._txn_tokens = []
             self._paused = False
         self._last_progress = time.monotonic()
         self._wake()
@@ -543,14 +766,17 @@ class Producer:
             "condition_detail": self.condition_detail,
             "problem": self.problem,
             "isolating": self.isolating,
+            "guarantee": self.guarantee,
+            "guarantee_fallback": self.fallback_reason,
         }
 
     # -- closing --------------------------------------------------------------------------------
     def close(self, timeout: float) -> None:
         """Deliver what is in flight for up to ``timeout`` seconds, at once not at all when the
         brokers are known down or a condition holds (what is not acknowledged stays in the
-        journals); then stop the thread."""
-        hopeless = self.broker_up is False or bool(self.condition)
+        journals); then stop the thread. Under exactly-once the relay commits (or not) first:
+        an open transaction left here is aborted."""
+        hopeless = self.broker_up is False or bool(self.condition) or self.transactional
         self._close_deadline = time.monotonic() + (0.0 if hopeless else timeout)
         self._closing = True
         self._stop.set()
@@ -565,6 +791,10 @@ class Producer:
             self._paused = True
             self.generation += 1
             client = self._client
+            open_txn = self._txn_open
+        if open_txn and not self.fenced:
+            with contextlib.suppress(Exception):
+                client.abort_transaction(1.0)
         client.purge(in_queue=True, in_flight=True, blocking=False)
         self._destroy_later(client)
 

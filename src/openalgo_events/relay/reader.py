@@ -373,6 +373,39 @@ class Reader:
             writer.done_above.clear()
             writer.gap_since = None
 
+    def projected(self, writer: Writer) -> list[int]:
+        """The ledger entry ``writer`` will have once every record in flight is done (what a
+        transaction commits with them, exactly-once)."""
+        segment, offset = writer.acked_segment, writer.acked_offset
+        sending = writer.sending
+        for entry in writer.window:
+            if not (entry.done or entry.seq in sending):
+                break
+            segment, offset = entry.segment, entry.end
+        seq, done = writer.acked_seq, writer.done_above
+        while seq + 1 in done or seq + 1 in sending:
+            seq += 1
+        return [seq, segment, offset, writer.rejected, writer.shed]
+
+    def merge(self, remote: dict[str, list[int]]) -> None:
+        """Positions committed in Kafka (exactly-once): where one is ahead of the ledger (a crash
+        after a commit, before the ledger write), it wins. Called before anything is sent."""
+        for name, entry in remote.items():
+            found = LedgerEntry(*entry[:5])
+            writer = self.writers.get(name)
+            if writer is None:
+                mine = self._ledger.get(name)
+                if mine is None or found.acked_seq > mine.acked_seq:
+                    self._ledger[name] = found
+                continue
+            if found.acked_seq > writer.acked_seq:
+                writer.acked_seq, writer.acked_segment, writer.acked_offset = found[:3]
+                writer.rejected, writer.shed = found.rejected, found.shed
+                writer.close()
+                writer.segment, writer.offset = found.segment, found.offset
+                writer.window.clear()
+                writer.done_above.clear()
+
     def drained(self, writer: Writer) -> bool:
         """Dead, read to its end, everything done: its directory may move to the trail."""
         return (not writer.live and writer.caught_up and not writer.window

@@ -1,4 +1,5 @@
-"""Which cluster and topic a spool sends to, recorded once in ``identity.json``.
+"""Which cluster and topic a spool sends to, recorded once in ``identity.json`` with the spool's
+own id (``spool_id``: its Kafka transactional id, and its key in the positions topic).
 
 The relay produces only to the topic recorded here (never to one named in a record), so a
 process configured for another cluster or topic must not hand its events to this spool.
@@ -25,7 +26,12 @@ def claim(directory: SpoolDirectory, bootstrap_servers: str, topic: str) -> None
     appears complete, by a hard link, or not at all. A file no claimant could have written
     whole (empty or torn) is replaced.
     """
-    mine = {"version": fmt.VERSION, "bootstrap_servers": bootstrap_servers, "topic": topic}
+    import uuid
+
+    # spool_id names the spool's Kafka transactions (exactly-once): unique to this spool, kept
+    # for its life, so a new relay of the same spool fences a zombie one, and no other spool's
+    mine = {"version": fmt.VERSION, "bootstrap_servers": bootstrap_servers, "topic": topic,
+            "spool_id": uuid.uuid4().hex}
     path = os.path.join(directory.path, fmt.IDENTITY)
     for _attempt in range(5):
         try:
@@ -77,6 +83,15 @@ def _parse(data: bytes | None) -> dict[str, Any] | None:
     except ValueError:
         return None
     return doc if isinstance(doc, dict) and "topic" in doc else None
+
+
+def spool_id(directory: SpoolDirectory) -> str:
+    """The spool's id (``claim`` first); raises ``ConfigError`` if the identity is unreadable."""
+    recorded = read(directory)
+    if recorded is None or not isinstance(recorded.get("spool_id"), str):
+        raise ConfigError([f"{os.path.join(directory.path, fmt.IDENTITY)} has no spool_id; once "
+                           "the spool is drained, delete the file and start again"])
+    return str(recorded["spool_id"])
 
 
 def check(recorded: dict[str, Any], mine: dict[str, Any], where: str) -> None:
