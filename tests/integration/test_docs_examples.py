@@ -28,8 +28,8 @@ from openalgo_events import (
     Settings,
     schema,
 )
-from openalgo_events.spool import format as fmt
 from openalgo_events.devbroker import free_port
+from openalgo_events.spool import format as fmt
 from tests.integration.openalgo_procs import APP, app_env
 from tests.integration.relay_support import relay_pid, wait_relay_gone
 from tests.support import create_topic, read_topic, wait_for
