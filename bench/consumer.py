@@ -35,6 +35,7 @@ def main(bootstrap: str, topic: str, phase: str, count: int, ready: str, out: st
          timeout: float) -> None:
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{topic}",
                          "enable.auto.commit": False, "fetch.wait.max.ms": 5,
+                         "isolation.level": "read_committed",
                          "fetch.error.backoff.ms": 5})
     consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
     await_probe(bootstrap, topic, consumer)

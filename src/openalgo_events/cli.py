@@ -215,6 +215,10 @@ def _check_kafka(settings: Settings, force_kafka: bool, timeout: float) -> list[
                                     settings.max_message_bytes)
         if limit:
             click.echo(f"warning: {limit}", err=True)
+    if not missing:
+        from .ops.broker import guarantee_in_force
+
+        click.echo(f"Delivery: {guarantee_in_force(settings, timeout)}")
     return missing
 
 

@@ -73,6 +73,7 @@ class KafkaTap:
             "client.id": "openalgo-events-demo-tap",
             "group.id": f"openalgo-events-demo-{uuid.uuid4().hex[:8]}",  # never joined
             "enable.auto.commit": False,
+            "isolation.level": "read_committed",  # what consumers are told to read
         })
         try:
             if self._assign(consumer, kafka):

@@ -84,6 +84,7 @@ class EsbConsumer:
             **settings.client_config(),
             **(consumer_config or {}),
             "enable.auto.commit": False,
+            "isolation.level": "read_committed",
             "enable.auto.offset.store": False,
             "error_cb": self._on_client_error,
             "logger": QuietLibrdkafkaLog(),

@@ -78,6 +78,7 @@ class KafkaSocketIOBridge:
         conf = {**self.settings.client_config(), "client.id": "openalgo-events-bridge",
                 "group.id": f"openalgo-events-bridge-{uuid.uuid4().hex}",
                 "enable.auto.commit": False, "error_cb": self._on_error,
+                "isolation.level": "read_committed",  # no copy of an aborted transaction
                 "logger": QuietLibrdkafkaLog()}
         consumer = self._ck.Consumer(conf)
         try:

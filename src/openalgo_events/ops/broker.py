@@ -87,3 +87,28 @@ def probe(settings: Settings, topics: list[str], timeout: float) -> Probe:
         topic = metadata.topics.get(name)
         partitions[name] = len(topic.partitions) if topic is not None and not topic.error else None
     return Probe(brokers, metadata.cluster_id, partitions)
+
+
+def guarantee_in_force(settings: Settings, timeout: float) -> str:
+    """What the relay will deliver with these settings on this cluster, in one sentence:
+    exactly-once needs transactions, which this asks the cluster for (a throwaway
+    transactional id: nothing is produced); a refusal means the relay falls back."""
+    if settings.delivery_guarantee != "exactly_once":
+        return "at-least-once (KAFKA_DELIVERY_GUARANTEE=at_least_once)"
+    import uuid
+
+    from ..relay.producer import NO_TRANSACTIONS, error_name
+
+    ck = kafka()
+    producer = ck.Producer({**settings.producer_config(), **client_config(settings),
+                            "transactional.id": f"openalgo-events-check-{uuid.uuid4()}"})
+    try:
+        producer.init_transactions(timeout)
+    except ck.KafkaException as exc:
+        err = exc.args[0] if exc.args else exc
+        if error_name(err) in NO_TRANSACTIONS:
+            return (f"at-least-once: the cluster refuses transactions to this producer ({err}); "
+                    "the relay falls back to it (grant the principal Write on the "
+                    "transactional id openalgo-events-* for exactly-once)")
+        return f"exactly-once requested; transactions could not be checked ({err})"
+    return "exactly-once (transactions available; consumers read with read_committed)"

@@ -70,7 +70,9 @@ def follow(settings: Settings, topic: str, *, start: str | float = "end",
     consumer = ck.Consumer({**client_config(settings),
                             "group.id": f"openalgo-events-tail-{uuid.uuid4().hex[:12]}",
                             "enable.auto.commit": False, "enable.auto.offset.store": False,
-                            "enable.partition.eof": True})
+                            "enable.partition.eof": True,
+                            # what a transaction aborted (a relay fenced mid-way) never shows
+                            "isolation.level": "read_committed"})
     try:
         deadline = None if timeout is None else time.monotonic() + timeout
         metadata = cluster_metadata(settings, min(timeout or 10.0, 10.0), consumer)

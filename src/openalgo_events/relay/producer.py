@@ -74,7 +74,8 @@ COMMIT_STEP = 1.0  # seconds per commit_transaction try (a stop request is seen 
 # Errors that say the cluster, or its ACLs, will not give this producer transactions.
 NO_TRANSACTIONS = frozenset({"TRANSACTIONAL_ID_AUTHORIZATION_FAILED",
                              "CLUSTER_AUTHORIZATION_FAILED", "UNSUPPORTED_VERSION",
-                             "_UNSUPPORTED_FEATURE", "UNSUPPORTED_FOR_MESSAGE_FORMAT"})
+                             "_UNSUPPORTED_FEATURE", "UNSUPPORTED_FOR_MESSAGE_FORMAT",
+                             "INVALID_TRANSACTION_TIMEOUT"})
 FENCED = frozenset({"_FENCED", "PRODUCER_FENCED", "INVALID_PRODUCER_EPOCH",
                     "TRANSACTIONAL_ID_NOT_FOUND"})
 
