@@ -170,9 +170,3 @@ class Watch:
 
     def stop(self) -> None:
         self._stop.set()
-
-    def forget(self) -> None:
-        """In a forked child: the parent's thread is not here."""
-        self._lock = new_lock()
-        self._running = self._poked = False
-        self._stop = new_event()

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import Mode
 from ..errors import require
-from ..publisher import EventPublisher
 from ..stats import BUCKETS, Histogram, Labels, Stats
+
+if TYPE_CHECKING:
+    from ..publisher import EventPublisher
 
 PREFIX = "openalgo_events"
 

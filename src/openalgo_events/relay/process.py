@@ -24,14 +24,13 @@ what to do; the keeper waits longer before trying again), anything else a crash.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import select
 import signal
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 from .._threads import new_event, start_thread
@@ -116,7 +115,7 @@ class Relay:
         self._last_ledger = 0.0
         self._next_scan = 0.0
         self._next_prune = 0.0
-        self._last_status: dict[str, Any] = {}
+        self.last_status: dict[str, Any] = {}
         self._status_due = 0.0
         self._status_written = 0.0
         self._status_retry_at: float | None = None  # a change held back by the rate limit
@@ -192,7 +191,9 @@ class Relay:
                                  stall_timeout=self.settings.stall_timeout_seconds,
                                  transactional_id=transactional_id, positions=positions)
         if not self.in_process:
-            self._serve_http()
+            from .http import serve
+
+            self._server = serve(self)
         pending = Spool.of(self.spool).pending(ledger_positions(self._ledger.read()))
         log.info("relay for spool %s running (pid %s, port %s, %s pending)", self.spool.path,
                  os.getpid(), self.port, pending.depth)
@@ -717,14 +718,14 @@ class Relay:
         doc = self.status()
         volatile = ("updated", "oldest_pending_age_seconds", "stats", "in_flight")
         changed = {k: v for k, v in doc.items() if k not in volatile} != {
-            k: v for k, v in self._last_status.items() if k not in volatile}
+            k: v for k, v in self.last_status.items() if k not in volatile}
         if not changed and now < self._status_due:
             return
         if now - self._status_written < LEDGER_EVERY:
             self._status_retry_at = self._status_written + LEDGER_EVERY
             return
         self._status_retry_at = None
-        self._last_status = doc
+        self.last_status = doc
         self._status_due = now + STATUS_EVERY
         self._status_written = now
         self._status.write(doc)
@@ -732,7 +733,7 @@ class Relay:
     def health(self) -> dict[str, Any]:
         """An in-process relay's health, as an app reports it (``transports.kafka``): the last
         status, with the producer's state read now (a condition shows at once)."""
-        doc = dict(self._last_status or {"healthy": False})
+        doc = dict(self.last_status or {"healthy": False})
         if self.producer is not None:
             state = self.producer.delivery_state()
             age = doc.get("oldest_pending_age_seconds")
@@ -792,47 +793,3 @@ class Relay:
             self._lock_fd = -1
         if self.spool is not None:
             self.spool.close()
-
-    # -- HTTP -----------------------------------------------------------------------------------
-    def _serve_http(self) -> None:
-        relay = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.path.startswith("/health"):
-                    doc = {k: v for k, v in (relay._last_status or {"healthy": False}).items()
-                           if k != "stats"}
-                    body, kind = json.dumps(doc).encode(), "application/json"
-                    code = 200 if doc.get("healthy") else 503
-                elif self.path.startswith("/metrics"):
-                    try:
-                        body, kind = relay.metrics()
-                        code = 200
-                    except Exception as exc:  # prometheus_client missing: say how to get it
-                        body, kind, code = str(exc).encode(), "text/plain", 501
-                else:
-                    body, kind, code = b"not found: try /health or /metrics", "text/plain", 404
-                self.send_response(code)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass  # no access log
-
-        try:
-            self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        except OSError as exc:
-            log.warning("relay: no HTTP endpoint on 127.0.0.1:%s (%s); set %s to a free port",
-                        self.port, exc, ENV_PORT)
-            return
-        self._server.daemon_threads = True
-        self.port = self._server.server_address[1]
-        threading.Thread(target=self._server.serve_forever, name="openalgo-events-relay-http",
-                         daemon=True).start()
-
-    def metrics(self) -> tuple[bytes, str]:
-        from ..integrations.metrics import exposition, relay_registry
-
-        return exposition(relay_registry(self))
