@@ -175,6 +175,46 @@ def test_the_relays_disk_full_with_the_broker_up_sends_each_event_once(kafka_boo
         collector.stop()
 
 
+def test_the_relays_disk_full_with_the_broker_down_then_space_freed_sends_each_event_once(
+        topic, tmpfs):
+    """The spool's disk full while the broker is frozen (nothing acknowledged), events accepted
+    meanwhile; then the broker back and space freed: every accepted event is on the topic once,
+    no storm."""
+    from openalgo_events.devbroker import DevBroker
+
+    spool = tmpfs / "spool"
+    with DevBroker() as broker:
+        create_topic(broker.bootstrap_servers, topic)
+        collector = TopicCollector(broker.bootstrap_servers, topic)
+        publisher = publisher_for(broker.bootstrap_servers, topic, spool)
+        accepted = []
+        try:
+            accepted.append(publisher.publish_order_event("alice", "S", "BUY", "0", "live")
+                            .event_id)
+            assert publisher.flush(20) == 0
+            os.kill(broker.process.pid, 19)  # SIGSTOP
+            fill(tmpfs)
+            for i in range(1, 2001):
+                with contextlib.suppress(EventNotStoredError):
+                    accepted.append(publisher.publish_order_event(f"u{i % 5}", "S", "BUY",
+                                                                  str(i), "live").event_id)
+            assert len(accepted) > 1000
+            time.sleep(3)  # the relay tries meanwhile: nothing may be lost or doubled by it
+            os.kill(broker.process.pid, 18)  # SIGCONT
+            (tmpfs / "filler").unlink()
+            assert publisher.flush(60) == 0
+            wait_for(lambda: set(accepted) <= set(collector.event_ids()), 30,
+                     message="every accepted event on the topic")
+            time.sleep(2)  # a storm would show as more copies arriving
+            assert max(counts(collector).values()) == 1
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(broker.process.pid, 18)
+            publisher.close()
+            collector.stop()
+            stop_relays(str(spool))
+
+
 @pytest.mark.parametrize("victim", [fmt.LEDGER, fmt.STATUS])
 def test_a_relay_file_that_cannot_be_written_is_a_state_not_a_resend(kafka_bootstrap, topic,
                                                                       tmp_path, victim):
