@@ -94,7 +94,7 @@ class KafkaSocketIOBridge:
         self._reader: Any = None
         if options is not None:
             self.recovery = Feed(Hub.of(socketio, namespace), options, self._inbox.put,
-                                 self._emit_to)
+                                 self._emit_to, green=self._inbox.green)
         self._stop = new_event()
         self._thread: Any = None
         self.received = 0

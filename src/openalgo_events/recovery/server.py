@@ -37,6 +37,7 @@ log = logging.getLogger("openalgo_events.recovery")
 
 _HUBS = "_openalgo_events_recovery_hubs"  # on the python-socketio server: namespace -> Hub
 MAX_READS = 3  # topic reads one recovery may need while the window keeps moving on
+YIELD_EVERY = 64  # a green feed lets the hub run other green threads every so many resends
 
 
 @dataclass(frozen=True)
@@ -215,7 +216,8 @@ class Feed:
     ``handle``); ``emit`` is the emitter's own emit function (``event, payload, to=,
     namespace=, skip_sid=``). ``reader`` reads the topic back (KAFKA mode); without it, a gap
     the window does not hold is not recovered. A feed whose ``stream`` is None waits for
-    ``start`` (the bridge, until it is assigned its partitions).
+    ``start`` (the bridge, until it is assigned its partitions). ``green``: the emitter's task
+    is an eventlet green thread (a long recovery then yields to the hub as it goes).
 
     >>> feed = Feed(Hub.of(socketio), RecoveryOptions(), transport_put, socketio.emit,
     ...             stream=socketio_stream(), partitions={0: 1})  # doctest: +SKIP
@@ -224,12 +226,13 @@ class Feed:
     def __init__(self, hub: Hub, options: RecoveryOptions, enqueue: Callable[[Any], bool],
                  emit: Callable[..., Any], *, stream: str | None = None,
                  partitions: Mapping[int, int] | None = None,
-                 reader: Reader | None = None) -> None:
+                 reader: Reader | None = None, green: bool = False) -> None:
         self.hub = hub
         self.options = options
         self.enqueue = enqueue
         self._emit = emit
         self.reader = reader
+        self.green = green
         self.window = Window(options.max_events, options.seconds)
         self.stream: str | None = None
         self._waiting: list[Join] = []
@@ -307,8 +310,12 @@ class Feed:
         if len(events) > self.options.max_events:
             self._finish(join, False, "too_many")
             return
-        for sent in events:
+        for number, sent in enumerate(events, 1):
             self.hub.send(join.sid, sent.event, sent.payload)
+            if self.green and number % YIELD_EVERY == 0:
+                import eventlet
+
+                eventlet.sleep(0)  # the worker's requests run; this job stays in the middle
         self.resent += len(events)
         self._finish(join, True, None, len(events))
 

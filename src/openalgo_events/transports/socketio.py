@@ -90,7 +90,8 @@ class SocketIOTransport:
         self.recovery: Feed | None = None
         if recovery is not None:
             self.recovery = Feed(Hub.of(socketio, namespace), recovery, self._enqueue,
-                                 socketio.emit, stream=socketio_stream(), partitions={0: 1})
+                                 socketio.emit, stream=socketio_stream(), partitions={0: 1},
+                                 green=self._green)
         self._start_lock = new_lock()
         self._started = False
         self._warned = False
