@@ -13,8 +13,9 @@ import pytest
 import socketio
 from flask import Flask
 from flask_socketio import SocketIO, join_room
+from jsonschema import Draft202012Validator
 
-from openalgo_events import Settings
+from openalgo_events import Settings, schema
 from openalgo_events.demo import DemoServer
 from openalgo_events.publisher import EventPublisher, build_publisher
 from openalgo_events.recovery import AUTH_KEY, STATUS_EVENT
@@ -63,7 +64,8 @@ def app() -> Iterator[App]:
 def test_a_reconnecting_client_gets_what_it_missed_in_order_then_live_events(app, transport):
     """After three live orders and a disconnect, the five orders published meanwhile arrive on
     reconnect, in order, each once, before the status (recovered, count 5) and before the next
-    live order; every payload is today's plus its offset."""
+    live order; every payload is today's plus its offset, and payloads and statuses follow
+    socketio-recovery.schema.json."""
     client = RecoveringClient()
     first = client.connect(app.url, [transport])
     assert first == {"recovered": False, "count": 0, "reason": "no_offset",
@@ -89,6 +91,12 @@ def test_a_reconnecting_client_gets_what_it_missed_in_order_then_live_events(app
     assert second["offset"] == f"{stream}:0:8"
     client.disconnect()
     assert app.recovery["recovering"] == 0 and app.recovery["recovered"] == 1
+    contract = schema.load(schema.RECOVERY_FILE)
+    for definition, instances in (("status", [first, second]),
+                                  ("payload", [p for _, p in client.events()])):
+        validator = Draft202012Validator({**contract, "$ref": f"#/$defs/{definition}"})
+        for instance in instances:
+            validator.validate(instance)
 
 
 def test_orders_published_while_the_client_keeps_reconnecting_arrive_once_in_order(app):
