@@ -94,7 +94,7 @@ class KafkaSocketIOBridge:
         self._reader: Any = None
         if options is not None:
             self.recovery = Feed(Hub.of(socketio, namespace), options, self._inbox.put,
-                                 self._emit_to, green=self._inbox.green)
+                                 self._emit_to, green=self._inbox.green, primary=True)
         self._stop = new_event()
         self._thread: Any = None
         self.received = 0
@@ -118,6 +118,8 @@ class KafkaSocketIOBridge:
     def stop(self) -> None:
         """Ask the loops to end; the consumers leave within one poll."""
         self._stop.set()
+        if self.recovery is not None:
+            self.recovery.release()
         if self._reader is not None:
             self._reader.stop()
         self._inbox.stop()

@@ -219,6 +219,10 @@ class Feed:
     ``start`` (the bridge, until it is assigned its partitions). ``green``: the emitter's task
     is an eventlet green thread (a long recovery then yields to the hub as it goes).
 
+    Which feed serves the next joins: the one that emitted last; before any emit, the one made
+    last, except that a ``primary`` feed (the bridge's: in its process it makes the browser
+    emits) is not displaced by one made after it. ``release`` gives the joins up (closing).
+
     >>> feed = Feed(Hub.of(socketio), RecoveryOptions(), transport_put, socketio.emit,
     ...             stream=socketio_stream(), partitions={0: 1})  # doctest: +SKIP
     """
@@ -226,22 +230,30 @@ class Feed:
     def __init__(self, hub: Hub, options: RecoveryOptions, enqueue: Callable[[Any], bool],
                  emit: Callable[..., Any], *, stream: str | None = None,
                  partitions: Mapping[int, int] | None = None,
-                 reader: Reader | None = None, green: bool = False) -> None:
+                 reader: Reader | None = None, green: bool = False,
+                 primary: bool = False) -> None:
         self.hub = hub
         self.options = options
         self.enqueue = enqueue
         self._emit = emit
         self.reader = reader
         self.green = green
+        self.primary = primary
         self.window = Window(options.max_events, options.seconds)
         self.stream: str | None = None
         self._waiting: list[Join] = []
         self.recovered = 0  # sockets that got every event they missed
         self.not_recovered: dict[str, int] = {}  # by reason
         self.resent = 0  # events sent by recoveries
-        hub.feed = self  # the feed made, or that emitted, last serves the next joins
+        if primary or hub.feed is None or not hub.feed.primary:
+            hub.feed = self
         if stream is not None:
             self.start(stream, partitions or {0: 1})
+
+    def release(self) -> None:
+        """Serve no more joins (the emitter is closing); an emit takes them back."""
+        if self.hub.feed is self:
+            self.hub.feed = None
 
     # -- the emitter's task -------------------------------------------------------------------
     def start(self, stream: str, partitions: Mapping[int, int]) -> None:

@@ -166,6 +166,8 @@ class SocketIOTransport:
     def close(self, timeout: float = 5.0) -> int:
         """Flush, then end the emit task; a later ``publish`` starts a new one."""
         left = self.flush(timeout)
+        if self.recovery is not None:
+            self.recovery.release()  # sockets connecting from now on get live events only
         with self._start_lock:
             old, self._handoff = self._handoff, Handoff(self._emit, green=self._green,
                                                         on_error=self._emit_failed)
