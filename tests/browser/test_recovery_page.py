@@ -150,8 +150,12 @@ class DemoProcess:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "openalgo_events", "demo", "--port", str(port)],
                 env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        wait_for(self._ready, 60, message=lambda: f"the demo on {port}: "
-                 + log.read_text()[-2000:])
+        try:
+            wait_for(self._ready, 60, message=lambda: f"the demo on {port}: "
+                     + log.read_text()[-2000:])
+        except BaseException:
+            self.stop()  # never left running behind a failed start
+            raise
 
     def _ready(self) -> bool:
         assert self.proc.poll() is None, self.log.read_text()[-3000:]

@@ -62,6 +62,7 @@ class TopicReader:
         self._wake = new_event()
         self._stop = new_event()
         self._thread: Any = None
+        self._ended = False
         self.reads = 0
         self.records = 0
         self.last_error: str | None = None
@@ -75,9 +76,10 @@ class TopicReader:
         self._wake.set()
 
     def submit(self, request: ReadRequest) -> bool:
-        """Queue ``request`` (any thread; never blocks); False when too many are waiting."""
+        """Queue ``request`` (any thread; never blocks); False when too many are waiting, or
+        when the reader has stopped."""
         with self._lock:
-            if len(self._waiting) >= MAX_WAITING:
+            if self._ended or len(self._waiting) >= MAX_WAITING:
                 return False
             self._waiting.append(request)
         self._wake.set()
@@ -89,13 +91,14 @@ class TopicReader:
 
     # -- the reader's thread ------------------------------------------------------------------
     def _run(self) -> None:
-        consumer = self._ck.Consumer({
-            **self.settings.client_config(), "client.id": "openalgo-events-recovery",
-            "group.id": f"openalgo-events-recovery-{uuid.uuid4().hex}",  # never joined
-            "enable.auto.commit": False, "isolation.level": "read_committed",
-            "enable.partition.eof": False, **self.config,
-        })
+        consumer: Any = None
         try:
+            consumer = self._ck.Consumer({
+                **self.settings.client_config(), "client.id": "openalgo-events-recovery",
+                "group.id": f"openalgo-events-recovery-{uuid.uuid4().hex}",  # never joined
+                "enable.auto.commit": False, "isolation.level": "read_committed",
+                "enable.partition.eof": False, **self.config,
+            })
             while not self._stop.is_set():
                 self._wake.wait(1.0)
                 self._wake.clear()
@@ -104,14 +107,19 @@ class TopicReader:
                     self._waiting.clear()
                 if batch:
                     self._answer(consumer, batch)
+        except Exception:
+            log.exception("recovery's topic reader stopped; reconnecting sockets are told their "
+                          "missed events could not be read back")
         finally:
-            with self._lock:
+            with self._lock:  # nothing waits for an answer that will not come
+                self._ended = True
                 left = list(self._waiting)
                 self._waiting.clear()
             for request in left:
                 request.reason = "unavailable"
                 self.deliver(request)
-            consumer.close()
+            if consumer is not None:
+                consumer.close()
 
     def _answer(self, consumer: Any, batch: list[ReadRequest]) -> None:
         try:
