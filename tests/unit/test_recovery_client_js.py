@@ -39,8 +39,12 @@ connect();
 deliver("openalgo_events_recovery", { recovered: true, count: 0,
                                      offset: "k0123abcd:0:2,k0123abcd:1:0" });
 const recovered = socket.recovered;
+socket.auth = { apikey: "k2" };  // the app replaces its auth, then attaches again
+const again = recovery.attach(socket);
+connect();
+deliver("order_event", { orderid: "B", openalgo_events_offset: "k0123abcd:1:1" });
 console.log(JSON.stringify({ seen, auths, statuses, recovered, dropped: handle.dropped,
-                             offset: handle.offset }));
+                             offset: handle.offset, same: again === handle }));
 """
 
 
@@ -48,17 +52,20 @@ console.log(JSON.stringify({ seen, auths, statuses, recovered, dropped: handle.d
 def test_the_browser_helper_sends_its_cursor_and_drops_what_it_has_shown():
     """After the first status the helper sends the cursor beside the app's auth, passes each
     new event (and events without offset) to the socket once, drops a repeat and an older
-    offset, never moves its cursor back, and sets socket.recovered from the status."""
+    offset, never moves its cursor back, and sets socket.recovered from the status; attached
+    again after the app replaced its auth, it wraps the new auth and filters nothing twice."""
     done = subprocess.run(["node", "-e", SCRIPT, str(CLIENT_SCRIPT)], capture_output=True,
                           text=True, timeout=30, check=True)
     result = json.loads(done.stdout)
     assert [args[0] for args in result["seen"]] == [
         "openalgo_events_recovery", "order_event", "master_contract_download",
-        "openalgo_events_recovery"]
+        "openalgo_events_recovery", "order_event"]
     assert result["auths"] == [
         {"apikey": "k"},
-        {"apikey": "k", "openalgo_events_offset": "k0123abcd:0:4,k0123abcd:1:0"}]
+        {"apikey": "k", "openalgo_events_offset": "k0123abcd:0:4,k0123abcd:1:0"},
+        {"apikey": "k2", "openalgo_events_offset": "k0123abcd:0:4,k0123abcd:1:0"}]
+    assert result["same"] is True
     assert result["dropped"] == 2
     assert result["recovered"] is True
     assert [s["recovered"] for s in result["statuses"]] == [False, True]
-    assert result["offset"] == "k0123abcd:0:4,k0123abcd:1:0"
+    assert result["offset"] == "k0123abcd:0:4,k0123abcd:1:1"

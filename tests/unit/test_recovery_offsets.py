@@ -4,6 +4,8 @@ back, and the window keeps what its bounds say and knows what it no longer cover
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from openalgo_events.recovery import AUTH_KEY, Cursor, Position
@@ -142,3 +144,17 @@ def test_the_window_follows_each_partition_and_the_rule_of_rooms():
     assert [s.offset for s in window.since({1: 19})] == [20, 21]
     alice = frozenset({"sid1", "user:alice"})
     assert [s.offset for s in window.since({0: 9, 1: 19}) if s.for_rooms(alice)] == [20]
+
+
+def test_recovery_without_the_apps_socketio_server_stops_start_up_with_the_fix():
+    """A Flask-SocketIO instance not yet bound to its app has no server to hook: building a
+    transport with recovery on raises, saying to build it after init_app."""
+    from flask_socketio import SocketIO
+
+    from openalgo_events import OpenAlgoEventsError
+    from openalgo_events.recovery import RecoveryOptions
+    from openalgo_events.transports.socketio import SocketIOTransport
+
+    fix = re.escape("after SocketIO(app) or socketio.init_app(app)")
+    with pytest.raises(OpenAlgoEventsError, match=fix):
+        SocketIOTransport(SocketIO(), recovery=RecoveryOptions())

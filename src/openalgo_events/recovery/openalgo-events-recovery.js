@@ -72,14 +72,10 @@
     }
   }
 
-  function attach(socket) {
-    const cursor = new Cursor();
-    const callbacks = [];
-    const state = { dropped: 0, last: null };
-
-    // Each connect reads socket.auth (an object or a function): keep the app's, add ours.
+  // Each connect reads socket.auth (an object or a function): keep the app's, add the cursor.
+  function wrapAuth(socket, cursor) {
     const own = socket.auth;
-    socket.auth = (send) => {
+    const auth = (send) => {
       const add = (data) => {
         const body = Object.assign({}, data || {});
         if (cursor.stream !== null) body[KEY] = cursor.toString();
@@ -87,6 +83,22 @@
       };
       if (typeof own === "function") own(add); else add(own);
     };
+    auth.openalgoEvents = true;
+    socket.auth = auth;
+  }
+
+  // Attaching again (after the app replaced socket.auth) wraps the new auth and returns the
+  // same handle: events are never filtered twice.
+  function attach(socket) {
+    const attached = socket.openalgoEventsRecovery;
+    if (attached) {
+      if (!(socket.auth && socket.auth.openalgoEvents)) wrapAuth(socket, attached.cursor);
+      return attached;
+    }
+    const cursor = new Cursor();
+    const callbacks = [];
+    const state = { dropped: 0, last: null };
+    wrapAuth(socket, cursor);
 
     // socket.io-client hands every incoming event to emitEvent(args) before any listener (onAny
     // included): the one place where an event already shown can be dropped for all of them.
@@ -111,13 +123,15 @@
       };
     }
 
-    return {
+    const handle = {
       cursor,
       get offset() { return cursor.toString(); },
       get dropped() { return state.dropped; },
       get status() { return state.last; },
       onRecovery(callback) { callbacks.push(callback); return this; },
     };
+    socket.openalgoEventsRecovery = handle;
+    return handle;
   }
 
   const api = { attach, Cursor, KEY, STATUS };
