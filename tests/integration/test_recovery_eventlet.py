@@ -151,12 +151,12 @@ ROUNDS = 6
 
 
 def test_memory_stays_bounded_with_500_clients_connected_and_reconnecting(kafka_env, tmp_path):
-    """500 clients (400 websocket, 100 polling) on one eventlet worker, a window of 200 events:
-    six rounds of live events, all disconnecting, 40 events missed, all reconnecting. Every
-    client ends with every event once, in the same order, each reconnect recovered; no socket
-    is left recovering or waiting, the window stays within its bound, the package holds under
-    512 kB, and the worker's Python heap (tracemalloc) grows by under 3 MB from the second
-    round to the last (its RSS, printed, also moves with the allocator's arenas)."""
+    """500 clients (400 websocket, 100 polling) on one eventlet worker with a 200-event window,
+    through six rounds of live events, all disconnecting, 40 events missed and all
+    reconnecting, each end with every event once and in the same order, every reconnect
+    recovered, no socket left recovering or waiting, the window within its bound, under 512 kB
+    held by the package and the worker's Python heap (tracemalloc) grown by under 3 MB from
+    the second round to the last (its RSS, printed, also moves with the allocator's arenas)."""
     env = {**kafka_env, "ORDER_EVENT_SOCKETIO_RECOVERY_MAX_EVENTS": "200",
            "LOOKALIKE_TRACEMALLOC": "1"}
     command, full_env, port = gunicorn(tmp_path, **env)
