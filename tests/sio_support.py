@@ -65,3 +65,73 @@ def rooms_by_user(socketio_server: Any) -> None:
     def connect(auth: Any = None) -> None:
         if isinstance(auth, dict) and auth.get("user"):
             join_room(user_room(auth["user"]))
+
+
+class RecoveringClient:
+    """A python-socketio client that recovers as the page's helper does: it keeps a ``Cursor``,
+    sends it on every connect, drops an event it has already seen (counted in ``dropped``) and
+    keeps every ``openalgo_events_recovery`` status.
+
+    >>> client = RecoveringClient()  # doctest: +SKIP
+    >>> client.connect(server.url, ["polling"])["recovered"]  # doctest: +SKIP
+    False
+    """
+
+    def __init__(self, auth: dict[str, Any] | None = None) -> None:
+        from engineio.payload import Payload
+
+        from openalgo_events.recovery import Cursor
+
+        # A recovery sends its events together, and python-engineio's client drops a polling
+        # connection whose response holds more than 16 packets (its Payload.max_decode_packets):
+        # a python-socketio client that recovers over polling raises it (docs/recovery.md).
+        Payload.max_decode_packets = max(Payload.max_decode_packets, 100_000)
+        self.cursor = Cursor()
+        self.auth = auth or {}
+        self.client = socketio.Client(reconnection=False)
+        self.received: list[tuple[str, Any]] = []
+        self.statuses: list[dict[str, Any]] = []
+        self.dropped = 0
+        self._lock = threading.Lock()
+        self.client.on("*", self._record)
+
+    def _record(self, event: str, payload: Any = None) -> None:
+        from openalgo_events.recovery import STATUS_EVENT
+
+        with self._lock:
+            if event == STATUS_EVENT:
+                self.statuses.append(payload)
+                self.cursor.adopt(payload["offset"])
+            elif self.cursor.accept(payload):
+                self.received.append((event, payload))
+            else:
+                self.dropped += 1
+
+    def _auth(self) -> dict[str, Any]:
+        with self._lock:
+            return {**self.auth, **self.cursor.auth()}
+
+    def connect(self, url: str, transports: list[str], timeout: float = 20.0,
+                ) -> dict[str, Any]:
+        """Connect (with the cursor) and return the status that ends this connect's recovery."""
+        before = len(self.statuses)
+        self.client.connect(url, transports=transports, auth=self._auth, wait_timeout=10)
+        wait_for(lambda: len(self.statuses) > before, timeout,
+                 message=f"the recovery status over {transports}")
+        return self.statuses[before]
+
+    def disconnect(self) -> None:
+        self.client.disconnect()
+
+    def events(self, name: str | None = None) -> list[tuple[str, Any]]:
+        with self._lock:
+            return [pair for pair in self.received if name is None or pair[0] == name]
+
+    def values(self, key: str, name: str = "order_event") -> list[Any]:
+        """``payload[key]`` of every ``name`` event received, in order."""
+        return [payload.get(key) for _, payload in self.events(name)]
+
+    def wait_for_value(self, key: str, value: Any, name: str = "order_event",
+                       timeout: float = 20.0) -> None:
+        wait_for(lambda: value in self.values(key, name), timeout,
+                 message=lambda: f"{name} with {key}={value!r}; got {self.values(key, name)}")

@@ -63,6 +63,9 @@ VARIABLES: tuple[Var, ...] = (
     Var("ORDER_EVENT_SOURCE", "source", "openalgo", "the envelope's source field"),
     Var("ORDER_EVENT_DEFAULT_USER", "default_user", "admin", "user id for events with no user (single-user installs)"),
     Var("ORDER_EVENT_SOCKETIO_SCOPE", "socketio_scope", "broadcast", "broadcast (today) or user: emit only to the user's room"),
+    Var("ORDER_EVENT_SOCKETIO_RECOVERY", "socketio_recovery", "FALSE", "TRUE: browser events carry an offset and a reconnecting client gets what it missed"),
+    Var("ORDER_EVENT_SOCKETIO_RECOVERY_SECONDS", "socketio_recovery_seconds", "120", "how long an emitted event stays recoverable from memory (KAFKA mode reads older ones back from the topic)"),
+    Var("ORDER_EVENT_SOCKETIO_RECOVERY_MAX_EVENTS", "socketio_recovery_max_events", "5000", "events kept in memory for recovery, and the most one recovery sends (a longer gap is not recovered)"),
     Var("ORDER_EVENT_MAX_MESSAGE_BYTES", "max_message_bytes", "1048576", "largest Kafka record accepted (value, key, headers), also the producer's message.max.bytes and the topic's max.message.bytes"),
     Var("ORDER_EVENT_ADMIN_TOKEN", "admin_token", "", "bearer token for the mode-switch endpoint (empty: endpoint off)", secret=True),
     Var("KAFKA_BOOTSTRAP_SERVERS", "bootstrap_servers", "", "host:port[,host:port...] (required in KAFKA and BOTH modes)"),
@@ -103,7 +106,8 @@ _INT_VARS = {
     "KAFKA_TRAIL_MAX_BYTES": 1_048_576, "KAFKA_STALL_TIMEOUT_SECONDS": 1,
     "KAFKA_CLOSE_TIMEOUT_SECONDS": 0, "KAFKA_ROLLOUT_PERCENT": 0, "KAFKA_CONSUMER_MAX_ATTEMPTS": 1,
     "KAFKA_CONSUMER_RETRY_BACKOFF_MS": 0, "KAFKA_CONSUMER_MAX_AGE_SECONDS": 0,
-    "KAFKA_CONSUMER_UNHEALTHY_AFTER": 1,
+    "KAFKA_CONSUMER_UNHEALTHY_AFTER": 1, "ORDER_EVENT_SOCKETIO_RECOVERY_SECONDS": 1,
+    "ORDER_EVENT_SOCKETIO_RECOVERY_MAX_EVENTS": 1,
 }  # name -> smallest allowed value
 _CHOICES: dict[str, tuple[str, ...]] = {
     "ORDER_EVENT_MODE": tuple(m.value for m in Mode),
@@ -115,6 +119,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "KAFKA_DELIVERY_GUARANTEE": GUARANTEES,
 }
 _CASE_INSENSITIVE = {"ORDER_EVENT_MODE", "KAFKA_SECURITY_PROTOCOL", "KAFKA_SPOOL_SYNC"}
+_BOOL_VARS = {"KAFKA_CONSUMER_ENABLED", "ORDER_EVENT_SOCKETIO_RECOVERY"}
 _BOOL = {"TRUE": True, "1": True, "YES": True, "FALSE": False, "0": False, "NO": False}
 
 
@@ -130,6 +135,9 @@ class Settings:
     source: str = "openalgo"
     default_user: str = "admin"
     socketio_scope: str = "broadcast"
+    socketio_recovery: bool = False
+    socketio_recovery_seconds: int = 120
+    socketio_recovery_max_events: int = 5000
     max_message_bytes: int = 1_048_576
     admin_token: str = field(default="", repr=False)
     bootstrap_servers: str = ""
@@ -303,7 +311,7 @@ def _parse(environ: Mapping[str, str]) -> Settings:
                 problems.append(f"{var.name}={shown} is not valid; use one of: {', '.join(choices)}")
                 continue
             values[var.attr] = Mode(raw) if var.name == "ORDER_EVENT_MODE" else raw
-        elif var.name == "KAFKA_CONSUMER_ENABLED":
+        elif var.name in _BOOL_VARS:
             if raw.upper() not in _BOOL:
                 problems.append(f"{var.name}={shown} is not a boolean; use TRUE or FALSE")
                 continue

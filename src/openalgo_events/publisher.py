@@ -21,6 +21,7 @@ from .catalog import CATALOG, Catalog
 from .config import Mode, Settings
 from .envelope import Envelope, to_json_value, unencodable
 from .errors import ConfigError, EventNotStoredError, EventValidationError, SpoolError
+from .recovery.server import RecoveryOptions
 from .stats import Stats
 from .transports import Transport
 from .transports.routing import Route, RoutingTransport
@@ -209,15 +210,18 @@ class EventPublisher:
 
 
 class SocketIOEventPublisher(EventPublisher):
-    """The Socket.IO publisher: today's emits, unchanged.
+    """The Socket.IO publisher: today's emits, unchanged (with ``recovery``, each payload also
+    carries its offset and reconnecting sockets get what they missed).
 
     >>> publisher = SocketIOEventPublisher(socketio)  # doctest: +SKIP
+    >>> SocketIOEventPublisher(socketio, recovery=RecoveryOptions())  # doctest: +SKIP
     """
 
-    def __init__(self, socketio: Any, *, scope: str = "broadcast", **options: Any) -> None:
+    def __init__(self, socketio: Any, *, scope: str = "broadcast",
+                 recovery: RecoveryOptions | None = None, **options: Any) -> None:
         stats = options.pop("stats", None) or Stats()
-        super().__init__(SocketIOTransport(socketio, scope=scope, stats=stats), stats=stats,
-                         **options)
+        super().__init__(SocketIOTransport(socketio, scope=scope, stats=stats,
+                                           recovery=recovery), stats=stats, **options)
 
 
 class KafkaEventPublisher(EventPublisher):
@@ -252,7 +256,8 @@ def kafka_transport(settings: Settings, stats: Stats | None = None) -> Transport
 def build_publisher(settings: Settings, socketio: Any = None) -> EventPublisher:
     """A publisher routed by ``settings`` (mode, rollout), able to switch modes later."""
     stats = Stats()
-    sio = (SocketIOTransport(socketio, scope=settings.socketio_scope, stats=stats)
+    sio = (SocketIOTransport(socketio, scope=settings.socketio_scope, stats=stats,
+                             recovery=RecoveryOptions.from_settings(settings))
            if socketio is not None else None)
     factory = (lambda: kafka_transport(settings, stats)) if settings.bootstrap_servers else None
     router = RoutingTransport(Route(settings.mode, settings.rollout_percent), socketio=sio,

@@ -1,9 +1,11 @@
 """Contracts for the systems on the other side, generated from the catalog.
 
-JSON Schema (draft 2020-12) for the envelope and for each event type's ``data``, and an
-AsyncAPI 3.0 document for both topics (keys, headers, messages). The files are checked in under
-``openalgo_events/schemas``; ``openalgo-events schemas generate --check`` fails when they no
-longer match the catalog.
+JSON Schema (draft 2020-12) for the envelope and for each event type's ``data``, an
+AsyncAPI 3.0 document for both topics (keys, headers, messages), and the Socket.IO side of
+connection state recovery (``socketio-recovery.schema.json``: the offset each browser payload
+carries, the client's ``auth``, the ``openalgo_events_recovery`` status). The files are
+checked in under ``openalgo_events/schemas``; ``openalgo-events schemas generate --check``
+fails when they no longer match the catalog.
 
 >>> envelope_schema()["required"][:2]
 ['event_id', 'event_type']
@@ -20,6 +22,7 @@ from typing import Any
 from .catalog import CATALOG, Catalog, EventSpec, Field
 from .config import Settings
 from .envelope import CLOUDEVENTS_SPEC_VERSION, CONTENT_TYPE, ENVELOPE_KEYS, SCHEMA_VERSION
+from .recovery.offsets import AUTH_KEY, MAX_CURSOR_CHARS, REASONS, STATUS_EVENT
 from .spool import REPLAY_HEADER
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
@@ -27,6 +30,7 @@ ID_BASE = "urn:openalgo-events:schema:"
 SCHEMA_DIR = Path(__file__).parent / "schemas"
 ENVELOPE_FILE = "envelope.schema.json"
 ASYNCAPI_FILE = "asyncapi.json"
+RECOVERY_FILE = "socketio-recovery.schema.json"
 KAFKA_BINDING_VERSION = "0.5.0"
 # Modules that register event types when imported; the contracts cover their events too.
 CATALOG_MODULES = ("openalgo_events.integrations.openalgo",)
@@ -260,11 +264,78 @@ def asyncapi(catalog: Catalog = CATALOG, settings: Settings | None = None) -> di
     }
 
 
+_OFFSET = r"[a-z][0-9a-f]{8}:[0-9]{1,10}:(-1|[0-9]{1,19})"
+
+
+def recovery_schema() -> dict[str, Any]:
+    """Socket.IO connection state recovery on the wire (``ORDER_EVENT_SOCKETIO_RECOVERY``)."""
+    return {
+        "$schema": DRAFT,
+        "$id": f"{ID_BASE}socketio-recovery",
+        "title": "openalgo-events Socket.IO recovery",
+        "description": (
+            "With ORDER_EVENT_SOCKETIO_RECOVERY=TRUE every Socket.IO event the package emits "
+            f"carries its position in its payload ({AUTH_KEY}); a client sends the cursor it "
+            f"keeps as auth.{AUTH_KEY} on every connect and, after the events it missed, gets "
+            f"the {STATUS_EVENT} event. With recovery off the payloads carry no offset and no "
+            "status is sent."),
+        "$defs": {
+            "offset": {
+                "type": "string", "pattern": f"^{_OFFSET}$",
+                "description": (
+                    "stream:partition:offset. The stream is k + 8 hex digits for a Kafka topic "
+                    "(KAFKA mode: the record's partition and offset, the same in every app "
+                    "process) or s + 8 hex digits for one Socket.IO transport's sequence "
+                    "(SOCKETIO and BOTH modes: partition 0, offsets from 1, new at each "
+                    "start). -1: no event of that partition yet."),
+            },
+            "cursor": {
+                "type": "string", "maxLength": MAX_CURSOR_CHARS,
+                "pattern": f"^{_OFFSET}(,{_OFFSET})*$",
+                "description": ("For each partition of one stream, the offset of the last event "
+                                "received, joined by commas."),
+            },
+            "payload": {
+                "type": "object",
+                "description": ("An event's browser payload (its data less the catalog's "
+                                "Kafka-only fields) with its offset added."),
+                "properties": {AUTH_KEY: {"$ref": "#/$defs/offset"}},
+                "required": [AUTH_KEY],
+                "additionalProperties": True,
+            },
+            "auth": {
+                "type": "object",
+                "description": "The client's Socket.IO auth payload; the app's own keys stay.",
+                "properties": {AUTH_KEY: {"$ref": "#/$defs/cursor"}},
+                "additionalProperties": True,
+            },
+            "status": {
+                "type": "object",
+                "description": (f"The {STATUS_EVENT} event: sent to each socket once its "
+                                 "missed events were sent (recovered) or could not be, before "
+                                 "any new event."),
+                "properties": {
+                    "recovered": {"type": "boolean",
+                                  "description": "every event missed since offset was sent"},
+                    "count": {"type": "integer", "minimum": 0,
+                              "description": "how many events were sent"},
+                    "offset": {"$ref": "#/$defs/cursor",
+                               "description": "the cursor to keep from now on"},
+                    "reason": {"type": "string", "enum": list(REASONS),
+                               "description": "why not recovered (absent when recovered)"},
+                },
+                "required": ["recovered", "count", "offset"],
+                "additionalProperties": False,
+            },
+        },
+    }
+
+
 def render(catalog: Catalog | None = None) -> dict[str, str]:
     """Every generated file, by name, as the exact text that is checked in."""
     catalog = published_catalog() if catalog is None else catalog
     docs: dict[str, Any] = {ENVELOPE_FILE: envelope_schema(catalog),
-                            ASYNCAPI_FILE: asyncapi(catalog)}
+                            ASYNCAPI_FILE: asyncapi(catalog), RECOVERY_FILE: recovery_schema()}
     for name, spec in catalog.items():
         docs[data_file(name)] = data_schema(spec)
     return {name: json.dumps(doc, indent=2, ensure_ascii=False) + "\n"

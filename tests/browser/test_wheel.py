@@ -1,6 +1,7 @@
 """A wheel is complete: built from the checkout, installed into a fresh virtualenv outside the
 repository, ``openalgo-events demo`` serves a page whose live feed works (the socket.io client
-ships inside the wheel, copied from npm's socket.io-client at build time)."""
+ships inside the wheel, copied from npm's socket.io-client at build time, next to the recovery
+helper)."""
 
 from __future__ import annotations
 
@@ -25,15 +26,17 @@ def run(*args: str | Path, cwd: Path) -> None:
 
 
 def test_installed_wheel_serves_a_live_page(tmp_path, page):
-    """The wheel holds socket.io.min.js and its licence; in a fresh venv (cwd outside the
-    repository, no node_modules anywhere above) the demo serves the script and the page's feed
-    shows an order placed from the ticket."""
+    """The wheel holds socket.io.min.js and its licence, the recovery helper and its schema; in
+    a fresh venv (cwd outside the repository, no node_modules anywhere above) the demo serves
+    both scripts and the page's feed shows an order placed from the ticket."""
     dist = tmp_path / "dist"
     run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", ROOT, "-w", dist, cwd=tmp_path)
     [wheel] = dist.glob("openalgo_events-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "openalgo_events/demo/static/vendor/socket.io.min.js" in names
     assert "openalgo_events/demo/static/vendor/socket.io-client.LICENSE" in names
+    assert "openalgo_events/recovery/openalgo-events-recovery.js" in names
+    assert "openalgo_events/schemas/socketio-recovery.schema.json" in names
 
     venv = tmp_path / "venv"
     run(sys.executable, "-m", "venv", venv, cwd=tmp_path)
@@ -55,6 +58,8 @@ def test_installed_wheel_serves_a_live_page(tmp_path, page):
         assert url, lines
         script = page.request.get(f"{url.group()}/vendor/socket.io.min.js")
         assert script.status == 200 and len(script.body()) > 10_000
+        helper = page.request.get(f"{url.group()}/vendor/openalgo-events-recovery.js")
+        assert helper.status == 200 and b"OpenAlgoEventsRecovery" in helper.body()
         page.goto(url.group())
         page.wait_for_selector('#connection[data-state="up"]', timeout=15_000)
         page.click("#place")

@@ -106,6 +106,34 @@ def emit() -> Any:
     return jsonify(emitted=True)
 
 
+if os.environ.get("LOOKALIKE_TRACEMALLOC"):
+    import tracemalloc
+
+    tracemalloc.start(int(os.environ["LOOKALIKE_TRACEMALLOC"]))
+
+
+@app.route("/memory")
+def memory() -> Any:
+    """This worker's pid and resident memory (kB), from /proc; with ``LOOKALIKE_TRACEMALLOC``
+    (frames to keep) also the memory still held, in kB, by the package's code (allocations
+    whose traceback passes through ``openalgo_events``) and in all."""
+    with open("/proc/self/status") as proc:
+        status = dict(line.split(":", 1) for line in proc if ":" in line)
+    body: dict[str, Any] = {"pid": os.getpid(), "rss_kb": int(status["VmRSS"].split()[0])}
+    if os.environ.get("LOOKALIKE_TRACEMALLOC"):
+        import gc
+        import tracemalloc
+
+        gc.collect()
+        snapshot = tracemalloc.take_snapshot()
+        ours = snapshot.filter_traces([tracemalloc.Filter(True, "*/openalgo_events/*",
+                                                          all_frames=True)])
+        body["traced_kb"] = sum(s.size for s in snapshot.statistics("filename")) // 1024
+        body["package_kb"] = sum(s.size for s in ours.statistics("filename")) // 1024
+        body["package_top"] = [str(s) for s in ours.statistics("lineno")[:10]]
+    return jsonify(body)
+
+
 @app.route("/health")
 def health() -> Any:
     current = installation.current

@@ -218,6 +218,31 @@ def test_every_event_is_followed_by_its_meta_for_the_page(app):
     assert "timestamp" not in payload and "event_id" not in payload
 
 
+def test_a_password_changes_meta_carries_what_its_payload_does_and_no_more(app):
+    """The demo_event_meta of a password_change carries the event's browser payload: no IP
+    address or user agent (Kafka only), exactly the data of the password_change itself."""
+    with DemoServer(app) as server, Listener(server.url, ["polling"]) as listener:
+        requests.post(f"{server.url}/api/v1/demo/changepassword", timeout=5,
+                      json={"apikey": DEMO_API_KEY, "new_password": "s3cret-Pa55word"})
+        [(_, meta)] = listener.wait(1, "demo_event_meta")
+        [(_, payload)] = listener.wait(1, "password_change")
+    assert meta["data"] == payload == {"user": USER, "status": "success",
+                                       "message": "Password changed successfully"}
+
+
+def test_the_page_loads_the_recovery_helper_next_to_its_socketio_client(app):
+    """The page loads openalgo-events-recovery.js right after socket.io.min.js, and the app
+    serves it (as the Flask extension does at /openalgo-events/recovery.js)."""
+    client = app.test_client()
+    page = client.get("/").data.decode()
+    assert page.index('src="/vendor/socket.io.min.js"') < page.index(
+        'src="/vendor/openalgo-events-recovery.js"') < page.index("app.js")
+    for path in ("/vendor/openalgo-events-recovery.js", "/openalgo-events/recovery.js"):
+        with client.get(path) as script:
+            assert script.status_code == 200 and script.mimetype == "application/javascript"
+            assert b"OpenAlgoEventsRecovery" in script.data
+
+
 def test_page_loads_socketio_client_from_npm(app):
     """The page references the npm socket.io-client, which the app serves from node_modules."""
     client = app.test_client()

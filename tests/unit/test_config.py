@@ -61,11 +61,30 @@ def test_every_problem_is_reported_at_once_with_its_fix():
         ({"KAFKA_SASL_MECHANISM": "MAGIC"}, "KAFKA_SASL_MECHANISM='MAGIC' is not valid"),
         ({"KAFKA_ORDER_EVENTS_TOPIC": "bad topic"}, "not a valid Kafka topic name"),
         ({"KAFKA_CONSUMER_ENABLED": "perhaps"}, "not a boolean"),
+        ({"ORDER_EVENT_SOCKETIO_RECOVERY": "sometimes"},
+         "ORDER_EVENT_SOCKETIO_RECOVERY='sometimes' is not a boolean"),
+        ({"ORDER_EVENT_SOCKETIO_RECOVERY_MAX_EVENTS": "0"}, "below 1"),
+        ({"ORDER_EVENT_SOCKETIO_RECOVERY_SECONDS": "2m"}, "is not a whole number"),
     ],
 )
 def test_each_invalid_value_is_named(env, fragment):
     """Each kind of bad value stops start-up with a message naming it."""
     assert any(fragment in p for p in problems(env))
+
+
+def test_socketio_recovery_is_off_by_default_and_read_when_on():
+    """Recovery is off unless ORDER_EVENT_SOCKETIO_RECOVERY says TRUE; its window defaults to
+    120 s and 5,000 events, and both bounds are read as set."""
+    from openalgo_events.recovery import RecoveryOptions
+
+    assert RecoveryOptions.from_settings(Settings.from_env({})) is None
+    on = Settings.from_env({"ORDER_EVENT_SOCKETIO_RECOVERY": "true"})
+    assert RecoveryOptions.from_settings(on) == RecoveryOptions(max_events=5000, seconds=120)
+    sized = Settings.from_env({"ORDER_EVENT_SOCKETIO_RECOVERY": "TRUE",
+                               "ORDER_EVENT_SOCKETIO_RECOVERY_SECONDS": "30",
+                               "ORDER_EVENT_SOCKETIO_RECOVERY_MAX_EVENTS": "200"})
+    assert RecoveryOptions.from_settings(sized) == RecoveryOptions(max_events=200, seconds=30)
+    assert sized.to_env()["ORDER_EVENT_SOCKETIO_RECOVERY"] == "TRUE"
 
 
 def test_secrets_are_masked_everywhere_config_is_shown():

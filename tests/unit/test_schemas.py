@@ -73,7 +73,32 @@ def test_every_generated_schema_is_valid_draft_2020_12():
         VALIDATOR.check_schema(document)
         assert document["$schema"] == schema.DRAFT
         ids.add(document["$id"])
-    assert len(ids) == len(EVENT_TYPES) + 1
+    assert len(ids) == len(EVENT_TYPES) + 2  # and the envelope's, and Socket.IO recovery's
+
+
+def test_the_recovery_schema_takes_what_the_wire_carries_and_refuses_the_rest():
+    """socketio-recovery.schema.json: an offset, a cursor of several partitions, a payload
+    with its offset and each status shape validate; a malformed offset, a status with an
+    unknown reason or an extra key do not."""
+    document = schema.load(schema.RECOVERY_FILE)
+
+    def valid(definition: str, instance: Any) -> bool:
+        sub = {**document, "$ref": f"#/$defs/{definition}"}
+        return VALIDATOR(sub).is_valid(instance)
+
+    assert valid("offset", "k0123abcd:3:1234") and valid("offset", "s89abcdef:0:-1")
+    assert not valid("offset", "k0123abcd:3") and not valid("offset", "K0123ABCD:3:1")
+    assert valid("cursor", "k0123abcd:0:5,k0123abcd:1:-1")
+    assert valid("payload", {"symbol": "SBIN", "openalgo_events_offset": "s89abcdef:0:7"})
+    assert not valid("payload", {"symbol": "SBIN"})
+    assert valid("auth", {"apikey": "k", "openalgo_events_offset": "s89abcdef:0:7"})
+    assert valid("status", {"recovered": True, "count": 3, "offset": "s89abcdef:0:7"})
+    assert valid("status", {"recovered": False, "count": 0, "offset": "s89abcdef:0:7",
+                            "reason": "too_old"})
+    assert not valid("status", {"recovered": False, "count": 0, "offset": "s89abcdef:0:7",
+                                "reason": "bored"})
+    assert not valid("status", {"recovered": True, "count": 0, "offset": "s89abcdef:0:7",
+                                "extra": 1})
 
 
 @pytest.mark.parametrize("event_type", EVENT_TYPES)

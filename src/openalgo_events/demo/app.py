@@ -3,10 +3,13 @@
 A Flask-SocketIO app (``async_mode="threading"``, like OpenAlgo) with an order ticket, a live
 feed of the Socket.IO events it receives, and REST endpoints shaped like OpenAlgo's over a
 simulated position book. Events go out through ``build_publisher``, so ``ORDER_EVENT_MODE``
-decides where: the page (SOCKETIO), Kafka (KAFKA) or both (BOTH). The Flask extension is
-mounted as an application would mount it: ``/openalgo-events/health``, ``/metrics`` and
-``/mode``. With Kafka configured, a tap shows the page each record that reached the topic, as
-``kafka_record`` events.
+decides where: the page (SOCKETIO), Kafka (KAFKA) or both (BOTH). Started in KAFKA mode, a
+``KafkaSocketIOBridge`` brings the page its events back from the topic, as in a deployment of
+several app processes. The Flask extension is mounted as an application would mount it:
+``/openalgo-events/health``, ``/metrics`` and ``/mode``. With Kafka configured, a tap shows
+the page each record that reached the topic, as ``kafka_record`` events. With
+``ORDER_EVENT_SOCKETIO_RECOVERY=TRUE`` the page recovers what it missed across a reconnect
+(``openalgo-events-recovery.js``, served next to the page's socket.io client).
 
 >>> app, socketio = create_app()  # doctest: +SKIP
 """
@@ -25,11 +28,12 @@ from flask import Flask, Response, current_app, jsonify, render_template, reques
 from flask.typing import ResponseReturnValue
 from flask_socketio import SocketIO, join_room
 
-from ..config import Settings
+from ..config import Mode, Settings
 from ..envelope import Envelope
 from ..errors import ConfigError
 from ..integrations.flask import EventsState, OpenAlgoEvents
 from ..publisher import EventPublisher, build_publisher
+from ..recovery import CLIENT_SCRIPT
 from ..transports.socketio import browser_payload, user_room
 from .kafka_tap import KafkaTap
 from .orders import BROKER, MODES, BadRequest, OrderDesk, parse_order
@@ -60,6 +64,7 @@ class DemoState:
     api_keys: Mapping[str, str]
     events: EventsState | None = None
     tap: KafkaTap | None = None
+    bridge: Any = None  # KafkaSocketIOBridge, started in KAFKA mode
 
     def user_of(self, body: Mapping[str, Any]) -> str:
         """The user an ``apikey`` belongs to; the key itself goes no further."""
@@ -73,6 +78,8 @@ class DemoState:
         """Stop the tap, then flush and close the publisher; returns undelivered events."""
         if self.tap is not None:
             self.tap.stop(timeout)
+        if self.bridge is not None:
+            self.bridge.stop()
         if self.events is not None:
             self.events.close(timeout)  # the extension's consumer; the publisher is ours
         return self.publisher.close(timeout)
@@ -112,8 +119,9 @@ def create_app(settings: Settings | None = None, *, api_keys: Mapping[str, str] 
 
     ``settings`` defaults to ``Settings.from_env()``. ``api_keys`` maps API keys to user ids
     (default: ``demo-api-key`` -> ``demo-user``). With Kafka in the mode and ``kafka_tap``,
-    a background thread mirrors the topic to the page. Call ``demo_state(app).close()`` at
-    shutdown.
+    a background thread mirrors the topic to the page. In KAFKA mode a bridge emits the
+    topic's events to the page while the route stays KAFKA. Call ``demo_state(app).close()``
+    at shutdown.
     """
     settings = settings or Settings.from_env()
     app = Flask(__name__)
@@ -127,6 +135,17 @@ def create_app(settings: Settings | None = None, *, api_keys: Mapping[str, str] 
                                              env_file=None)
     if kafka_tap and settings.bootstrap_servers:
         state.tap = KafkaTap(settings, socketio).start()
+    if settings.mode is Mode.KAFKA:
+        from ..integrations.bridge import KafkaSocketIOBridge
+
+        events = state.events
+
+        def kafka_route() -> bool:  # after a switch to BOTH or SOCKETIO the publisher emits
+            route = events.route
+            return route is None or route.mode is Mode.KAFKA
+
+        state.bridge = events.bridge = KafkaSocketIOBridge(settings, socketio,
+                                                           active=kafka_route).start()
     app.extensions[EXTENSION] = state
     _routes(app)
     socketio.on_event("connect", _join_user_room)
@@ -151,6 +170,7 @@ class _Stamped(EventPublisher):
     def publish(self, event_type: str, user_id: str | None,
                 data: Mapping[str, Any] | None = None, **fields: Any) -> Envelope:
         envelope = super().publish(event_type, user_id, data, **fields)
+        # What the event's own payload carries, no more (never a Kafka-only field).
         room = user_room(envelope.user_id) if self._scope == "user" else None
         self._socketio.emit(META_EVENT, {"event_type": envelope.event_type,
                                          "event_id": envelope.event_id,
@@ -202,6 +222,10 @@ def _routes(app: Flask) -> None:
             log.error("%s", message)
             return Response(f"/* {message} */\n", 500, mimetype="application/javascript")
         return send_file(path, mimetype="application/javascript", max_age=300)
+
+    @app.get("/vendor/openalgo-events-recovery.js")
+    def recovery_js() -> ResponseReturnValue:
+        return send_file(CLIENT_SCRIPT, mimetype="application/javascript", max_age=300)
 
     @app.post("/api/v1/placeorder")
     def place_order() -> ResponseReturnValue:

@@ -15,6 +15,12 @@ the Socket.IO server (a green thread on the worker's hub under eventlet), woken 
 at once, because a green-thread server must not be driven from a foreign OS thread. Call
 ``start()`` on the app's thread (the gunicorn hook does). Browsers get what the catalog lets
 them (``EventSpec.socketio_payload``), as from ``SocketIOTransport``.
+
+It reads with ``isolation.level=read_committed``: only what a transactional producer committed.
+With ``ORDER_EVENT_SOCKETIO_RECOVERY=TRUE`` each payload carries the record's partition and
+offset, the last events stay in memory, and a socket that reconnects with its last offset gets
+what it missed, read back from the topic when memory no longer holds it (after a restart, or
+from another process): ``openalgo_events.recovery``.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from .._handoff import Handoff
@@ -29,6 +37,9 @@ from .._threads import new_event, start_thread
 from ..config import Settings
 from ..envelope import Envelope
 from ..errors import EventValidationError, require
+from ..recovery.offsets import kafka_stream
+from ..recovery.server import Feed, Hub, RecoveryOptions
+from ..recovery.window import Sent
 from ..transports.kafka_errors import QuietLibrdkafkaLog
 from ..transports.socketio import browser_payload, green_server, user_room
 from .mirror import original_emit
@@ -36,24 +47,54 @@ from .mirror import original_emit
 log = logging.getLogger("openalgo_events.bridge")
 
 
+@dataclass(frozen=True, slots=True)
+class _Record:
+    """An envelope read from the topic, and where it sits."""
+
+    envelope: Envelope
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class _Assigned:
+    """The partitions are assigned: the topic's stream and each partition's next offset."""
+
+    stream: str
+    next_offsets: dict[int, int]
+
+
 class KafkaSocketIOBridge:
     """Consumes the order topic and re-emits each envelope to this process's sockets.
+
+    ``active`` (read for each record) holds the emits back while it returns False: an app
+    whose route may leave KAFKA mode at run time, where its own emits reach the browsers.
 
     >>> bridge = KafkaSocketIOBridge(settings, socketio).start()  # doctest: +SKIP
     >>> bridge.ready.wait(10)  # doctest: +SKIP
     """
 
-    def __init__(self, settings: Settings, socketio: Any, *, namespace: str = "/") -> None:
+    def __init__(self, settings: Settings, socketio: Any, *, namespace: str = "/",
+                 active: Callable[[], bool] | None = None) -> None:
         self._ck: Any = require("confluent_kafka", "kafka")
         self.settings = settings
         self.socketio = socketio
         self.namespace = namespace
         self.topic = settings.order_events_topic
         self.ready = new_event()  # set once every partition is assigned
-        self._inbox: Handoff[Envelope] = Handoff(self._emit, green=green_server(socketio),
-                                                 on_error=self._emit_failed)
+        # Records to emit and, with recovery, the joins of connecting sockets and the reader's
+        # answers: one task, so each join is served in order with the emits.
+        self._inbox: Handoff[Any] = Handoff(self._emit, green=green_server(socketio),
+                                            on_error=self._emit_failed)
         self._emit_to = original_emit(socketio)
+        self._active = active
         self._user_scope = settings.socketio_scope == "user"
+        options = RecoveryOptions.from_settings(settings)
+        self.recovery: Feed | None = None
+        self._reader: Any = None
+        if options is not None:
+            self.recovery = Feed(Hub.of(socketio, namespace), options, self._inbox.put,
+                                 self._emit_to, green=self._inbox.green, primary=True)
         self._stop = new_event()
         self._thread: Any = None
         self.received = 0
@@ -64,13 +105,23 @@ class KafkaSocketIOBridge:
         self._down_checked = 0.0
 
     def start(self) -> KafkaSocketIOBridge:
+        if self.recovery is not None:
+            from ..recovery.kafka import TopicReader
+
+            self._reader = TopicReader(self.settings, self._tagged, self._inbox.put,
+                                       config={"logger": QuietLibrdkafkaLog()}).start()
+            self.recovery.reader = self._reader
         self._thread = start_thread(self._consume, "openalgo-events-bridge")
         self.socketio.start_background_task(self._inbox.run)
         return self
 
     def stop(self) -> None:
-        """Ask both loops to end; the consumer leaves within one poll."""
+        """Ask the loops to end; the consumers leave within one poll."""
         self._stop.set()
+        if self.recovery is not None:
+            self.recovery.release()
+        if self._reader is not None:
+            self._reader.stop()
         self._inbox.stop()
 
     # -- consumer thread (a real OS thread) ---------------------------------------------------
@@ -94,7 +145,8 @@ class KafkaSocketIOBridge:
         """Assign every partition at its current end; retry until the topic exists."""
         while not self._stop.is_set():
             try:
-                meta = consumer.list_topics(self.topic, timeout=5.0).topics.get(self.topic)
+                cluster = consumer.list_topics(self.topic, timeout=5.0)
+                meta = cluster.topics.get(self.topic)
                 partitions = sorted(meta.partitions) if meta and not meta.error else []
                 if partitions:
                     assigned = []
@@ -103,6 +155,8 @@ class KafkaSocketIOBridge:
                             self._ck.TopicPartition(self.topic, p), timeout=5.0)
                         assigned.append(self._ck.TopicPartition(self.topic, p, high))
                     consumer.assign(assigned)
+                    self._inbox.put(_Assigned(kafka_stream(str(cluster.cluster_id), self.topic),
+                                              {tp.partition: tp.offset for tp in assigned}))
                     self.ready.set()
                     log.info("bridge reading %s (%s partitions) from the end", self.topic,
                              len(assigned))
@@ -126,7 +180,7 @@ class KafkaSocketIOBridge:
                         msg.topic(), msg.partition(), msg.offset(), exc)
             return
         self.received += 1
-        self._inbox.put(envelope)
+        self._inbox.put(_Record(envelope, msg.partition(), msg.offset()))
         if self.brokers_down:
             self._back()
 
@@ -161,15 +215,38 @@ class KafkaSocketIOBridge:
         log.warning("bridge reaches the brokers again; reading %s", self.topic)
 
     # -- emitter (a background task of the Socket.IO server) ----------------------------------
-    def _emit(self, envelope: Envelope) -> None:
-        room = user_room(envelope.user_id) if self._user_scope else None
-        self._emit_to(envelope.event_type, browser_payload(envelope), to=room,
-                      namespace=self.namespace)
-        self.emitted += 1
+    def _emit(self, item: Any) -> None:
+        if isinstance(item, _Record):
+            if self._active is not None and not self._active():
+                return
+            envelope = item.envelope
+            room = user_room(envelope.user_id) if self._user_scope else None
+            if self.recovery is None:
+                self._emit_to(envelope.event_type, browser_payload(envelope), to=room,
+                              namespace=self.namespace)
+            else:
+                self.recovery.emit(envelope.event_type, browser_payload(envelope), room,
+                                   item.partition, item.offset)
+            self.emitted += 1
+        elif isinstance(item, _Assigned):
+            if self.recovery is not None:
+                self.recovery.start(item.stream, item.next_offsets)
+        elif self.recovery is not None:
+            self.recovery.handle(item)
 
-    def _emit_failed(self, envelope: Envelope) -> None:
-        log.exception("bridge could not emit %s event %s", envelope.event_type,
-                      envelope.event_id)
+    def _tagged(self, envelope: Envelope, partition: int, offset: int) -> Sent:
+        """What the bridge would have emitted for a record (the reader's ``build``)."""
+        assert self.recovery is not None
+        room = user_room(envelope.user_id) if self._user_scope else None
+        return self.recovery.tag(envelope.event_type, browser_payload(envelope), room,
+                                 partition, offset)
+
+    def _emit_failed(self, item: Any) -> None:
+        if isinstance(item, _Record):
+            log.exception("bridge could not emit %s event %s", item.envelope.event_type,
+                          item.envelope.event_id)
+        else:
+            log.exception("bridge recovery step %s failed", type(item).__name__)
 
     def health(self) -> dict[str, Any]:
         return {"healthy": self.ready.is_set() and not self.brokers_down
@@ -177,4 +254,7 @@ class KafkaSocketIOBridge:
                 and self._thread.is_alive(), "topic": self.topic, "received": self.received,
                 "emitted": self.emitted, "backlog": self._inbox.pending, "invalid": self.invalid,
                 "brokers_reachable": not self.brokers_down,
-                "last_error": self.last_error}
+                "last_error": self.last_error,
+                **({"recovery": {**self.recovery.health(), "reads": self._reader.reads,
+                                 "reads_waiting": self._reader.waiting}}
+                   if self.recovery is not None and self._reader is not None else {})}

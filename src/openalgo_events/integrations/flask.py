@@ -13,6 +13,8 @@ Routes, under ``url_prefix`` (default ``/openalgo-events``):
   501 with the install command).
 - ``POST /mode``: ``{"mode": "KAFKA", "rollout_percent": 10}`` with
   ``Authorization: Bearer $ORDER_EVENT_ADMIN_TOKEN``; off (404) while no token is set.
+- ``GET  /recovery.js``: the browser helper for Socket.IO recovery
+  (``OpenAlgoEventsRecovery.attach(socket)``; see ``openalgo_events.recovery``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import signal
 from dataclasses import dataclass, field
 from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, jsonify, request, send_file
 
 from .._threads import new_lock, real_threading, start_thread
 from ..config import Settings
@@ -272,7 +274,14 @@ def _blueprint() -> Blueprint:
     blueprint.add_url_rule("/health", "health", _health, methods=["GET"])
     blueprint.add_url_rule("/metrics", "metrics", _metrics, methods=["GET"])
     blueprint.add_url_rule("/mode", "mode", _mode, methods=["POST"])
+    blueprint.add_url_rule("/recovery.js", "recovery_js", _recovery_js, methods=["GET"])
     return blueprint
+
+
+def _recovery_js() -> Response:
+    from ..recovery import CLIENT_SCRIPT
+
+    return send_file(CLIENT_SCRIPT, mimetype="application/javascript", max_age=300)
 
 
 def _health() -> tuple[Response, int]:

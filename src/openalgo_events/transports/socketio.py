@@ -10,6 +10,11 @@ server is touched from a foreign OS thread, and the order of emits is the order 
 The catalog says which ``data`` fields an event's browser payload carries
 (``EventSpec.socketio_payload``): ``password_change`` sends its IP address and user agent to
 Kafka only.
+
+With ``recovery`` (``ORDER_EVENT_SOCKETIO_RECOVERY=TRUE``) each payload also carries its offset
+in this transport's own sequence, the last events stay in memory, and a socket that reconnects
+with its last offset gets what it missed first (``openalgo_events.recovery``). Without it, the
+payloads are exactly today's.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from .._hostlog import guard
 from .._threads import new_lock, real_sleep, wait_until
 from ..catalog import CATALOG
 from ..envelope import Envelope
+from ..recovery.offsets import socketio_stream
+from ..recovery.server import Feed, Hub, RecoveryOptions
 from ..stats import Stats
 
 log = logging.getLogger("openalgo_events.socketio")
@@ -61,6 +68,8 @@ class SocketIOTransport:
     only the sockets in the user's room (see ``user_room``). Construct it on the app's thread
     (under eventlet, the worker's main thread, where its hub runs): the emit task starts there.
 
+    ``recovery`` turns Socket.IO connection state recovery on (see the module docstring).
+
     >>> from flask import Flask; from flask_socketio import SocketIO
     >>> transport = SocketIOTransport(SocketIO(Flask(__name__), async_mode="threading"))
     """
@@ -68,14 +77,21 @@ class SocketIOTransport:
     name = "socketio"
 
     def __init__(self, socketio: Any, *, scope: str = "broadcast", namespace: str = "/",
-                 stats: Stats | None = None) -> None:
+                 stats: Stats | None = None, recovery: RecoveryOptions | None = None) -> None:
         self.socketio = socketio
         self.scope = scope
         self.namespace = namespace
         self.stats = stats or Stats()
         self._green = green_server(socketio)
-        self._handoff: Handoff[Envelope] = Handoff(self._emit, green=self._green,
-                                                   on_error=self._emit_failed)
+        # Envelopes to emit and, with recovery, the joins of connecting sockets: one task, so a
+        # join is served in order with the emits.
+        self._handoff: Handoff[Any] = Handoff(self._emit, green=self._green,
+                                              on_error=self._emit_failed)
+        self.recovery: Feed | None = None
+        if recovery is not None:
+            self.recovery = Feed(Hub.of(socketio, namespace), recovery, self._enqueue,
+                                 socketio.emit, stream=socketio_stream(), partitions={0: 1},
+                                 green=self._green)
         self._start_lock = new_lock()
         self._started = False
         self._warned = False
@@ -107,18 +123,32 @@ class SocketIOTransport:
                         "thread, so its emit task starts at the first publish or flush made "
                         "there; build it on the app's thread")
 
-    def _emit(self, envelope: Envelope) -> None:
+    def _enqueue(self, item: Any) -> bool:
+        """Hand a recovery item to the emit task (the current one: ``close`` replaces it)."""
+        return self._handoff.put(item)
+
+    def _emit(self, item: Any) -> None:
+        if not isinstance(item, Envelope):
+            if self.recovery is not None:
+                self.recovery.handle(item)
+            return
+        envelope = item
         room = user_room(envelope.user_id) if self.scope == "user" else None
-        self.socketio.emit(envelope.event_type, browser_payload(envelope), to=room,
-                           namespace=self.namespace)
+        if self.recovery is None:
+            self.socketio.emit(envelope.event_type, browser_payload(envelope), to=room,
+                               namespace=self.namespace)
+        else:
+            self.recovery.emit(envelope.event_type, browser_payload(envelope), room)
         self._emitted += 1
         self.stats.incr("delivered", event_type=envelope.event_type, transport=self.name)
 
-    def _emit_failed(self, envelope: Envelope) -> None:
+    def _emit_failed(self, item: Any) -> None:
+        if not isinstance(item, Envelope):
+            log.exception("Socket.IO recovery step %s failed", type(item).__name__)
+            return
         self._failed += 1
-        self.stats.incr("failed", event_type=envelope.event_type, transport=self.name)
-        log.exception("Socket.IO emit of %s event %s failed", envelope.event_type,
-                      envelope.event_id)
+        self.stats.incr("failed", event_type=item.event_type, transport=self.name)
+        log.exception("Socket.IO emit of %s event %s failed", item.event_type, item.event_id)
 
     def _sleep(self, seconds: float) -> None:
         if self._green and on_main_thread():
@@ -136,6 +166,8 @@ class SocketIOTransport:
     def close(self, timeout: float = 5.0) -> int:
         """Flush, then end the emit task; a later ``publish`` starts a new one."""
         left = self.flush(timeout)
+        if self.recovery is not None:
+            self.recovery.release()  # sockets connecting from now on get live events only
         with self._start_lock:
             old, self._handoff = self._handoff, Handoff(self._emit, green=self._green,
                                                         on_error=self._emit_failed)
@@ -144,6 +176,10 @@ class SocketIOTransport:
         return left
 
     def health(self) -> dict[str, Any]:
-        return {"transport": self.name, "healthy": self._started or not self._handoff.pending,
-                "pending": self._handoff.pending, "emitted": self._emitted,
-                "failed": self._failed, "scope": self.scope}
+        status = {"transport": self.name,
+                  "healthy": self._started or not self._handoff.pending,
+                  "pending": self._handoff.pending, "emitted": self._emitted,
+                  "failed": self._failed, "scope": self.scope}
+        if self.recovery is not None:
+            status["recovery"] = self.recovery.health()
+        return status

@@ -8,6 +8,8 @@
   const feed = $("feed");
   const MAX_ROWS = 200;
   const META = "demo_event_meta";  // each event's id and timestamp, sent by the demo app
+  const OFFSET = "openalgo_events_offset";  // each event's position, with recovery on
+  const STATUS = "openalgo_events_recovery";  // after each connect: what was recovered
   const HEALTH_EVERY_MS = 2000;
   const SUMMARY_MAX = 240;  // characters of a feed row's one-line summary
   let received = 0;
@@ -40,7 +42,12 @@
     }
   }
 
+  // An event and its meta match by name and payload; the offset is the event's alone.
   function eventKey(event, payload) {
+    if (payload && typeof payload === "object" && OFFSET in payload) {
+      const { [OFFSET]: _offset, ...rest } = payload;
+      payload = rest;
+    }
     return event + " " + JSON.stringify(payload);
   }
 
@@ -71,6 +78,7 @@
     const row = document.createElement("li");
     row.className = "event";
     row.dataset.event = event;
+    if (payload && typeof payload === "object" && payload[OFFSET]) row.dataset.offset = payload[OFFSET];
     const head = document.createElement("div");
     head.className = "event-head";
     const name = document.createElement("span");
@@ -230,6 +238,23 @@
     });
   });
 
+  // After a reconnect: how many missed events came back, or that they could not (the page
+  // then refetches what it shows: here, the position book).
+  function showRecovery(status) {
+    const badge = $("recovery");
+    badge.dataset.recovered = status.recovered ? "yes" : "no";
+    badge.dataset.count = String(status.count);
+    badge.dataset.reason = status.reason || "";
+    if (status.recovered) {
+      badge.textContent = status.count
+        ? `recovered ${status.count} event${status.count === 1 ? "" : "s"}` : "nothing missed";
+    } else if (status.reason !== "no_offset") {  // no_offset: a first connect, nothing to say
+      badge.textContent = `missed events not recovered (${status.reason}): book refreshed`;
+      refreshPositions();
+    }
+    badge.hidden = !status.recovered && status.reason === "no_offset";
+  }
+
   // The status strip: the extension's health endpoint, polled.
   // The Kafka relay: a process of its own (the host's health reads its status file), or,
   // with KAFKA_SPOOL_PATH=:memory:, a thread inside this app (no relay_running field then).
@@ -306,9 +331,16 @@
     return;
   }
   const socket = io({ transports: ["polling"], auth: { apikey } });
+  // Recovery (when the server has it on): what this page missed while disconnected arrives
+  // after a reconnect, before anything new, and nothing twice.
+  const recovery = window.OpenAlgoEventsRecovery ? OpenAlgoEventsRecovery.attach(socket) : null;
+  if (recovery) recovery.onRecovery(showRecovery);
   socket.on("connect", () => setConnection("up", "connected · polling"));
   socket.on("disconnect", () => setConnection("down", "disconnected"));
   socket.on("connect_error", () => setConnection("down", "cannot connect"));
-  socket.onAny((event, payload) => (event === META ? applyMeta(payload) : addRow(event, payload)));
+  socket.onAny((event, payload) => {
+    if (event === META) applyMeta(payload);
+    else if (event !== STATUS) addRow(event, payload);
+  });
   refreshPositions();
 })();
