@@ -6,6 +6,7 @@ back as one JSON file, so no variant inherits another's imports, threads or memo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -89,6 +90,67 @@ def io_counters() -> dict[str, int]:
         key, value = line.split(":", 1)
         counters[key] = int(value)
     return {"wchar": counters.get("wchar", 0), "write_bytes": counters.get("write_bytes", 0)}
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system, every thread) a process has used: /proc/<pid>/stat."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_io(pid: int) -> dict[str, int]:
+    """/proc/<pid>/io of another process (same counters as ``io_counters``)."""
+    counters = {}
+    try:
+        for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+            key, value = line.split(":", 1)
+            counters[key] = int(value)
+    except OSError:
+        pass
+    return {"wchar": counters.get("wchar", 0), "write_bytes": counters.get("write_bytes", 0)}
+
+
+def process_memory_kb(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (peak) of another process, in kB (zeros once it is gone)."""
+    out = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                key, value = line.split(":", 1)
+                out[key] = int(value.split()[0])
+    except OSError:
+        pass
+    return {"rss_kb": out.get("VmRSS", 0), "hwm_kb": out.get("VmHWM", 0)}
+
+
+def relay_pids(spool_path: str | Path, timeout: float = 10.0) -> tuple[int, int | None]:
+    """The pids of the relay serving a spool directory and of its keeper (read from their locks
+    in the spool), waiting up to ``timeout`` seconds for a relay to hold it."""
+    from openalgo_events.spool import Spool
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with Spool(str(spool_path)) as spool:
+            relay, keeper = spool.relay_pid(), spool.keeper_pid()
+        if relay is not None:
+            return relay, keeper
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no relay holds {spool_path} after {timeout}s")
+        time.sleep(0.05)
+
+
+def disk_bytes(path: str | Path) -> int:
+    """Bytes a directory tree occupies on disk (allocated blocks, so preallocation counts)."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_blocks * 512
+    return total
 
 
 def write_json(path: str | Path, doc: Any) -> None:

@@ -4,6 +4,8 @@
 
 ``raw_envelope`` is the raw loop sending openalgo-events' envelope: with ``raw``, ``oae_memory``
 and ``oae_spool`` it splits the cost into client, envelope, publisher and spool.
+``oae_spool`` is the default (exactly-once), ``oae_spool_alo`` the same at-least-once
+(``KAFKA_DELIVERY_GUARANTEE``): the price of the relay's transactions.
 
 Phases, all on one topic: 20 warm-up events (connection and metadata, confirmed); PACED_COUNT
 events at 100/s (caller time; a separate consumer process records end-to-end); MAX_COUNT events
@@ -21,21 +23,25 @@ import os
 import sys
 import time
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from .common import (
     USER,
+    disk_bytes,
     io_counters,
     memory_kb,
     order_data,
     paced,
+    process_cpu,
+    process_io,
+    process_memory_kb,
+    relay_pids,
     summary_us,
     tight,
     write_json,
 )
 
-VARIANTS = ("reference", "raw", "raw_envelope", "oae_spool", "oae_memory")
+VARIANTS = ("reference", "raw", "raw_envelope", "oae_spool", "oae_spool_alo", "oae_memory")
 LINGER_MS = 10
 BATCH_BYTES = 16384
 
@@ -137,17 +143,21 @@ class RawEnvelope(Raw):
 
 
 class OpenAlgoEvents:
-    """openalgo-events KAFKA mode: ``KafkaEventPublisher.publish_order_event``."""
+    """openalgo-events KAFKA mode: ``KafkaEventPublisher.publish_order_event``. With a spool
+    directory the first publish starts a relay process (and its keeper); ``:memory:`` runs the
+    relay on a thread of this process."""
 
-    def __init__(self, bootstrap: str, topic: str, workdir: str, spool: bool) -> None:
+    def __init__(self, bootstrap: str, topic: str, workdir: str, spool: bool,
+                 guarantee: str = "exactly_once") -> None:
         from openalgo_events.config import Settings
         from openalgo_events.publisher import KafkaEventPublisher
 
-        self.spool_path = os.path.join(workdir, "spool.db") if spool else ":memory:"
+        self.spool_path = os.path.join(workdir, "spool") if spool else ":memory:"
         settings = Settings.from_env({
             "ORDER_EVENT_MODE": "KAFKA", "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
             "KAFKA_SPOOL_PATH": self.spool_path, "KAFKA_PRODUCER_LINGER_MS": str(LINGER_MS),
             "KAFKA_PRODUCER_BATCH_SIZE": str(BATCH_BYTES), "KAFKA_PRODUCER_COMPRESSION": "none",
+            "KAFKA_DELIVERY_GUARANTEE": guarantee,
         })
         self.publisher = KafkaEventPublisher(bootstrap, topic, settings=settings)
 
@@ -161,11 +171,15 @@ class OpenAlgoEvents:
     def close(self) -> None:
         self.publisher.close(5)
 
-    def spool_bytes(self) -> int:
+    def helpers(self) -> list[int]:
+        """The relay's and its keeper's pids (none for ``:memory:``)."""
         if self.spool_path == ":memory:":
-            return 0
-        return sum(p.stat().st_size for p in Path(self.spool_path).parent.glob("spool.db*")
-                   if p.suffix != ".lock")
+            return []
+        return [pid for pid in relay_pids(self.spool_path) if pid is not None]
+
+
+VARIANT_GUARANTEE = {"oae_spool": "exactly_once", "oae_spool_alo": "at_least_once",
+                     "oae_memory": "exactly_once"}
 
 
 def build(variant: str, bootstrap: str, topic: str, workdir: str) -> Any:
@@ -175,7 +189,8 @@ def build(variant: str, bootstrap: str, topic: str, workdir: str) -> Any:
         return Raw(bootstrap, topic, workdir)
     if variant == "raw_envelope":
         return RawEnvelope(bootstrap, topic, workdir)
-    return OpenAlgoEvents(bootstrap, topic, workdir, spool=variant == "oae_spool")
+    return OpenAlgoEvents(bootstrap, topic, workdir, spool=variant != "oae_memory",
+                          guarantee=VARIANT_GUARANTEE[variant])
 
 
 def main(variant: str, bootstrap: str, topic: str, paced_count: int, max_count: int,
@@ -190,8 +205,12 @@ def main(variant: str, bootstrap: str, topic: str, paced_count: int, max_count: 
     paced_ok = pub.confirm(10)
 
     payloads = [order_data(i, "max") for i in range(max_count)]  # built before the clock starts
+    helpers = pub.helpers() if isinstance(pub, OpenAlgoEvents) else []
+    spool = pub.spool_path if isinstance(pub, OpenAlgoEvents) and helpers else None
     io_before = io_counters()
-    disk_before = pub.spool_bytes() if isinstance(pub, OpenAlgoEvents) else 0
+    helpers_io_before = sum(process_io(pid)["write_bytes"] for pid in helpers)
+    disk_before = disk_bytes(spool) if spool else 0
+    helpers_before = sum(process_cpu(pid) for pid in helpers)
     cpu_before, caller_before = time.process_time(), time.thread_time()
     started = time.perf_counter()
     max_ns = tight(max_count, lambda i: pub.publish(payloads[i]))
@@ -199,10 +218,13 @@ def main(variant: str, bootstrap: str, topic: str, paced_count: int, max_count: 
     caller_cpu = time.thread_time() - caller_before
     max_ok = pub.confirm(60)
     confirmed_seconds = time.perf_counter() - started
-    process_cpu = time.process_time() - cpu_before
+    own_cpu = time.process_time() - cpu_before
+    helpers_cpu = sum(process_cpu(pid) for pid in helpers) - helpers_before
     io_after = io_counters()
-    disk_after = pub.spool_bytes() if isinstance(pub, OpenAlgoEvents) else 0
+    helpers_io = sum(process_io(pid)["write_bytes"] for pid in helpers) - helpers_io_before
+    disk_after = disk_bytes(spool) if spool else 0
     memory_end = memory_kb()
+    relay_memory = process_memory_kb(helpers[0]) if helpers else None
     pub.close()
 
     write_json(out, {
@@ -211,13 +233,17 @@ def main(variant: str, bootstrap: str, topic: str, paced_count: int, max_count: 
         "caller_paced": summary_us(paced_ns), "caller_max": summary_us(max_ns),
         "publish_rate": max_count / publish_seconds,
         "throughput": max_count / confirmed_seconds if max_ok else 0.0,
-        # CPU per event: of the calling thread while it publishes, and of the whole process
-        # (relay and librdkafka threads included) until every event is confirmed
+        # CPU per event: of the calling thread while it publishes; of the whole process
+        # (librdkafka's threads, or the in-process relay's, included) until every event is
+        # confirmed; and of the process with its relay and keeper processes (a spool's)
         "caller_cpu_us": caller_cpu / max_count * 1e6,
-        "process_cpu_us": process_cpu / max_count * 1e6,
-        "memory_start": memory_start, "memory_end": memory_end,
+        "process_cpu_us": own_cpu / max_count * 1e6,
+        "relay_cpu_us": helpers_cpu / max_count * 1e6,
+        "all_cpu_us": (own_cpu + helpers_cpu) / max_count * 1e6,
+        "memory_start": memory_start, "memory_end": memory_end, "relay_memory": relay_memory,
         "wchar_per_event": (io_after["wchar"] - io_before["wchar"]) / max_count,
         "write_bytes_per_event": (io_after["write_bytes"] - io_before["write_bytes"]) / max_count,
+        "relay_write_bytes_per_event": helpers_io / max_count,
         "spool_growth_per_event": (disk_after - disk_before) / max_count,
     })
 

@@ -17,8 +17,9 @@ Summary = dict[str, dict[str, dict[str, Any]]]
 KAFKA_NAMES = {"reference": "design reference (kafka-python 2.0.2)",
                "raw": "raw confluent-kafka",
                "raw_envelope": "raw confluent-kafka, openalgo-events envelope",
-               "oae_memory": "openalgo-events, no spool",
-               "oae_spool": "openalgo-events, spool"}
+               "oae_memory": "openalgo-events, :memory: (relay thread in process)",
+               "oae_spool": "openalgo-events, spool (exactly-once)",
+               "oae_spool_alo": "openalgo-events, spool, at-least-once"}
 KAFKA_ROWS = [
     ("kafka.caller_paced.p50_us", "caller time per publish at 100/s, p50 (µs)"),
     ("kafka.caller_paced.p99_us", "caller time per publish at 100/s, p99 (µs)"),
@@ -31,9 +32,13 @@ KAFKA_ROWS = [
     ("kafka.throughput_eps", "throughput with delivery confirmed (events/s)"),
     ("kafka.caller_cpu_us", "CPU of the calling thread per event, max rate (µs)"),
     ("kafka.process_cpu_us", "CPU of the whole process per event, max rate (µs)"),
+    ("kafka.relay_cpu_us", "CPU of the relay process (and its keeper) per event (µs)"),
+    ("kafka.all_cpu_us", "CPU per event, the process and its relay (µs)"),
     ("kafka.peak_rss_mb", "peak RSS of the publishing process (MB)"),
+    ("kafka.relay_peak_rss_mb", "peak RSS of the relay process (MB)"),
     ("kafka.rss_mb", "RSS after the run (MB)"),
 ]
+RATE_LABELS = {"100": "100 events/s", "10": "10 events/s", "0": "idle"}
 SIO_SETUPS = [("websocket_1", "1 client, websocket"), ("polling_1", "1 client, polling")]
 
 
@@ -77,9 +82,29 @@ def targets(s: Summary) -> list[dict[str, Any]]:
     k: Callable[[str, str], float | None] = lambda fig, v: _get(s, fig, v)  # noqa: E731
     # Issue #13's figures for the relay process: throughput, the caller's CPU (against the
     # raw loop that builds our envelope too), end-to-end p95 and the host's added memory.
+    # Issue #20's figures for the one-log relay: CPU at the design's rate and idle, throughput,
+    # delivery under a burst of orders, the relay's memory under a backlog.
+    check("app + relay CPU at 100 events/s / a raw confluent-kafka process at 100/s",
+          _ratio(k("relay.cpu_pct.rate100", "oae_spool"), k("relay.cpu_pct.rate100", "raw")),
+          1.5, False, "x")
+    check("idle relay (and keeper), % of a core",
+          k("relay.relay_cpu_pct.rate0", "oae_spool"), 0.2, False, "%")
     check("KAFKA+spool throughput / raw confluent-kafka",
           _ratio(k("kafka.throughput_eps", "oae_spool"), k("kafka.throughput_eps", "raw")),
-          0.7, True, "x")
+          0.8, True, "x")
+    check("relay peak RSS draining a backlog", k("relay.backlog.relay_peak_rss_mb", "oae_spool"),
+          80, False, "MB")
+    plain_p95 = k("orders.delay0.event_delivery.p95_ms", "events_raw")
+    ours_p95 = k("orders.delay0.event_delivery.p95_ms", "events_on")
+    check("event delivery p95, 100 concurrent orders (broker call 0 ms) / plain producer",
+          _ratio(ours_p95, plain_p95), 1.5, False, "x")
+    check("event delivery p95, 100 concurrent orders (broker call 0 ms)", ours_p95, 200, False,
+          "ms")
+    for delay in delays(s):
+        check(f"order endpoint p95 with events on / plain producer, 100 concurrent orders, "
+              f"broker call {delay} ms",
+              _ratio(k(f"orders.delay{delay}.load100.p95_ms", "events_on"),
+                     k(f"orders.delay{delay}.load100.p95_ms", "events_raw")), 1.1, False, "x")
     check("KAFKA+spool caller CPU per event at max rate / raw loop with our envelope",
           _ratio(k("kafka.caller_cpu_us", "oae_spool"), k("kafka.caller_cpu_us",
                                                          "raw_envelope")), 1.3, False, "x")
@@ -154,12 +179,41 @@ def markdown(day: str, info: dict[str, Any], plan: Plan, s: Summary, notes: list
                _fmt(_ratio(ours, _get(s, figure, "raw"))),
                _fmt(_ratio(ours, _get(s, figure, "reference")))]
         lines.append("| " + " | ".join(row) + " |")
-    spool_rows = [("kafka.spool.file_growth_per_event", "spool file + WAL growth"),
-                  ("kafka.spool.wchar_per_event", "bytes passed to write() (wchar)"),
-                  ("kafka.spool.write_bytes_per_event", "bytes sent to storage (write_bytes)")]
-    lines += ["", "Spool write amplification (bytes on disk per event, max-rate phase, "
-              "including the delivered marks):", ""]
+    spool_rows = [("kafka.spool.disk_growth_per_event", "spool directory growth on disk"),
+                  ("kafka.spool.wchar_per_event", "the app: bytes passed to write() (wchar)"),
+                  ("kafka.spool.write_bytes_per_event",
+                   "the app: bytes sent to storage (write_bytes)"),
+                  ("kafka.spool.relay_write_bytes_per_event",
+                   "the relay: bytes sent to storage (ledger, status)")]
+    lines += ["", "Spool writes per 404-byte event (max-rate phase; exactly-once):", ""]
     lines += [f"- {label}: {_cell(s, fig, 'oae_spool')}" for fig, label in spool_rows]
+    if any(f.startswith("relay.") for f in s):
+        lines += ["", "## The relay: CPU at a steady rate, memory under a backlog", "",
+                  "CPU as % of one core over the window, user + system, every thread: the raw "
+                  "confluent-kafka process alone; ours the app process plus its relay process "
+                  "and the relay's keeper.", "",
+                  "| figure | raw confluent-kafka | ours, exactly-once | ours, at-least-once | "
+                  "exactly-once / raw |", "|---|---|---|---|---|"]
+        for rate in RATE_LABELS:
+            for fig, what in (("cpu_pct", "app + relay, % of a core"),
+                              ("app_cpu_pct", "the app alone"),
+                              ("relay_cpu_pct", "the relay and its keeper")):
+                figure = f"relay.{fig}.rate{rate}"
+                if figure not in s:
+                    continue
+                lines.append(f"| {RATE_LABELS[rate]}: {what} | {_cell(s, figure, 'raw')} | "
+                             f"{_cell(s, figure, 'oae_spool')} | "
+                             f"{_cell(s, figure, 'oae_spool_alo')} | "
+                             f"{_fmt(_ratio(_get(s, figure, 'oae_spool'), _get(s, figure, 'raw')))}"
+                             " |")
+        events = plan.backlog_events
+        lines += ["", f"A backlog of {events:,} events journaled while no relay ran, then drained "
+                  "by a relay process started for it:", ""]
+        for fig, label in (("relay_peak_rss_mb", "relay peak RSS (MB)"),
+                           ("drain_rate", "drain rate (events/s)"),
+                           ("relay_cpu_us", "relay CPU per event (µs)"),
+                           ("journal_rate", "journal rate with no relay (events/s)")):
+            lines.append(f"- {label}: {_cell(s, f'relay.backlog.{fig}', 'oae_spool')}")
     lines += ["", "## Socket.IO (Flask-SocketIO threading mode, python-socketio clients)", "",
               "| figure | raw socketio.emit | openalgo-events SOCKETIO | ours / raw |",
               "|---|---|---|---|"]

@@ -1,6 +1,6 @@
 """The benchmark driver: one command, every variant, the same broker, interleaved repeats.
 
-    bench/run [--quick] [--repeats N] [--only kafka,socketio,orders]
+    bench/run [--quick] [--repeats N] [--only kafka,relay,socketio,orders]
 
 Starts a dev broker (Tansu) unless KAFKA_BOOTSTRAP_SERVERS is set, runs each measuring process
 fresh, repeats the variants in turn (A B C, A B C, ...) and writes
@@ -39,7 +39,7 @@ from .common import (
 )
 from .kafka_bench import VARIANTS as KAFKA_VARIANTS
 
-FAMILIES = ("kafka", "socketio", "orders")
+FAMILIES = ("kafka", "relay", "socketio", "orders")
 RESULTS = ROOT / "bench" / "results"
 
 
@@ -56,12 +56,16 @@ class Plan:
     order_sequential: int
     order_rounds: int  # rounds of 100 concurrent orders
     broker_delays_ms: tuple[float, ...]  # simulated broker REST call in the order endpoint
+    rate_seconds: float  # seconds each steady-rate CPU measurement lasts
+    backlog_events: int  # events journaled while no relay runs, then drained
 
     @classmethod
     def make(cls, quick: bool, repeats: int | None) -> Plan:
         if quick:
-            return cls(repeats or 1, 200, 4000, 100, 10, (1, 50, 500), 50, 2, (0.0, 20.0))
-        return cls(repeats or 3, 500, 20000, 300, 30, (1, 50, 500), 200, 5, (0.0, 20.0))
+            return cls(repeats or 1, 200, 4000, 100, 10, (1, 50, 500), 50, 2, (0.0, 20.0),
+                       5.0, 20_000)
+        return cls(repeats or 3, 500, 20000, 300, 30, (1, 50, 500), 200, 5, (0.0, 20.0),
+                   15.0, 300_000)
 
 
 @dataclass
@@ -153,6 +157,44 @@ def record_kafka(variant: str, run: dict[str, Any], consumed: dict[str, Any],
         add("kafka.spool.wchar_per_event", variant, run["wchar_per_event"])
         add("kafka.spool.write_bytes_per_event", variant, run["write_bytes_per_event"])
         add("kafka.spool.file_growth_per_event", variant, run["spool_growth_per_event"])
+
+
+# -- the relay: CPU at a steady rate, memory under a backlog ---------------------------------
+RATES = (100.0, 10.0, 0.0)  # events/s: the design's 100 orders/s, a quiet day, idle
+RATE_VARIANTS = ("raw", "oae_spool", "oae_spool_alo")
+
+
+def relay_family(plan: Plan, bootstrap: str, tmp: Path, results: Results) -> None:
+    for rep in range(plan.repeats):
+        for rate in RATES:
+            for variant in RATE_VARIANTS:
+                log(f"relay: {variant} at {rate:g}/s (repeat {rep + 1}/{plan.repeats})")
+                topic = topic_name(f"rate-{variant}")
+                create_topic(bootstrap, topic)
+                work = Path(tempfile.mkdtemp(prefix=f"rate-{variant}-", dir=tmp))
+                out = work / "result.json"
+                child = spawn("relay_cost", "rate", variant, bootstrap, topic, str(rate),
+                              str(plan.rate_seconds), str(work), str(out))
+                if finish(child, plan.rate_seconds + 120) != 0:
+                    raise RuntimeError(f"relay cost {variant} at {rate:g}/s failed")
+                run = read_json(out)
+                results.add(f"relay.cpu_pct.rate{rate:g}", variant, run["cpu_pct"])
+                results.add(f"relay.app_cpu_pct.rate{rate:g}", variant, run["app_cpu_pct"])
+                results.add(f"relay.relay_cpu_pct.rate{rate:g}", variant, run["relay_cpu_pct"])
+                results.add("relay.confirmed", variant, 1.0 if run["confirmed"] else 0.0)
+        log(f"relay: a backlog of {plan.backlog_events:,} events (repeat {rep + 1})")
+        topic = topic_name("backlog")
+        create_topic(bootstrap, topic)
+        work = Path(tempfile.mkdtemp(prefix="backlog-", dir=tmp))
+        child = spawn("relay_cost", "backlog", bootstrap, topic, str(plan.backlog_events),
+                      str(work), str(work / "result.json"))
+        if finish(child, 900) != 0:
+            raise RuntimeError("relay backlog run failed")
+        run = read_json(work / "result.json")
+        for key in ("relay_peak_rss_mb", "drain_rate", "relay_cpu_us", "journal_rate"):
+            results.add(f"relay.backlog.{key}", "oae_spool", run[key])
+        results.add("relay.backlog.delivered_fraction", "oae_spool",
+                    1 - run["left"] / run["events"])
 
 
 # -- Socket.IO --------------------------------------------------------------------------------
@@ -328,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     families = [f.strip() for f in args.only.split(",") if f.strip()]
     broker = None
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "")
-    if not bootstrap and {"kafka", "orders"} & set(families):
+    if not bootstrap and {"kafka", "relay", "orders"} & set(families):
         from openalgo_events.devbroker import DevBroker
 
         broker = DevBroker().start()
@@ -339,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     try:
         runners = {"kafka": lambda: kafka_family(plan, bootstrap, tmp, results),
+                   "relay": lambda: relay_family(plan, bootstrap, tmp, results),
                    "socketio": lambda: socketio_family(plan, tmp, results),
                    "orders": lambda: orders_family(plan, bootstrap, tmp, results)}
         for family in families:

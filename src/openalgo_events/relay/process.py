@@ -117,8 +117,8 @@ class Relay:
         self._next_prune = 0.0
         self.last_status: dict[str, Any] = {}
         self._status_due = 0.0
-        self._status_written = 0.0
-        self._status_retry_at: float | None = None  # a change held back by the rate limit
+        self._status_checked = -LEDGER_EVERY  # when the figures were last gathered
+        self._status_retry_at: float | None = None  # the next look, when a turn came too soon
         self._idle_since: float | None = None
         # depth, bytes, oldest created: from the last look
         self._pending: tuple[int, int, float | None] = (0, 0, None)
@@ -276,9 +276,10 @@ class Relay:
             ready, _, _ = select.select(sources, [], [], timeout)
         except InterruptedError:
             return
-        with contextlib.suppress(OSError):
-            while os.read(self._wake_r, 4096):
-                pass
+        if self._wake_r in ready:
+            with contextlib.suppress(OSError):
+                while os.read(self._wake_r, 4096):
+                    pass
         if self._bell is not None and self._bell in ready:
             self._bell.setblocking(False)
             with contextlib.suppress(OSError):
@@ -708,9 +709,16 @@ class Relay:
             return None
 
     def _write_status(self, now: float) -> None:
-        """Rewrite the status when a figure changed (not more often than every
-        ``LEDGER_EVERY``) and at least every ``STATUS_EVERY`` seconds (hosts read its age)."""
+        """Rewrite the status when a figure changed and at least every ``STATUS_EVERY`` seconds
+        (hosts read its age). The figures are gathered at most every ``LEDGER_EVERY``: turns
+        closer than that (a busy relay turns for every ring and every delivery report) leave
+        the look to a wake-up at the end of the interval."""
         assert self._status is not None and self.reader is not None
+        if now < self._status_due and now - self._status_checked < LEDGER_EVERY:
+            self._status_retry_at = self._status_checked + LEDGER_EVERY
+            return
+        self._status_retry_at = None
+        self._status_checked = now
         if self.reader.corrupt > self._corrupt_counted:
             self.stats.incr("quarantined", self.reader.corrupt - self._corrupt_counted)
             self._corrupt_counted = self.reader.corrupt
@@ -721,13 +729,8 @@ class Relay:
             k: v for k, v in self.last_status.items() if k not in volatile}
         if not changed and now < self._status_due:
             return
-        if now - self._status_written < LEDGER_EVERY:
-            self._status_retry_at = self._status_written + LEDGER_EVERY
-            return
-        self._status_retry_at = None
         self.last_status = doc
         self._status_due = now + STATUS_EVERY
-        self._status_written = now
         self._status.write(doc)
 
     def health(self) -> dict[str, Any]:

@@ -38,7 +38,9 @@ from ..spool.directory import SpoolDirectory, flock_held
 
 log = logging.getLogger("openalgo_events.relay")
 
-CHUNK = 256 * 1024  # bytes read from a segment at a time
+CHUNK = 256 * 1024  # bytes read from a segment at a time, at most (a backlog)
+FIRST_CHUNK = 4096  # at least: a live writer's few new records (segments are zero-filled to
+# SEGMENT_BYTES, so a fixed 256 KiB read would copy mostly zeros on every doorbell ring)
 GAP_AFTER = 5.0  # seconds a hole in a writer's seqs may wait for a repair to fill it
 
 
@@ -80,6 +82,7 @@ class Writer:
         self.corrupt = 0
         self.lost = 0
         self.gone_since: float | None = None
+        self.chunk = FIRST_CHUNK  # bytes to read at a time: grows with a backlog, shrinks after
 
     def position(self) -> list[int]:
         return [self.acked_seq, self.acked_segment, self.acked_offset, self.rejected, self.shed]
@@ -210,7 +213,7 @@ class Reader:
                       out: list[tuple[Entry, bytes]]) -> str:
         """Read frames from the position: "more" (budget used, or a bad frame passed over),
         "end" (nothing more written here), "wait" (a bad frame that may be being written)."""
-        base, want = writer.offset, CHUNK
+        base, want = writer.offset, writer.chunk
         data = os.pread(writer.fd, want, base)
         pos = 0
         header = fmt.HEADER
@@ -219,12 +222,16 @@ class Reader:
                 if len(data) < want:  # the file's end (a truncated segment ends early)
                     writer.offset = base + pos
                     return "end"
-                base, pos, want = base + pos, 0, CHUNK
+                # more than a chunk written since the last read: read bigger from now on
+                writer.chunk = want = min(CHUNK, want * 4)
+                base, pos = base + pos, 0
                 data = os.pread(writer.fd, want, base)
                 continue
             length, crc = header.unpack_from(data, pos)
             if length == 0:
                 writer.offset = base + pos
+                if pos < want // 8:  # a small read would have done: start smaller next time
+                    writer.chunk = max(FIRST_CHUNK, want // 4)
                 return "end"
             end = pos + header.size + length
             if end > len(data):
