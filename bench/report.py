@@ -343,11 +343,11 @@ def write_reports(out: Path, day: str, info: dict[str, Any], plan: Plan, results
     doc = {"date": day, "quick": quick, "machine": info, "plan": asdict(plan),
            "figures": summary, "targets": checks, "notes": results.notes}
     paths = [stem.with_suffix(".json"), stem.with_suffix(".md"), stem.with_suffix(".png")]
-    paths[0].write_text(json.dumps(doc, indent=1) + "\n")
-    plot(paths[2], summary, f"openalgo-events benchmarks, {day}"
-         f"{' (quick)' if quick else ''}, {info['cpu_count']} CPUs")
+    paths[0].write_text(json.dumps(doc, indent=1) + "\n")  # the figures first: nothing lost
     text = markdown(day, info, plan, summary, results.notes, checks, quick)
     paths[1].write_text(text + f"\nPlot: ![plot]({paths[2].name})\n")
+    plot(paths[2], summary, f"openalgo-events benchmarks, {day}"
+         f"{' (quick)' if quick else ''}, {info['cpu_count']} CPUs")
     if not quick:
         (out / "latest.md").write_text(text + "\nPlot: ![plot](latest.png)\n")
         shutil.copyfile(paths[2], out / "latest.png")

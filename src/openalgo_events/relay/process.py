@@ -118,11 +118,11 @@ class Relay:
         self.last_status: dict[str, Any] = {}
         self._status_due = 0.0
         self._status_checked = -LEDGER_EVERY  # when the figures were last gathered
-        self._status_retry_at: float | None = None  # the next look, when a turn came too soon
         self._idle_since: float | None = None
         # depth, bytes, oldest created: from the last look
         self._pending: tuple[int, int, float | None] = (0, 0, None)
         self._started = time.time()
+        self._started_iso = _iso(self._started)
         self.exit_code = EXIT_OK
 
     # -- start and stop -------------------------------------------------------------------------
@@ -266,8 +266,6 @@ class Relay:
             deadline = min(deadline, self._last_ledger + LEDGER_EVERY)
         if self._recheck_at is not None:
             deadline = min(deadline, self._recheck_at)
-        if self._status_retry_at is not None:
-            deadline = min(deadline, self._status_retry_at)
         return max(0.0, deadline - now)
 
     def _wait(self, timeout: float) -> None:
@@ -666,8 +664,10 @@ class Relay:
         if self._ledger.write({"writers": self.reader.positions()}):
             self._moved = False
 
-    def status(self) -> dict[str, Any]:
-        """The figures hosts read (the ``status`` file) and ``/health`` shows."""
+    def status(self, stats: bool = True) -> dict[str, Any]:
+        """The figures hosts read (the ``status`` file) and ``/health`` shows; ``stats=False``
+        leaves out the counters and histograms (the costly part), to see whether a figure
+        changed."""
         producer, reader = self.producer, self.reader
         assert producer is not None and reader is not None
         depth, size, oldest = self._pending
@@ -682,7 +682,7 @@ class Relay:
             "pid": os.getpid(),
             "port": self.port,
             "relay_port": self.port,
-            "started": _iso(self._started),
+            "started": self._started_iso,
             "updated": time.time(),
             "healthy": healthy,
             "topic": self.settings.order_events_topic,
@@ -698,7 +698,7 @@ class Relay:
             "storage_fault": fault,
             "writers": len(reader.writers),
             **state,
-            "stats": self.stats.export(),
+            "stats": self.stats.export() if stats else None,
         }
 
     def _rejected_count(self) -> int | None:
@@ -710,25 +710,27 @@ class Relay:
 
     def _write_status(self, now: float) -> None:
         """Rewrite the status when a figure changed and at least every ``STATUS_EVERY`` seconds
-        (hosts read its age). The figures are gathered at most every ``LEDGER_EVERY``: turns
-        closer than that (a busy relay turns for every ring and every delivery report) leave
-        the look to a wake-up at the end of the interval."""
+        (hosts read its age). The figures are looked at no more often than every
+        ``LEDGER_EVERY`` (a busy relay turns for every ring and every delivery report); a look
+        skipped is made up by the next turn, within ``SAFETY_SCAN`` at the latest. The pending
+        count and bytes change with every event: they are written with the rest, not on their
+        own."""
         assert self._status is not None and self.reader is not None
         if now < self._status_due and now - self._status_checked < LEDGER_EVERY:
-            self._status_retry_at = self._status_checked + LEDGER_EVERY
             return
-        self._status_retry_at = None
         self._status_checked = now
         if self.reader.corrupt > self._corrupt_counted:
             self.stats.incr("quarantined", self.reader.corrupt - self._corrupt_counted)
             self._corrupt_counted = self.reader.corrupt
         self._pending = self._measure_pending(scan=False)
-        doc = self.status()
-        volatile = ("updated", "oldest_pending_age_seconds", "stats", "in_flight")
+        doc = self.status(stats=False)
+        volatile = ("updated", "oldest_pending_age_seconds", "stats", "in_flight",
+                    "spool_depth", "spool_pending_bytes")
         changed = {k: v for k, v in doc.items() if k not in volatile} != {
             k: v for k, v in self.last_status.items() if k not in volatile}
         if not changed and now < self._status_due:
             return
+        doc["stats"] = self.stats.export()
         self.last_status = doc
         self._status_due = now + STATUS_EVERY
         self._status.write(doc)
