@@ -443,6 +443,27 @@ def test_broker_absent_at_start_up(tmp_path, topic):
         publisher.close(1)
 
 
+def test_health_counts_the_bytes_of_events_in_flight_to_an_absent_broker(tmp_path, topic):
+    """Events handed to the producer while the broker is absent still take their journal bytes:
+    health's pending bytes are what the journals hold past the ledger, over
+    KAFKA_SPOOL_MAX_BYTES too."""
+    port = free_port()
+    publisher = KafkaEventPublisher(f"127.0.0.1:{port}", topic,
+                                    settings=settings(tmp_path, KAFKA_SPOOL_MAX_BYTES="20000"))
+    try:
+        for i in range(200):
+            publisher.publish_order_event("alice", "SBIN", "BUY", str(i), "live")
+        health = wait_for(lambda: (h := publisher.health()) and h["in_flight"] == 200 and h,
+                          15, message=lambda: f"200 events in flight ({publisher.health()})")
+        with Spool(str(tmp_path / "spool")) as spool:
+            waiting = spool.pending()
+        assert waiting.depth == 200 and waiting.bytes > 20000
+        assert (health["spool_depth"], health["spool_pending_bytes"]) == (200, waiting.bytes)
+        assert health["spool_over_limit"] is True
+    finally:
+        publisher.close(1)
+
+
 def test_spool_full_sheds_low_priority_and_delivers_every_critical_event(tmp_path, topic):
     """With the broker down and the spool over its limit, master-contract events are shed (counted)
     while every order event is kept and delivered when the broker returns."""
