@@ -282,6 +282,35 @@ def test_kill_9_of_relay_worker_and_everything_loses_nothing(kafka_bootstrap, to
     assert "Traceback" not in app.text().split("Booting worker")[0]  # master's start was clean
 
 
+def test_kill_9_of_the_keeper_leaves_no_relay_behind(kafka_bootstrap, topic, tmp_path):
+    """At 100 events/s, kill -9 of the relay's keeper: the master says so and starts another,
+    every acknowledged event arrives, and SIGTERM of the master leaves no relay running (the
+    dead keeper's relay is not left to run for ever)."""
+    create_topic(kafka_bootstrap, topic)
+    collector = TopicCollector(kafka_bootstrap, topic)
+    app = App(tmp_path, ORDER_EVENT_MODE="KAFKA", KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap,
+              KAFKA_ORDER_EVENTS_TOPIC=topic)
+    try:
+        with running(app):
+            loader = Loader(app.url)
+            wait_for(lambda: len(loader.acked) >= 150, 20, message="events flowing")
+            first = one_keeper_of_the_master(app)
+            os.kill(first, signal.SIGKILL)
+            wait_for(lambda: f"the relay's keeper (pid {first}) is gone" in app.text(), 10,
+                     message="the supervisor's line in the master's log")
+            wait_for(lambda: (k := keeper_pid(app.spool)) and k != first, 20,
+                     message="the master to start another keeper")
+            count = len(loader.acked)
+            wait_for(lambda: len(loader.acked) >= count + 150, 20, message="events flowing")
+            acked = loader.finish()
+            wait_for(lambda: set(acked) <= set(collector.event_ids()), 30,
+                     message="every acknowledged event on the topic")
+            took = app.stop()  # master, workers, keepers and relays all gone
+        assert took < 15, f"everything gone only after {took:.1f} s"
+    finally:
+        collector.stop()
+
+
 def test_eventlet_host_survives_a_frozen_broker(topic, tmp_path):
     """An eventlet worker with OpenAlgo's logging, 100 events/s through the bus, the broker frozen
     for 20 s: every event arrives, the spool drains, /ping keeps its latency, SIGTERM stops
