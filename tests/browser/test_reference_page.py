@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from openalgo_events import Settings, spooldir
+from openalgo_events import Settings
 from openalgo_events.demo import DemoServer, create_app, demo_state
+from tests.integration.relay_support import relay_pid
 from tests.support import create_topic, wait_for
 
 pytestmark = pytest.mark.browser
@@ -211,7 +212,7 @@ def test_status_strip_follows_a_mode_switch_with_a_broker(kafka_bootstrap, topic
     started, and the strip then shows that relay running (its pid), the broker reachable and
     spool depth 0; a switch made elsewhere shows in the strip and the selector."""
     create_topic(kafka_bootstrap, topic)
-    spool = str(tmp_path / "spool.db")
+    spool = str(tmp_path / "spool")
     app, _ = create_app(Settings.from_env({
         "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "KAFKA_ORDER_EVENTS_TOPIC": topic,
         "KAFKA_SPOOL_PATH": spool}))
@@ -229,8 +230,7 @@ def test_status_strip_follows_a_mode_switch_with_a_broker(kafka_bootstrap, topic
             assert page.text_content("#route-mode") == "mode BOTH"
             page.click("#place")
             page.wait_for_selector('#feed li[data-event="kafka_record"]', timeout=30_000)
-            pid = wait_for(lambda: (spooldir.read_status(spool) or {}).get("pid"), 30,
-                           message="the relay's status file")
+            pid = wait_for(lambda: relay_pid(spool), 30, message="the relay holding the spool")
             page.wait_for_function(
                 "document.getElementById('status-spool').textContent === '0' && "
                 "document.getElementById('status-broker').textContent === 'reachable' && "

@@ -83,7 +83,7 @@ def publish_import() -> Any:
     envelope = IMPORT_PUBLISHER.publish_order_event("bob", "SBIN-EQ", "BUY",
                                                     request.args.get("orderid", "I"), "live")
     return jsonify(event_id=envelope.event_id, pid=os.getpid(), import_event=IMPORT_EVENT,
-                   writer=IMPORT_PUBLISHER.transport._writer)  # type: ignore[attr-defined]
+                   writer=IMPORT_PUBLISHER.transport._journal.name)  # type: ignore[attr-defined]
 
 
 @app.route("/publish_direct", methods=["POST"])

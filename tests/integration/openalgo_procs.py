@@ -24,7 +24,7 @@ def app_env(tmp: Path, **env: str) -> dict[str, str]:
     base = {k: v for k, v in os.environ.items()
             if not k.startswith(("KAFKA_", "ORDER_EVENT_", "OPENALGO_EVENTS_"))}
     path = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(ROOT)) if p)
-    return {**base, "PYTHONPATH": path, "KAFKA_SPOOL_PATH": str(tmp / "spool.db"),
+    return {**base, "PYTHONPATH": path, "KAFKA_SPOOL_PATH": str(tmp / "spool"),
             "KAFKA_CLOSE_TIMEOUT_SECONDS": "1", "OPENALGO_EVENTS_BUS": f"{APP}:bus",
             "OPENALGO_EVENTS_SOCKETIO": f"{APP}:socketio", **env}
 

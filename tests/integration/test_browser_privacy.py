@@ -32,7 +32,7 @@ def test_password_change_broadcast_reaches_others_without_ip_and_user_agent(
 
     settings = Settings.from_env({
         "ORDER_EVENT_MODE": "BOTH", "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "KAFKA_ORDER_EVENTS_TOPIC": topic, "KAFKA_SPOOL_PATH": str(tmp_path / "spool.db"),
+        "KAFKA_ORDER_EVENTS_TOPIC": topic, "KAFKA_SPOOL_PATH": str(tmp_path / "spool"),
         "ORDER_EVENT_SOCKETIO_SCOPE": "broadcast"})
     publisher = build_publisher(settings, socketio)
     try:
@@ -61,7 +61,7 @@ def test_bridge_emits_password_change_without_ip_and_user_agent(kafka_bootstrap,
     socketio = SocketIO(app, async_mode="threading")
     settings = Settings.from_env({
         "ORDER_EVENT_MODE": "KAFKA", "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "KAFKA_ORDER_EVENTS_TOPIC": topic, "KAFKA_SPOOL_PATH": str(tmp_path / "spool.db")})
+        "KAFKA_ORDER_EVENTS_TOPIC": topic, "KAFKA_SPOOL_PATH": str(tmp_path / "spool")})
     bridge = KafkaSocketIOBridge(settings, socketio).start()
     publisher = build_publisher(settings)
     try:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -97,7 +97,7 @@ def test_tail_sees_an_event_published_after_it_started(kafka_bootstrap, cli_env,
         assert tail.stderr is not None
         ready = tail.stderr.readline()
         assert ready.startswith(f"following {topic} (3 partitions) from the end"), ready
-        publisher = _publisher(kafka_bootstrap, topic, tmp_path / "spool.db")
+        publisher = _publisher(kafka_bootstrap, topic, tmp_path / "spool")
         publisher.publish_order_event("bob", "INFY-EQ", "SELL", "ORD-B", "live")
         sent = publisher.publish_order_event("alice", "SBIN-EQ", "BUY", "ORD-A", "live")
         assert publisher.flush(10) == 0  # close() never waits: the relay delivers
@@ -123,7 +123,7 @@ def test_tail_since_filters_by_time_type_and_user_as_a_table(kafka_bootstrap, cl
                                    "data": {"orderid": "ORD-OLD"}}).encode(), b"alice",
                 timestamp=int((time.time() - 7200) * 1000))
     assert old.flush(10) == 0
-    publisher = _publisher(kafka_bootstrap, topic, tmp_path / "spool.db")
+    publisher = _publisher(kafka_bootstrap, topic, tmp_path / "spool")
     publisher.publish_order_event("alice", "SBIN-EQ", "BUY", "ORD-A1", "live")
     publisher.publish_order_event("bob", "INFY-EQ", "SELL", "ORD-B1", "live")
     publisher.publish("order_update", "alice", orderid="ORD-A1", order_status="complete")
@@ -143,30 +143,30 @@ def test_tail_since_filters_by_time_type_and_user_as_a_table(kafka_bootstrap, cl
 
 def test_replay_republishes_exactly_the_window_while_the_app_holds_the_spool(
         kafka_bootstrap, cli_env, topic, tmp_path):
-    """With the publisher still running (spool locked), replay re-sends only the chosen user's
-    delivered events inside the window, same key/value/headers plus openalgo_replay: 1; a dry
-    run sends nothing."""
+    """With the publisher still running (its journal open), replay re-sends only the chosen
+    user's delivered events inside the window, same key/value/headers plus openalgo_replay: 1;
+    a dry run sends nothing."""
     create_topic(kafka_bootstrap, topic, partitions=2)
-    spool = tmp_path / "spool.db"
+    spool = tmp_path / "spool"
     publisher = _publisher(kafka_bootstrap, topic, spool)
     try:
-        too_old = publisher.publish_order_event("alice", "SBIN-EQ", "BUY", "ORD-1", "live")
+        publisher.publish_order_event("alice", "SBIN-EQ", "BUY", "ORD-1", "live")  # too old
+        # the window starts after the first event was journaled (its created time)
+        since = datetime.fromtimestamp(time.time(), UTC).isoformat()
         in_window = [publisher.publish_order_event("alice", "TCS-EQ", "BUY", "ORD-2", "live"),
                      publisher.publish("order_update", "alice", orderid="ORD-2",
                                        order_status="complete")]
         publisher.publish_order_event("bob", "INFY-EQ", "SELL", "ORD-3", "live")
         assert publisher.flush(10) == 0
-        with sqlite3.connect(spool) as db:
-            db.execute("UPDATE events SET created = created - 3 * 3600 WHERE event_id = ?",
-                       (too_old.event_id,))
         cli_env(KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap, KAFKA_ORDER_EVENTS_TOPIC=topic,
                 KAFKA_SPOOL_PATH=str(spool))
-        dry = run("replay", "--since", "1h", "--user", "alice", "--dry-run")
+        dry = run("replay", "--since", since, "--user", "alice", "--dry-run")
         assert dry.exit_code == 0, dry.stderr
-        assert "would re-publish 2 event(s) of user alice" in dry.output
-        result = run("replay", "--since", "1h", "--user", "alice")
+        assert "would re-publish 2 events of user alice" in dry.output
+        assert all(event.event_id in dry.output for event in in_window)
+        result = run("replay", "--since", since, "--user", "alice")
         assert result.exit_code == 0, result.stderr
-        assert "re-published 2 event(s) of user alice" in result.output
+        assert "re-published 2 events of user alice" in result.output
     finally:
         publisher.close(10)
     # Drain until quiet: 4 originals and 2 copies, nothing from the dry run.

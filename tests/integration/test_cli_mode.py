@@ -97,7 +97,7 @@ def openalgo(kafka_bootstrap: str, topic: str, tmp_path: Path) -> Iterator[tuple
         "ORDER_EVENT_MODE = 'BOTH'\n"
         f"KAFKA_BOOTSTRAP_SERVERS = '{kafka_bootstrap}'\n"
         f"KAFKA_ORDER_EVENTS_TOPIC = '{topic}'\n"
-        f"KAFKA_SPOOL_PATH = '{directory / 'openalgo_events_spool.db'}'\n"
+        f"KAFKA_SPOOL_PATH = '{directory / 'openalgo_events_spool'}'\n"
         "ORDER_EVENT_ADMIN_TOKEN = 'a-long-random-t0ken'\n")
     values = {k: v for k, v in dotenv_values(directory / ".env").items() if v is not None}
     app = Flask(__name__)

@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
-from openalgo_events import KafkaEventPublisher, Settings, spooldir
+from openalgo_events import KafkaEventPublisher, Settings
 from openalgo_events.cli import main
 from openalgo_events.ops.topics import describe_topics
+from openalgo_events.spool import Spool
 from tests.integration.relay_support import relay_errors, relay_log, stop_relays
 from tests.kafka_cluster import SCRAM_PASSWORD, SCRAM_USER, KafkaCluster
 from tests.support import TopicCollector, create_topic, wait_for
@@ -23,14 +23,14 @@ pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
 
 def settings(tmp_path: Any, **env: str) -> Settings:
-    return Settings.from_env({"KAFKA_SPOOL_PATH": str(tmp_path / "spool.db"),
+    return Settings.from_env({"KAFKA_SPOOL_PATH": str(tmp_path / "spool"),
                               "KAFKA_STALL_TIMEOUT_SECONDS": "5", **env})
 
 
 def errors_mentioning(tmp_path: Any, *words: str) -> list[str]:
     """The ERROR lines with every one of ``words`` that the relay process (which runs the
-    producer) wrote to its log, ``<spool>.relay.log``."""
-    return relay_errors(str(tmp_path / "spool.db"), *words)
+    producer) wrote to its log, ``<spool>/relay.log``."""
+    return relay_errors(str(tmp_path / "spool"), *words)
 
 
 def missing_topic_named(health: dict[str, Any], topic: str) -> bool:
@@ -130,21 +130,26 @@ def test_sasl_scram_wrong_password_is_an_authentication_error_once(kafka_cluster
         # librdkafka retries each broker about every second: let the relay run on for three
         # more status files (one a second at least); retries in the same state must not add
         # ERROR lines.
-        since = float(spooldir.read_status(str(tmp_path / "spool.db"))["updated"])  # type: ignore[index]
-        wait_for(lambda: float((spooldir.read_status(str(tmp_path / "spool.db")) or {})
-                               .get("updated", 0)) >= since + 3, 30,
-                 message="the relay running on")
+        spool = str(tmp_path / "spool")
+
+        def updated() -> float:
+            with Spool(spool) as opened:
+                return float(opened.status().get("updated") or 0)
+
+        since = updated()
+        wait_for(lambda: updated() >= since + 3, 30, message="the relay running on")
         assert len(errors_mentioning(tmp_path, "authentication")) == 1
         assert not errors_mentioning(tmp_path, "unreachable")
     finally:
         publisher.close(1)
-        stop_relays(str(tmp_path / "spool.db"))  # it would wait for a publisher for a minute
+        stop_relays(str(tmp_path / "spool"))  # it would wait for a publisher for a minute
     out, err = capsys.readouterr()
-    files = "".join(Path(path).read_text(errors="replace") for path in (
-        spooldir.log_path(str(tmp_path / "spool.db")),
-        spooldir.status_path(str(tmp_path / "spool.db"))))
+    # every file of the spool: relay.log, status, ledger, identity, journals, rejected.db
+    files = b"".join(path.read_bytes() for path in (tmp_path / "spool").rglob("*")
+                     if path.is_file() and not path.is_socket())
+    assert wrong.encode() not in files
     everything = (out + err + "\n".join(r.getMessage() for r in caplog.records) + str(health)
-                  + files + "\n".join(text for _, text in relay_log(str(tmp_path / "spool.db"))))
+                  + "\n".join(text for _, text in relay_log(str(tmp_path / "spool"))))
     assert wrong not in everything
 
 

@@ -281,3 +281,30 @@ def test_real_thread_logging_while_a_green_thread_holds_the_handler_lock(tmp_pat
     assert guarded["finished"] is True and guarded["errors"] == []
     assert guarded["lines"] == [f"from a real thread {i}" for i in range(20)]
     assert "greenlet.error" not in guarded["stderr"]
+
+
+RING_A_FULL_DOORBELL = """
+import eventlet
+eventlet.monkey_patch()
+import sys, time
+from openalgo_events.spool.directory import Bell, SpoolDirectory, bind_doorbell
+spool = SpoolDirectory(sys.argv[1])
+relay_side = bind_doorbell(spool)  # never read: its queue is full after a few datagrams
+bell = Bell(spool)
+started = time.monotonic()
+for _ in range(100):
+    bell.ring(b"writer")
+print(f"rang 100 times in {time.monotonic() - started:.3f} s", flush=True)
+"""
+
+
+def test_a_ring_of_a_full_doorbell_never_waits_under_eventlet(tmp_path):
+    """Under eventlet's monkey-patching, ringing a doorbell whose queue is full (a relay busy, or
+    not reading) returns at once: a publish rings while it holds the journal's lock, so a ring
+    that waited on the hub froze the whole worker under load."""
+    done = subprocess.run([sys.executable, "-c", RING_A_FULL_DOORBELL, str(tmp_path / "spool")],
+                          capture_output=True, text=True, timeout=20,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+    assert done.returncode == 0, done.stderr
+    took = float(done.stdout.split()[4])
+    assert took < 1.0, done.stdout

@@ -26,7 +26,7 @@ def test_health_follows_the_broker(broker, topic, tmp_path):
     stopped, and 200 again, spool drained, when a broker returns on the same port."""
     settings = Settings.from_env({
         "ORDER_EVENT_MODE": "KAFKA", "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
-        "KAFKA_ORDER_EVENTS_TOPIC": topic, "KAFKA_SPOOL_PATH": str(tmp_path / "spool.db"),
+        "KAFKA_ORDER_EVENTS_TOPIC": topic, "KAFKA_SPOOL_PATH": str(tmp_path / "spool"),
         "KAFKA_STALL_TIMEOUT_SECONDS": "2"})
     app = Flask(__name__)
     state = OpenAlgoEvents(app, settings=settings).state(app)

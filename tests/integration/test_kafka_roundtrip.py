@@ -14,7 +14,7 @@ pytestmark = pytest.mark.broker
 
 
 def _publisher(bootstrap: str, topic: str, tmp_path, **env: str) -> KafkaEventPublisher:
-    settings = Settings.from_env({"KAFKA_SPOOL_PATH": str(tmp_path / "spool.db"), **env})
+    settings = Settings.from_env({"KAFKA_SPOOL_PATH": str(tmp_path / "spool"), **env})
     return KafkaEventPublisher(bootstrap, topic, settings=settings)
 
 

@@ -25,7 +25,7 @@ def make_app(tmp_path):
     states = []
 
     def make(**env: str):
-        settings = Settings.from_env({"KAFKA_SPOOL_PATH": str(tmp_path / "spool.db"), **env})
+        settings = Settings.from_env({"KAFKA_SPOOL_PATH": str(tmp_path / "spool"), **env})
         app = Flask(__name__)
         socketio = SocketIO(app, async_mode="threading")
         states.append(OpenAlgoEvents().init_app(app, socketio, settings))

@@ -43,7 +43,7 @@ def test_switch_under_load_loses_and_doubles_nothing(kafka_bootstrap, topic, tmp
     create_topic(kafka_bootstrap, topic)
     settings = Settings.from_env({
         "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "KAFKA_ORDER_EVENTS_TOPIC": topic,
-        "KAFKA_SPOOL_PATH": str(tmp_path / "spool.db"), "ORDER_EVENT_ADMIN_TOKEN": TOKEN})
+        "KAFKA_SPOOL_PATH": str(tmp_path / "spool"), "ORDER_EVENT_ADMIN_TOKEN": TOKEN})
     app = Flask(__name__)
     server_sio = SocketIO(app, async_mode="threading")
     state = OpenAlgoEvents(app, server_sio, settings).state(app)

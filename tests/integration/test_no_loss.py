@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -31,7 +30,9 @@ from confluent_kafka.admin import AdminClient, ConfigResource
 
 from openalgo_events import KafkaEventPublisher, Settings
 from openalgo_events.devbroker import DevBroker, free_port
-from tests.integration.relay_support import relay_processes
+from openalgo_events.spool import Spool
+from openalgo_events.spool import format as fmt
+from tests.integration.relay_support import relay_log, relay_processes
 from tests.kafka_cluster import KafkaCluster
 from tests.support import TcpProxy, TopicCollector, create_topic, wait_for
 
@@ -42,7 +43,7 @@ USERS = 10
 
 
 def settings(tmp_path, **env: str) -> Settings:
-    return Settings.from_env({"KAFKA_SPOOL_PATH": str(tmp_path / "spool.db"),
+    return Settings.from_env({"KAFKA_SPOOL_PATH": str(tmp_path / "spool"),
                               "KAFKA_STALL_TIMEOUT_SECONDS": "5", **env})
 
 
@@ -114,7 +115,8 @@ def outage_run(name: str, cluster: KafkaCluster, tmp_path: Any, topic: str,
     # Every scenario assumes 3 replicas, all in sync, before it breaks anything (a broker the
     # previous test restarted may still be registering when the topic is created).
     cluster.wait_in_sync(topic, 60)
-    admin = AdminClient({"bootstrap.servers": cluster.bootstrap_servers})
+    admin = AdminClient({"bootstrap.servers": cluster.bootstrap_servers,
+                         "log_level": 2})  # alive through the outage: no line per refusal
     partitions = admin.list_topics(topic, timeout=10).topics[topic].partitions.values()
     replicas = {len(p.replicas) for p in partitions}
     assert replicas == {3}, f"{topic} has replication {replicas}, not 3"
@@ -286,14 +288,14 @@ def test_recovery_is_prompt_when_the_cluster_returns_during_a_long_rebuild_backo
             proxy.close()
 
 
-def delivered_before(spool_path: str, moment: float) -> set[str]:
-    """Event ids the spool had marked delivered before ``moment`` (unix time).
+def acknowledged(spool_path: str) -> set[str]:
+    """Event ids the relay has acknowledged so far: every journal record (live writers' and the
+    trail's) at or below its writer's acknowledged seq in the ledger.
 
-    The mark is the SQLite commit time: up to 0.1 s after the broker's acknowledgement normally,
-    up to 2.3 s under load (measured). Never compare it with the moment a broker was killed."""
-    with sqlite3.connect(f"file:{spool_path}?mode=ro", uri=True) as db:
-        rows = db.execute("SELECT event_id FROM events WHERE delivered <= ?", (moment,))
-        return {event_id for (event_id,) in rows}
+    The ledger is written within ``LEDGER_EVERY`` (0.05 s) of an acknowledgement; never compare
+    it with the moment a broker was killed, only with a moment no broker could acknowledge."""
+    with Spool(spool_path) as spool:
+        return {record.meta[fmt.EVENT_ID] for record in spool.trail(since=0.0)}
 
 
 def test_replaced_broker_without_producer_state_loses_nothing_it_did_not_acknowledge(
@@ -302,13 +304,14 @@ def test_replaced_broker_without_producer_state_loses_nothing_it_did_not_acknowl
     after a failover that loses producer state: the stalled idempotent producer is rebuilt,
     every event the dead broker had not acknowledged arrives, in per-user order.
 
-    What the dead broker acknowledged is the set the spool marked delivered before the *new*
-    broker started: between the kill and the restart no broker could acknowledge anything, so a
-    mark committed after the kill (the commit lags the acknowledgement) still counts as the dead
-    broker's. Using the kill moment instead expected events the broker had lost (issue 14)."""
+    What the dead broker acknowledged is what the relay's ledger holds acknowledged just before
+    the *new* broker starts: between the kill and the restart no broker could acknowledge
+    anything, so a ledger write after the kill (it lags the acknowledgement) still counts as the
+    dead broker's. Using the kill moment instead expected events the broker had lost (issue
+    14)."""
     port = free_port()
     broker = DevBroker(port).start()
-    spool_path = str(tmp_path / "spool.db")
+    spool_path = str(tmp_path / "spool")
     publisher = KafkaEventPublisher(broker.bootstrap_servers, topic, settings=settings(tmp_path))
     collectors = [TopicCollector(broker.bootstrap_servers, topic)]
     load = Load(publisher)
@@ -317,14 +320,13 @@ def test_replaced_broker_without_producer_state_loses_nothing_it_did_not_acknowl
         broker.stop()
         collectors[0].stop()  # it would otherwise read the next broker at this address
         load.run_for(15)
-        restarted = time.time()  # before the new broker can acknowledge anything
+        acknowledged_by_the_dead = acknowledged(spool_path)  # no broker can acknowledge now
         broker = DevBroker(port).start()
         collectors.append(TopicCollector(broker.bootstrap_servers, topic))
         load.run_for(5)
         all_ids = load.stop()
         wait_for(lambda: publisher.flush(0) == 0, 90, message="spool to drain")
-        lost_with_broker = delivered_before(spool_path, restarted) - set(
-            collectors[0].event_ids())
+        lost_with_broker = acknowledged_by_the_dead - set(collectors[0].event_ids())
         expected = all_ids - lost_with_broker - set(collectors[0].event_ids())
         wait_for(lambda: expected <= set(collectors[1].event_ids()), 60,
                  message=lambda: f"every event the dead broker had not acknowledged "
@@ -384,7 +386,7 @@ def test_kill_9_with_events_pending_loses_nothing(tmp_path, topic):
     after it is started again."""
     with DevBroker() as broker:
         collector = TopicCollector(broker.bootstrap_servers, topic)
-        spool, log_path = str(tmp_path / "spool.db"), str(tmp_path / "ids.txt")
+        spool, log_path = str(tmp_path / "spool"), str(tmp_path / "ids.txt")
         args = [broker.bootstrap_servers, topic, spool, log_path]
         try:
             os.kill(broker.process.pid, signal.SIGSTOP)  # events stay pending
@@ -441,6 +443,27 @@ def test_broker_absent_at_start_up(tmp_path, topic):
         publisher.close(1)
 
 
+def test_health_counts_the_bytes_of_events_in_flight_to_an_absent_broker(tmp_path, topic):
+    """Events handed to the producer while the broker is absent still take their journal bytes:
+    health's pending bytes are what the journals hold past the ledger, over
+    KAFKA_SPOOL_MAX_BYTES too."""
+    port = free_port()
+    publisher = KafkaEventPublisher(f"127.0.0.1:{port}", topic,
+                                    settings=settings(tmp_path, KAFKA_SPOOL_MAX_BYTES="20000"))
+    try:
+        for i in range(200):
+            publisher.publish_order_event("alice", "SBIN", "BUY", str(i), "live")
+        health = wait_for(lambda: (h := publisher.health()) and h["in_flight"] == 200 and h,
+                          15, message=lambda: f"200 events in flight ({publisher.health()})")
+        with Spool(str(tmp_path / "spool")) as spool:
+            waiting = spool.pending()
+        assert waiting.depth == 200 and waiting.bytes > 20000
+        assert (health["spool_depth"], health["spool_pending_bytes"]) == (200, waiting.bytes)
+        assert health["spool_over_limit"] is True
+    finally:
+        publisher.close(1)
+
+
 def test_spool_full_sheds_low_priority_and_delivers_every_critical_event(tmp_path, topic):
     """With the broker down and the spool over its limit, master-contract events are shed (counted)
     while every order event is kept and delivered when the broker returns."""
@@ -460,19 +483,24 @@ def test_spool_full_sheds_low_priority_and_delivers_every_critical_event(tmp_pat
         publisher.close(1)
 
 
-def test_a_failed_delivery_is_logged_with_its_event_id_and_resent(tmp_path, topic, caplog):
-    """A delivery report with an error (here librdkafka's message timeout, the broker being absent)
-    logs the event's id and spool number; the event stays in the spool and arrives later."""
+def test_a_failed_delivery_is_logged_and_resent(tmp_path, topic):
+    """A delivery report with an error (here librdkafka's message timeout, the broker being
+    absent) is logged by the relay with the error and shown in health; the event stays in the
+    journal and arrives once a broker appears."""
     port = free_port()
     publisher = KafkaEventPublisher(f"127.0.0.1:{port}", topic, settings=settings(
         tmp_path, KAFKA_LIBRDKAFKA_MESSAGE_TIMEOUT_MS="1000"))
+    spool = str(tmp_path / "spool")
     try:
         event_id = publisher.publish_order_event("alice", "SBIN", "BUY", "1", "live").event_id
-        relay_log = tmp_path / "spool.db.relay.log"  # the relay process's, started detached
-        wait_for(lambda: relay_log.exists() and f"delivery of event {event_id} (spool #1) "
-                 "failed" in relay_log.read_text(), 15, message="the failure to be logged")
-        assert publisher.health()["spool_depth"] == 1
+        failure = wait_for(lambda: [text for level, text in relay_log(spool)
+                                    if level == "WARNING" and "delivery of 1 records failed"
+                                    in text], 15, message="the failure to be logged")
+        assert "Message timed out" in failure[0] and "resent" in failure[0]
+        health = publisher.health()
+        assert health["spool_depth"] == 1 and health["healthy"] is False
+        assert "timed out" in str(health["last_error"])
         with broker_appears(port, topic, {event_id}):
-            pass
+            wait_for(lambda: publisher.flush(0) == 0, 15, message="the event acknowledged")
     finally:
         publisher.close(1)

@@ -38,7 +38,7 @@ def live(kafka_bootstrap, tmp_path_factory):
     """One publisher and a reader of its topic for every example."""
     topic = f"test-property-{id(tmp_path_factory)}"
     create_topic(kafka_bootstrap, topic)
-    spool = tmp_path_factory.mktemp("property") / "spool.db"
+    spool = tmp_path_factory.mktemp("property") / "spool"
     publisher = KafkaEventPublisher(kafka_bootstrap, topic, settings=Settings.from_env(
         {"KAFKA_SPOOL_PATH": str(spool)}, env_file=None))
     collector = TopicCollector(kafka_bootstrap, topic)

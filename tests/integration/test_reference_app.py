@@ -291,7 +291,7 @@ def test_both_mode_shows_the_kafka_record(kafka_bootstrap, topic, tmp_path, topi
         publisher.close()
     settings = Settings.from_env({
         "ORDER_EVENT_MODE": "BOTH", "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "KAFKA_ORDER_EVENTS_TOPIC": topic, "KAFKA_SPOOL_PATH": str(tmp_path / "spool.db"),
+        "KAFKA_ORDER_EVENTS_TOPIC": topic, "KAFKA_SPOOL_PATH": str(tmp_path / "spool"),
     })
     app, _ = create_app(settings)
     state = demo_state(app)

@@ -1,6 +1,7 @@
 """The relay process under gunicorn, through the hook, as OpenAlgo runs (issue 13).
 
-The master starts and supervises one relay; eventlet workers only journal. Attacked here with
+The master starts and supervises one keeper, which runs the relay and restarts it; eventlet
+workers only journal (they inherit ``OPENALGO_EVENTS_RELAY_AUTOSTART=FALSE``). Attacked here with
 ``--preload`` and 3 workers, kill -9 of the relay, of the worker, of everything at once, and a
 broker frozen for 20 s under 100 events/s with OpenAlgo's logging set-up in the worker.
 """
@@ -20,19 +21,32 @@ from pathlib import Path
 import pytest
 import requests
 
-from openalgo_events import spooldir
 from openalgo_events.devbroker import DevBroker
+from openalgo_events.spool import Spool
+from openalgo_events.spool import format as fmt
 from tests.integration.openalgo_procs import gunicorn
-from tests.integration.relay_support import relay_processes
+from tests.integration.relay_support import keeper_pid, relay_pid, relay_processes
 from tests.support import TopicCollector, create_topic, wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
 
-def relay_pid(spool: str) -> int | None:
-    status = spooldir.read_status(spool) or {}
-    pid = status.get("pid") if status.get("running") else None
-    return pid if pid in relay_processes(spool) else None
+def parent_of(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as stat:
+        return int(stat.read().rsplit(")", 1)[1].split()[1])
+
+
+def one_keeper_of_the_master(app: App) -> int:
+    """The spool's one keeper, a child of gunicorn's master, and its one relay, the keeper's
+    child; no relay.log (a publisher that started a keeper of its own would have made it)."""
+    assert app.proc is not None
+    keeper, relay = wait_for(lambda: (k := keeper_pid(app.spool)) and (r := relay_pid(app.spool))
+                             and (k, r), 20, message="the keeper and its relay")
+    assert sorted(relay_processes(app.spool)) == sorted([keeper, relay])
+    assert relay_processes(app.spool, keepers=False) == [relay]
+    assert parent_of(keeper) == app.proc.pid and parent_of(relay) == keeper
+    assert not os.path.exists(os.path.join(app.spool, fmt.RELAY_LOG))
+    return keeper
 
 
 class App:
@@ -76,15 +90,18 @@ class App:
     def stop(self) -> float:
         """SIGTERM the master; seconds until master, workers and relay are all gone."""
         started = time.monotonic()
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        wait_for(lambda: not relay_processes(self.spool), 30, message="no relay left")
-        self._log.close()
+        try:
+            if self.proc is not None and self.proc.poll() is None:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(5)
+            wait_for(lambda: not relay_processes(self.spool), 30,
+                     message=lambda: f"no relay left ({relay_processes(self.spool)} run)")
+        finally:
+            self._log.close()
         return time.monotonic() - started
 
     def kill_all(self) -> None:
@@ -164,10 +181,11 @@ def test_preload_three_workers_share_one_relay(kafka_bootstrap, topic, tmp_path)
             wait_for(lambda: len(loader.pids) == 3 or len(loader.acked) >= 600, 30,
                      message="requests served by the workers")
             acked = loader.finish()
-            assert len(relay_processes(app.spool)) == 1
+            one_keeper_of_the_master(app)
+
             def writer_pids() -> set[int]:
-                writers = (spooldir.read_status(app.spool) or {}).get("writers", {})
-                return {int(name.split("-")[0]) for name in writers}
+                with Spool(app.spool) as spool:  # the writers the relay acknowledged
+                    return {int(name.split("-")[0]) for name in spool.ledger()}
 
             wait_for(lambda: writer_pids() >= loader.pids, 5, message="a journal per worker")
             assert len(loader.pids) >= 2  # the journals of several workers, one relay
@@ -212,7 +230,7 @@ def test_preload_publisher_built_before_fork_writes_one_journal_per_worker(
             writers = [w for ws in by_pid.values() for w in ws]
             assert len(set(writers)) == len(by_pid)  # no two workers share one
             assert not [w for w in writers if str(w).startswith(f"{app.proc.pid}-")]  # type: ignore[union-attr]
-            assert len(relay_processes(app.spool)) == 1
+            one_keeper_of_the_master(app)
             ids = {str(body["event_id"]) for body in answers} | {str(answers[0]["import_event"])}
             wait_for(lambda: ids <= set(collector.event_ids()), 30,
                      message="the master's and every worker's events on the topic")
@@ -221,9 +239,9 @@ def test_preload_publisher_built_before_fork_writes_one_journal_per_worker(
 
 
 def test_kill_9_of_relay_worker_and_everything_loses_nothing(kafka_bootstrap, topic, tmp_path):
-    """At 100 events/s: kill -9 of the relay (the master restarts it and says so in its log),
-    of the worker (gunicorn restarts it), then of master, worker and relay at once and a new
-    start: every event the app acknowledged arrives."""
+    """At 100 events/s: kill -9 of the relay (its keeper restarts it and says so in the master's
+    log), of the worker (gunicorn restarts it), then of master, worker, keeper and relay at
+    once and a new start: every event the app acknowledged arrives."""
     create_topic(kafka_bootstrap, topic)
     collector = TopicCollector(kafka_bootstrap, topic)
     env = {"ORDER_EVENT_MODE": "KAFKA", "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
@@ -237,11 +255,12 @@ def test_kill_9_of_relay_worker_and_everything_loses_nothing(kafka_bootstrap, to
             first = wait_for(lambda: relay_pid(app.spool), 10, message="the relay")
             os.kill(first, signal.SIGKILL)
             second = wait_for(lambda: (p := relay_pid(app.spool)) and p != first and p, 20,
-                              message="the supervisor to restart the relay")
-            # The supervisor's thread in the (monkey-patched) master: its record reaches the
-            # master's output through the hub while the master runs, not only at its exit.
-            wait_for(lambda: f"the relay (pid {first}) exited" in app.text(), 10,
-                     message="the supervisor's line in the master's log")
+                              message="the keeper to restart the relay")
+            # The keeper reaps the relay itself: its line says how the relay ended, on the
+            # master's output (the keeper's stderr) while the master runs.
+            wait_for(lambda: f"the relay (pid {first}) killed by SIGKILL" in app.text(), 10,
+                     message="the keeper's line in the master's log")
+            one_keeper_of_the_master(app)
             count = len(loader.acked)
             wait_for(lambda: len(loader.acked) >= count + 150, 20, message="events flowing")
             [worker] = app.workers()
@@ -252,7 +271,9 @@ def test_kill_9_of_relay_worker_and_everything_loses_nothing(kafka_bootstrap, to
             wait_for(lambda: len(loader.acked) >= count + 150, 30, message="events flowing")
             app.kill_all()
             acked += loader.finish()
-            assert relay_pid(app.spool) is None and second
+            assert second
+            # the killed relay releases its lock as it exits, a moment after the signal
+            wait_for(lambda: relay_pid(app.spool) is None, 10, message="the killed relay gone")
         again = App(tmp_path, **env)
         with running(again):
             wait_for(lambda: set(acked) <= set(collector.event_ids()), 60,
@@ -261,6 +282,35 @@ def test_kill_9_of_relay_worker_and_everything_loses_nothing(kafka_bootstrap, to
     finally:
         collector.stop()
     assert "Traceback" not in app.text().split("Booting worker")[0]  # master's start was clean
+
+
+def test_kill_9_of_the_keeper_leaves_no_relay_behind(kafka_bootstrap, topic, tmp_path):
+    """At 100 events/s, kill -9 of the relay's keeper: the master says so and starts another,
+    every acknowledged event arrives, and SIGTERM of the master leaves no relay running (the
+    dead keeper's relay is not left to run for ever)."""
+    create_topic(kafka_bootstrap, topic)
+    collector = TopicCollector(kafka_bootstrap, topic)
+    app = App(tmp_path, ORDER_EVENT_MODE="KAFKA", KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap,
+              KAFKA_ORDER_EVENTS_TOPIC=topic)
+    try:
+        with running(app):
+            loader = Loader(app.url)
+            wait_for(lambda: len(loader.acked) >= 150, 20, message="events flowing")
+            first = one_keeper_of_the_master(app)
+            os.kill(first, signal.SIGKILL)
+            wait_for(lambda: f"the relay's keeper (pid {first}) is gone" in app.text(), 10,
+                     message="the supervisor's line in the master's log")
+            wait_for(lambda: (k := keeper_pid(app.spool)) and k != first, 20,
+                     message="the master to start another keeper")
+            count = len(loader.acked)
+            wait_for(lambda: len(loader.acked) >= count + 150, 20, message="events flowing")
+            acked = loader.finish()
+            wait_for(lambda: set(acked) <= set(collector.event_ids()), 30,
+                     message="every acknowledged event on the topic")
+            took = app.stop()  # master, workers, keepers and relays all gone
+        assert took < 15, f"everything gone only after {took:.1f} s"
+    finally:
+        collector.stop()
 
 
 def test_eventlet_host_survives_a_frozen_broker(topic, tmp_path):

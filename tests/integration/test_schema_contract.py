@@ -26,7 +26,7 @@ def test_every_produced_message_validates_against_the_generated_schemas(kafka_bo
     and the captured sandbox events, published through Kafka and read back, validate: value
     against the envelope and its type's data schema, headers against the AsyncAPI headers."""
     create_topic(kafka_bootstrap, topic, partitions=3)
-    settings = Settings.from_env({"KAFKA_SPOOL_PATH": str(tmp_path / "spool.db")})
+    settings = Settings.from_env({"KAFKA_SPOOL_PATH": str(tmp_path / "spool")})
     publisher = KafkaEventPublisher(kafka_bootstrap, topic, settings=settings)
     catalog = schema.published_catalog()
     envelope_doc = schema.load(schema.ENVELOPE_FILE)

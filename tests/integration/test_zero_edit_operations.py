@@ -42,7 +42,7 @@ def _parent(pid: int) -> int | None:
 
 def test_zero_edit_install_answers_health_metrics_and_mode(kafka_bootstrap, topic, tmp_path):
     """Health (200, KAFKA mode, bridge healthy, the spool depth and broker state from the status
-    of the relay the master supervises), Prometheus metrics (the same figures) and POST /mode
+    of the relay the master's keeper runs), Prometheus metrics (the same figures) and POST /mode
     answer in a worker started only through the hook; after a switch to SOCKETIO the app's own
     toasts reach the browser once (not held back for a bridge that gets nothing) and Kafka gets
     nothing new."""
@@ -60,18 +60,20 @@ def test_zero_edit_install_answers_health_metrics_and_mode(kafka_bootstrap, topi
         assert health["mode"] == "KAFKA" and health["bridge"]["healthy"] is True
         requests.post(f"{url}/publish", params={"n": 3, "orderid": "K"}, timeout=10)
         wait_for(lambda: len(_order_ids(browser, "K-")) == 3, 30, message="bridge emits")
-        # Health comes from the relay's status: the relay the master supervises (when_ready),
-        # not one of the worker's own, has taken the three events off the spool.
+        # Health comes from the relay's status: the relay of the keeper the master supervises
+        # (when_ready), not one of the worker's own, has taken the three events off the spool.
         wait_for(lambda: requests.get(f"{prefix}/health", timeout=5).json()["spool_depth"] == 0,
                  30, message="the relay's status: spool drained")
         kafka = requests.get(f"{prefix}/health", timeout=5).json()["transports"]["kafka"]
         assert kafka["relay_running"] is True and kafka["broker_reachable"] is True, kafka
-        assert _parent(kafka["relay_pid"]) is not None
-        assert _parent(_parent(kafka["relay_pid"])) == os.getpid(), "relay not the master's child"
+        keeper = _parent(kafka["relay_pid"])  # the relay's keeper, the master's child
+        assert keeper is not None and _parent(_parent(keeper)) == os.getpid(), (
+            "the relay's keeper is not the master's child")
         assert "openalgo_events.relay" in Path(f"/proc/{kafka['relay_pid']}/cmdline").read_text()
+        assert "--keep" in Path(f"/proc/{keeper}/cmdline").read_text().split("\0")
         # The master's root logger has no handler (the app configures logging in its workers):
         # the supervisor's line reaches gunicorn's error log all the same, once.
-        started = f"openalgo-events: relay started (pid {kafka['relay_pid']})"
+        started = f"openalgo-events: relay keeper started (pid {keeper})"
         server_log = tmp_path / f"server-{port}.log"
         assert server_log.read_text().count(started) == 1, server_log.read_text()[-3000:]
         metrics = requests.get(f"{prefix}/metrics", timeout=5)

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import os
+import re
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-from openalgo_events import Envelope, Priority, __version__
+from openalgo_events import Envelope, EventPublisher, KafkaEventPublisher, Settings, __version__
 from openalgo_events.cli import main
 from openalgo_events.config import sample_env
 from openalgo_events.devbroker import free_port
 from openalgo_events.ops.when import parse_when
+from openalgo_events.relay.reader import Reader
+from openalgo_events.relay.trail import retire
 from openalgo_events.spool import Spool
+from openalgo_events.spool import format as fmt
+from openalgo_events.spool.directory import SpoolDirectory
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "s3cret-Pa55word"
@@ -133,51 +140,99 @@ def test_a_bad_time_is_a_usage_error(cli_env):
 
 def test_spool_status_of_a_missing_file_fails_clearly(cli_env, tmp_path):
     """spool status on a path with no spool exits non-zero and says which path."""
-    path = tmp_path / "nothing.db"
+    path = tmp_path / "nothing"
     result = run("spool", "status", "--spool", str(path))
     assert result.exit_code == 1
-    assert f"no spool file at {path}" in result.stderr
+    assert f"no spool directory at {path}" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
-def _spool_with_events(path: Path) -> tuple[Spool, list[Envelope]]:
-    """A spool holding three events, the first two delivered (the spool stays open: locked)."""
-    spool = Spool(str(path))
-    envelopes = [Envelope("order_event", user, {"symbol": "SBIN-EQ", "action": "BUY",
-                                                 "orderid": f"ORD{n}", "mode": "live"})
-                 for n, user in enumerate(("alice", "bob", "alice"))]
-    for envelope in envelopes:
-        assert spool.append(envelope, "orders", Priority.CRITICAL)
-    spool.mark_delivered([event.seq for event in spool.pending()[:2]])
-    return spool, envelopes
+def _publisher(path: Path, servers: str) -> EventPublisher:
+    """A Kafka publisher journaling into the spool at ``path`` (no relay: autostart is off)."""
+    return KafkaEventPublisher(servers, "orders", settings=Settings.from_env(
+        {"KAFKA_SPOOL_PATH": str(path)}))
+
+
+def _spool_with_events(path: Path) -> tuple[EventPublisher, list[Envelope]]:
+    """A spool as the relay leaves it (its reader, trail and ledger, without Kafka): alice's and
+    bob's events of a closed publisher delivered and moved to the trail, and one more of
+    alice's pending in the journal of a publisher still open (its journal locked)."""
+    servers = _unused_bootstrap()
+    first = _publisher(path, servers)
+    envelopes = [first.publish_order_event(user, "SBIN-EQ", "BUY", f"ORD{n}", "live")
+                 for n, user in enumerate(("alice", "bob"))]
+    first.close()
+    publisher = _publisher(path, servers)
+    envelopes.append(publisher.publish_order_event("alice", "SBIN-EQ", "BUY", "ORD2", "live"))
+    spool = SpoolDirectory(str(path), create=False)
+    try:
+        reader = Reader(spool, {})
+        reader.scan(time.monotonic())
+        assert sorted(w.live for w in reader.writers.values()) == [False, True]
+        for writer in list(reader.writers.values()):
+            read = reader.read(writer, 10_000, time.monotonic())
+            if not writer.live:
+                assert [entry.seq for entry, _ in read] == [1, 2]
+                for entry, _ in read:
+                    reader.done(writer, entry)
+                assert reader.drained(writer)
+                retire(spool, writer.name, writer.acked_segment, writer.acked_offset)
+                del reader.writers[writer.name]
+        fd = spool.open(fmt.LEDGER, os.O_RDWR, create=True)
+        try:
+            fmt.RecordFile(fd).write({"writers": reader.positions()})
+        finally:
+            os.close(fd)
+        reader.close()
+    finally:
+        spool.close()
+    return publisher, envelopes
 
 
 def test_spool_status_and_replay_dry_run_read_a_spool_the_app_holds(cli_env, tmp_path):
-    """While another process holds the spool's lock, status shows depth and trail, and a dry-run
-    replay lists only delivered events in the window, sending nothing."""
-    path = tmp_path / "spool.db"
-    spool, envelopes = _spool_with_events(path)
+    """While the app holds its journal, status shows depth and trail, and a dry-run replay
+    lists only delivered events of the user in the window, sending nothing and changing
+    nothing in the spool."""
+    cli_env(OPENALGO_EVENTS_RELAY_AUTOSTART="FALSE")  # no relay: the ledger is the test's
+    path = tmp_path / "spool"
+    publisher, envelopes = _spool_with_events(path)
     try:
+        before = {name: os.stat(name).st_mtime_ns for name in _files(path)}
         status = run("spool", "status", "--spool", str(path))
         assert status.exit_code == 0, status.stderr
         assert "pending events:     1" in status.output
-        assert "delivered (trail):  2 events" in status.output
+        assert "relay:              not running" in status.output
+        trail = re.search(r"trail:\s+(\d+) bytes of \d+ \(KAFKA_TRAIL_MAX_BYTES\), since "
+                          r"(\S+)", status.output)
+        assert trail and int(trail.group(1)) > 0 and trail.group(2) != "-", status.output
         dry = run("replay", "--spool", str(path), "--since", "1h", "--user", "alice",
                   "--dry-run")
         assert dry.exit_code == 0, dry.stderr
         assert envelopes[0].event_id in dry.output
         assert envelopes[1].event_id not in dry.output  # bob's
         assert envelopes[2].event_id not in dry.output  # still pending
-        assert "would re-publish 1 event(s)" in dry.output
-        assert spool.status().depth == 1  # the app's spool is untouched
+        assert "would re-publish 1 event of user alice" in dry.output
+        everyone = run("replay", "--spool", str(path), "--since", "1h", "--dry-run")
+        assert everyone.exit_code == 0, everyone.stderr
+        assert envelopes[1].event_id in everyone.output
+        assert "would re-publish 2 events of all users" in everyone.output
+        with Spool(str(path)) as spool:
+            assert spool.pending().depth == 1  # the app's spool is untouched
+        assert {name: os.stat(name).st_mtime_ns for name in _files(path)} == before
     finally:
-        spool.close()
+        publisher.close()
+
+
+def _files(path: Path) -> list[Path]:
+    return sorted(p for p in path.rglob("*") if p.is_file() and not p.is_socket())
 
 
 def test_replay_with_an_unreachable_broker_exits_2(cli_env, tmp_path):
     """A replay that cannot reach the broker fails fast with exit 2, naming the servers."""
-    path = tmp_path / "spool.db"
-    spool, _ = _spool_with_events(path)
-    spool.close()
+    cli_env(OPENALGO_EVENTS_RELAY_AUTOSTART="FALSE")
+    path = tmp_path / "spool"
+    publisher, _ = _spool_with_events(path)
+    publisher.close()
     servers = _unused_bootstrap()
     cli_env(KAFKA_BOOTSTRAP_SERVERS=servers)
     result = run("replay", "--spool", str(path), "--since", "1h", "--timeout", "1")

@@ -108,10 +108,10 @@ def replay(settings: Settings, events: list[TrailRecord], topic: str, *, timeout
         on_delivered(1)
 
     for event in events:
-        producer_args = replay_record(event)
+        value, key, headers = replay_record(event)
         while True:
             try:
-                producer.produce(topic, *producer_args, on_delivery=on_delivery)
+                producer.produce(topic, value, key, headers=headers, on_delivery=on_delivery)
                 break
             except BufferError:
                 producer.poll(0.1)  # the local queue is full: let deliveries drain it

@@ -26,6 +26,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import SpoolError
@@ -112,7 +113,7 @@ class Keeper:
         """Start the relay and wait for it, passing on stop signals and the parent's death."""
         self._child = subprocess.Popen(
             [sys.executable, "-m", "openalgo_events.relay", *self.relay_args],
-            stdin=subprocess.DEVNULL, close_fds=True)
+            stdin=subprocess.DEVNULL, close_fds=True, preexec_fn=_dies_with_keeper())
         pid = self._child.pid
         told_orphaned = False
         try:
@@ -155,3 +156,26 @@ class Keeper:
         while not self._stopping and time.monotonic() < deadline:
             time.sleep(min(0.2, deadline - time.monotonic()))
         return self._stopping
+
+
+def _dies_with_keeper() -> Callable[[], None] | None:
+    """On Linux, what the relay's child runs before exec: the kernel sends it SIGUSR1 (exit once
+    idle) when the keeper dies, so a relay whose keeper was killed does not run on, unwatched,
+    beside the relay of the keeper started in its place. None elsewhere."""
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    keeper = os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGUSR1)
+        if os.getppid() != keeper:  # the keeper died before that: no relay of its own
+            os._exit(EXIT_OK)
+
+    return preexec
+
+
+_PR_SET_PDEATHSIG = 1

@@ -600,6 +600,8 @@ class Relay:
             depth += len(writer.sending)
             if writer.segment == writer.acked_segment:
                 size += max(0, writer.offset - writer.acked_offset)
+            else:  # read into a later segment (a new writer's acknowledged segment is 0)
+                size += sum(entry.end - entry.start for entry in writer.window)
             first = next((e for e in writer.window if not e.done and e.meta), None)
             if first is not None:
                 created = float(first.meta[fmt.CREATED])

@@ -275,8 +275,12 @@ class Bell:
     def ring(self, message: bytes) -> None:
         try:
             if self._sock is None:
-                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC
-                                           | socket.SOCK_NONBLOCK)
+                # The unpatched module: under eventlet a green socket waits on the hub when the
+                # queue is full, and the publisher rings while holding a real lock.
+                from .._threads import real_module
+
+                self._sock = real_module("socket").socket(
+                    socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
                 self._sock.connect(self._address)
             self._sock.send(message)
         except OSError:
