@@ -70,6 +70,38 @@ def test_a_relay_killed_under_an_idle_app_is_replaced(kafka_bootstrap, topic, sp
         collector.stop()
 
 
+def test_a_relay_that_delivered_everything_is_replaced_at_once_when_killed(kafka_bootstrap,
+                                                                        topic, spool):
+    """The app's watch thread ends once every event of the app is acknowledged, possibly
+    without having seen the relay it started (a relay that delivered in under a second). Its
+    keeper and relay SIGKILLed then, the next publish starts a new keeper within 3 s, not
+    after the first keeper's 10 s start grace."""
+    import threading
+
+    create_topic(kafka_bootstrap, topic)
+    collector = TopicCollector(kafka_bootstrap, topic)
+    publisher = publisher_for(kafka_bootstrap, topic, spool)
+    try:
+        ids = [publisher.publish_order_event("alice", "SBIN", "BUY", "0", "live").event_id]
+        assert publisher.flush(20) == 0
+        wait_for(lambda: not any(t.name == "openalgo-events-relay-watch"
+                                 for t in threading.enumerate()), 10,
+                 message="the watch thread ends once nothing waits")
+        relay, keeper = relay_pid(spool), keeper_pid(spool)
+        assert relay and keeper
+        os.kill(keeper, signal.SIGKILL)
+        os.kill(relay, signal.SIGKILL)
+        wait_for(lambda: relay_pid(spool) is None and keeper_pid(spool) is None, 5,
+                 message="the locks released")
+        ids.append(publisher.publish_order_event("alice", "SBIN", "BUY", "1", "live").event_id)
+        wait_for(lambda: keeper_pid(spool) not in (None, keeper), 3,
+                 message="a new keeper started by the next publish")
+        wait_for(lambda: set(ids) <= set(collector.event_ids()), 30, message="both events")
+    finally:
+        publisher.close()
+        collector.stop()
+
+
 CHILD = textwrap.dedent("""
     import os, sys, time
     from openalgo_events import KafkaEventPublisher, Settings

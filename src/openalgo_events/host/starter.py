@@ -65,8 +65,7 @@ class Starter:
         """Start a keeper if none and no relay holds the spool (and starting is ours to do);
         whether one runs or was just started."""
         if relay_running(self.spool):
-            self._backoff = START_GRACE  # one runs: if it dies, start another at once
-            self._next_start = 0.0
+            self.worked()  # one runs: if it dies, start another at once
             return True
         if not autostart():
             return False
@@ -77,6 +76,13 @@ class Starter:
             self._next_start = now + self._backoff
             self._backoff = min(self._backoff * 2, MAX_BACKOFF)
         return spawn_keeper(self.settings, self.spool)
+
+    def worked(self) -> None:
+        """A relay ran (it holds the spool, or it acknowledged every event of ours): the next
+        start need not wait for the last one's grace."""
+        with self._lock:
+            self._backoff = START_GRACE
+            self._next_start = 0.0
 
 
 def spawn_keeper(settings: Settings, spool: SpoolDirectory) -> bool:
@@ -158,6 +164,9 @@ class Watch:
                               CHECK_EVERY)
                 waiting = True
             if not waiting:
+                # every event acknowledged: a relay worked, even if it was gone before a look
+                # saw it (a relay killed now is replaced at the next publish, not after the grace)
+                self._starter.worked()
                 with self._lock:
                     if not self._poked:
                         self._running = False
