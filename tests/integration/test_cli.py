@@ -61,18 +61,21 @@ def test_check_reports_a_missing_topic_without_creating_it(kafka_bootstrap, cli_
 def test_topics_create_is_idempotent_and_describe_shows_the_layout(kafka_bootstrap, cli_env,
                                                                    topic):
     """topics create makes the order, ESB and dead-letter topics with 5 partitions, 7 days / 24
-    hours retention, snappy and 1 MiB; a second run reports them as existing and succeeds;
-    describe shows them."""
-    esb = f"{topic}-esb"
+    hours retention, snappy and 1 MiB, and the relay's compacted positions topic; a second run
+    reports all four as existing, with the settings asked for, and succeeds; describe shows
+    them."""
+    esb, positions = f"{topic}-esb", f"{topic}-positions"
     cli_env(KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap, KAFKA_ORDER_EVENTS_TOPIC=topic,
-            KAFKA_ESB_EVENTS_TOPIC=esb)
+            KAFKA_ESB_EVENTS_TOPIC=esb, KAFKA_RELAY_POSITIONS_TOPIC=positions)
     first = run("topics", "create")
     assert first.exit_code == 0, first.stderr
     for name in (topic, esb, f"{esb}.dlq"):
         assert f"{name}: created (5 partitions" in first.output
+    assert f"{positions}: created (1 partition" in first.output
     second = run("topics", "create")
     assert second.exit_code == 0, second.stderr
-    assert second.output.count("already exists") == 3
+    assert second.output.count("already exists") == 4
+    assert "warning" not in second.output, second.output
     described = run("topics", "describe")
     assert described.exit_code == 0, described.stderr
     order_part, esb_part = described.output.split(f"{esb}: ", 1)
@@ -220,3 +223,19 @@ def test_tail_of_a_missing_topic_fails_with_a_hint_that_works(kafka_bootstrap, c
     assert typo.stderr.strip() == (f"Error: topic {topic}-typo does not exist; check --topic "
                                    f"(the order topic is {topic}, KAFKA_ORDER_EVENTS_TOPIC)")
     assert topic not in _topic_names(kafka_bootstrap)
+
+
+def test_a_positions_topic_the_relay_created_is_the_one_topics_create_plans(kafka_bootstrap,
+                                                                             cli_env, topic):
+    """The relay creates the positions topic at its first exactly-once start when nobody ran
+    topics create; topics create then finds it with the settings it plans (no warning)."""
+    from openalgo_events.relay.positions import ensure_topic
+
+    positions = f"{topic}-positions"
+    assert ensure_topic({"bootstrap.servers": kafka_bootstrap}, positions) == (True, None)
+    cli_env(KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap, KAFKA_ORDER_EVENTS_TOPIC=topic,
+            KAFKA_ESB_EVENTS_TOPIC=f"{topic}-esb", KAFKA_RELAY_POSITIONS_TOPIC=positions)
+    result = run("topics", "create")
+    assert result.exit_code == 0, result.stderr
+    assert f"{positions}: already exists" in result.output
+    assert "warning" not in result.output, result.output

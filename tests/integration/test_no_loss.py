@@ -4,10 +4,10 @@ absent at start.
 The outage tests run on the suite's own 3-node Apache Kafka cluster (replication 3,
 ``min.insync.replicas=2``), which keeps what it acknowledged: they allow no loss at all. Each
 publishes at 100 events/s over 10 users, breaks the cluster, repairs it, and asserts that every
-published event arrived and that each user's events first arrived in publish order. Each
-prints its duration, the duplicates the consumer saw (at-least-once: resends after an outage
-are allowed, with the same event id) and the recovery time: from the cluster's return to an
-empty spool.
+published event arrived, that each user's events arrived in publish order, and, the relay
+running exactly-once (the default, and what the cluster supports), that a read_committed
+consumer saw no event twice. Each prints its duration, the duplicates (0) and the recovery
+time: from the cluster's return to an empty spool.
 """
 
 from __future__ import annotations
@@ -155,9 +155,13 @@ def outage_run(name: str, cluster: KafkaCluster, tmp_path: Any, topic: str,
         order = first_appearances(collector)
         for user, ids in load.published.items():
             assert order[user] == ids, f"{user}'s events first arrived out of publish order"
+        health = publisher.health()
         run.update(duplicates=len(received) - len(set(received)), recovery=recovery,
                    duration=duration, published=len(all_ids),
-                   rebuilds=publisher.health()["producer_rebuilds"])
+                   rebuilds=health["producer_rebuilds"])
+        assert health["guarantee"] == "exactly-once", health
+        assert run["duplicates"] == 0, (
+            f"{run['duplicates']} duplicates read committed under exactly-once")
         print(f"\n{name}: {len(all_ids)} published, 0 missing, {run['duplicates']} duplicates, "
               f"recovery (cluster back -> outage backlog delivered) {recovery:.1f}s, "
               f"{run['rebuilds']} producer rebuilds, test {duration:.1f}s")
@@ -443,42 +447,63 @@ def test_broker_absent_at_start_up(tmp_path, topic):
         publisher.close(1)
 
 
-def test_health_counts_the_bytes_of_events_in_flight_to_an_absent_broker(tmp_path, topic):
-    """Events handed to the producer while the broker is absent still take their journal bytes:
-    health's pending bytes are what the journals hold past the ledger, over
-    KAFKA_SPOOL_MAX_BYTES too."""
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+def test_health_counts_the_bytes_of_events_waiting_for_an_absent_broker(tmp_path, topic,
+                                                                        guarantee):
+    """Events waiting for an absent broker take their journal bytes: health's pending bytes are
+    what the journals hold past the ledger, over KAFKA_SPOOL_MAX_BYTES too, whether they were
+    handed to the producer (at-least-once) or wait for the transaction coordinator to answer
+    before any is sent (exactly-once)."""
     port = free_port()
-    publisher = KafkaEventPublisher(f"127.0.0.1:{port}", topic,
-                                    settings=settings(tmp_path, KAFKA_SPOOL_MAX_BYTES="20000"))
+    publisher = KafkaEventPublisher(f"127.0.0.1:{port}", topic, settings=settings(
+        tmp_path, KAFKA_SPOOL_MAX_BYTES="20000", KAFKA_DELIVERY_GUARANTEE=guarantee))
+    in_flight = 200 if guarantee == "at_least_once" else 0
     try:
         for i in range(200):
             publisher.publish_order_event("alice", "SBIN", "BUY", str(i), "live")
-        health = wait_for(lambda: (h := publisher.health()) and h["in_flight"] == 200 and h,
-                          15, message=lambda: f"200 events in flight ({publisher.health()})")
+        health = wait_for(lambda: (h := publisher.health()) and h["broker_reachable"] is False
+                          and h["in_flight"] == in_flight and h["spool_depth"] == 200 and h,
+                          15, message=lambda: f"200 events waiting ({publisher.health()})")
         with Spool(str(tmp_path / "spool")) as spool:
             waiting = spool.pending()
         assert waiting.depth == 200 and waiting.bytes > 20000
-        assert (health["spool_depth"], health["spool_pending_bytes"]) == (200, waiting.bytes)
+        assert health["spool_pending_bytes"] == waiting.bytes
         assert health["spool_over_limit"] is True
     finally:
         publisher.close(1)
 
 
-def test_spool_full_sheds_low_priority_and_delivers_every_critical_event(tmp_path, topic):
-    """With the broker down and the spool over its limit, master-contract events are shed (counted)
-    while every order event is kept and delivered when the broker returns."""
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+def test_spool_full_sheds_low_priority_and_delivers_every_critical_event(tmp_path, topic,
+                                                                         guarantee):
+    """With the broker down and the spool over its limit, master-contract events are shed
+    (counted) while every order event is kept and delivered when the broker returns. The relay
+    sheds as it reads the journals: at-least-once reads into the producer during the outage,
+    exactly-once once the transaction coordinator answers (nothing is read before), so there
+    the events are shed as the broker returns, before any is sent."""
     port = free_port()
-    publisher = KafkaEventPublisher(f"127.0.0.1:{port}", topic,
-                                    settings=settings(tmp_path, KAFKA_SPOOL_MAX_BYTES="20000"))
+    publisher = KafkaEventPublisher(f"127.0.0.1:{port}", topic, settings=settings(
+        tmp_path, KAFKA_SPOOL_MAX_BYTES="20000", KAFKA_DELIVERY_GUARANTEE=guarantee))
     try:
         orders = {publisher.publish_order_event("alice", "SBIN", "BUY", str(i), "live").event_id
                   for i in range(200)}
-        for _ in range(20):
-            publisher.publish_master_contract_download("angel", "success", "done")
-        # shed by the relay process, which applies the overflow policy as it reads the journals
-        wait_for(lambda: publisher.health()["spool_shed"] == 20, 10, message="20 events shed")
-        with broker_appears(port, topic, orders):
-            pass
+        masters = {publisher.publish_master_contract_download("angel", "success", "done").event_id
+                   for _ in range(20)}
+        if guarantee == "at_least_once":
+            wait_for(lambda: publisher.health()["spool_shed"] == 20, 10,
+                     message="20 events shed")
+        with broker_appears(port, topic, orders) as broker:
+            wait_for(lambda: publisher.health()["spool_shed"] == 20, 10,
+                     message="20 events shed")
+            wait_for(lambda: publisher.health()["spool_depth"] == 0, 15,
+                     message="the spool to drain")
+            collector = TopicCollector(broker.bootstrap_servers, topic)
+            try:
+                received = wait_for(lambda: (ids := set(collector.event_ids())) >= orders
+                                    and ids, 30, message="the orders read back")
+            finally:
+                collector.stop()
+            assert not masters & received, "a shed event reached the topic"
     finally:
         publisher.close(1)
 
@@ -486,10 +511,12 @@ def test_spool_full_sheds_low_priority_and_delivers_every_critical_event(tmp_pat
 def test_a_failed_delivery_is_logged_and_resent(tmp_path, topic):
     """A delivery report with an error (here librdkafka's message timeout, the broker being
     absent) is logged by the relay with the error and shown in health; the event stays in the
-    journal and arrives once a broker appears."""
+    journal and arrives once a broker appears. At-least-once: exactly-once sends nothing before
+    the transaction coordinator answers, so no record can time out there."""
     port = free_port()
     publisher = KafkaEventPublisher(f"127.0.0.1:{port}", topic, settings=settings(
-        tmp_path, KAFKA_LIBRDKAFKA_MESSAGE_TIMEOUT_MS="1000"))
+        tmp_path, KAFKA_LIBRDKAFKA_MESSAGE_TIMEOUT_MS="1000",
+        KAFKA_DELIVERY_GUARANTEE="at_least_once"))
     spool = str(tmp_path / "spool")
     try:
         event_id = publisher.publish_order_event("alice", "SBIN", "BUY", "1", "live").event_id
@@ -497,8 +524,10 @@ def test_a_failed_delivery_is_logged_and_resent(tmp_path, topic):
                                     if level == "WARNING" and "delivery of 1 records failed"
                                     in text], 15, message="the failure to be logged")
         assert "Message timed out" in failure[0] and "resent" in failure[0]
-        health = publisher.health()
-        assert health["spool_depth"] == 1 and health["healthy"] is False
+        # health shows it within the relay's status interval (50 ms), not at the same instant
+        health = wait_for(lambda: (h := publisher.health()) and not h["healthy"] and h, 2,
+                          message=lambda: f"health unhealthy ({publisher.health()})")
+        assert health["spool_depth"] == 1
         assert "timed out" in str(health["last_error"])
         with broker_appears(port, topic, {event_id}):
             wait_for(lambda: publisher.flush(0) == 0, 15, message="the event acknowledged")

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import traceback
 import urllib.request
 from pathlib import Path
 
@@ -101,18 +102,22 @@ def test_fork_after_build_child_events_arrive(kafka_bootstrap, topic, spool):
         parent_id = publisher.publish_order_event("alice", "SBIN", "BUY", "p1", "live").event_id
         read, write = os.pipe()
         pid = os.fork()
-        if pid == 0:  # the child: publish, report, exit without cleanup
+        if pid == 0:  # the child: publish, report (or say what failed), exit without cleanup
             try:
                 ids = [publisher.publish_order_event("bob", "SBIN", "BUY", f"c{i}", "live")
                        .event_id for i in range(5)]
                 name = publisher.transport._journal.name  # type: ignore[attr-defined]
                 os.write(write, json.dumps([ids, name]).encode())
+            except BaseException:
+                os.write(write, json.dumps(traceback.format_exc()).encode())
             finally:
                 os._exit(0)
         os.close(write)
         os.waitpid(pid, 0)
         with os.fdopen(read) as pipe:
-            child_ids, child_writer = json.loads(pipe.read())
+            report = json.loads(pipe.read())
+        assert isinstance(report, list), f"the child's publish failed: {report}"
+        child_ids, child_writer = report
         assert child_writer != publisher.transport._journal.name  # type: ignore[attr-defined]
         wait_for(lambda: {parent_id, *child_ids} <= set(collector.event_ids()), 20,
                  message="parent and child events on the topic")
@@ -367,6 +372,44 @@ def test_sigterm_with_the_broker_frozen_stops_at_once_and_keeps_the_events(topic
                 if relay is not None and relay.poll() is None:
                     relay.terminate()
                     relay.wait(20)
+
+
+def test_sigterm_before_the_frozen_broker_ever_answered_stops_at_once(topic, tmp_path,
+                                                                     monkeypatch):
+    """SIGTERM to a relay still starting its transactions against a broker frozen from the
+    start (its calls wait up to 10 s for an answer): it stops in well under 10 s, exit status
+    0, the events kept in the journals."""
+    from openalgo_events.devbroker import DevBroker
+
+    spool = str(tmp_path / "spool")
+    monkeypatch.setenv("OPENALGO_EVENTS_RELAY_AUTOSTART", "FALSE")  # the relay is ours
+    with DevBroker() as broker:
+        create_topic(broker.bootstrap_servers, topic)
+        publisher = KafkaEventPublisher(broker.bootstrap_servers, topic, settings=Settings
+                                        .from_env({"KAFKA_SPOOL_PATH": spool}))
+        os.kill(broker.process.pid, signal.SIGSTOP)
+        relay = subprocess.Popen(
+            [sys.executable, "-m", "openalgo_events.relay"], stderr=subprocess.PIPE, text=True,
+            env=relay_env(broker.bootstrap_servers, topic, spool,
+                          KAFKA_CLOSE_TIMEOUT_SECONDS="30"))
+        try:
+            for i in range(5):
+                publisher.publish_order_event("alice", "SBIN", "BUY", str(i), "live")
+            wait_for(lambda: relay_pid(spool) == relay.pid, 15, message="the relay")
+            time.sleep(1.0)  # inside its first wait for the frozen broker
+            started = time.monotonic()
+            relay.send_signal(signal.SIGTERM)
+            _, err = relay.communicate(timeout=20)
+            assert time.monotonic() - started < 5, err
+            assert relay.returncode == 0, err
+            assert "stopped; 5 events pending for the next relay" in err
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(broker.process.pid, signal.SIGCONT)
+            publisher.close()
+            if relay.poll() is None:
+                relay.kill()
+                relay.wait()
 
 
 def test_segments_of_a_live_writer_are_followed_and_kept_as_trail(kafka_bootstrap, topic,

@@ -17,6 +17,7 @@ from typing import Any
 from .._words import plural
 from ..config import Settings
 from ..errors import OpenAlgoEventsError
+from ..relay import positions
 from .broker import admin_client, cluster_metadata, kafka, kafka_admin
 
 DAY_MS = 24 * 3600 * 1000
@@ -66,8 +67,8 @@ def positions_plan(settings: Settings, replication_factor: int = REPLICATION_FAC
     return TopicPlan(settings.relay_positions_topic,
                      "each journal's position, committed with its events (exactly-once)", 1,
                      replication_factor,
-                     {"cleanup.policy": "compact", "min.insync.replicas": str(MIN_INSYNC_REPLICAS),
-                      "segment.ms": str(DAY_MS), "min.compaction.lag.ms": "0"})
+                     {**positions.TOPIC_CONFIG,
+                      "min.insync.replicas": str(positions.MIN_INSYNC_REPLICAS)})
 
 
 @dataclass(frozen=True)

@@ -83,8 +83,10 @@ class RecordWriter:
         self._fd, self._file = fd, new
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self._fd)
+        fd, self._fd = self._fd, -1  # once: a second close would hit whatever reused it
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 def ledger_positions(body: dict[str, Any] | None) -> dict[str, LedgerEntry]:

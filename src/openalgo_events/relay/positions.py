@@ -22,6 +22,13 @@ from ..transports.kafka_errors import QuietLibrdkafkaLog
 
 log = logging.getLogger("openalgo_events.relay")
 
+# The topic's settings, whoever creates it (the relay at its first start, or ``topics create``):
+# compacted, so one record per journal stays; segments rolled daily and compacted at once, so
+# retired journals' records go; two in-sync copies (fewer on a smaller cluster).
+TOPIC_CONFIG = {"cleanup.policy": "compact", "segment.ms": str(24 * 3600 * 1000),
+                "min.compaction.lag.ms": "0"}
+MIN_INSYNC_REPLICAS = 2
+
 
 class Positions:
     """One spool's records on the positions topic.
@@ -102,9 +109,9 @@ class Positions:
 
 def ensure_topic(client_config: Mapping[str, Any], topic: str, timeout: float = 10.0,
                  ) -> tuple[bool, str | None]:
-    """Create the positions topic if it is missing (compacted, one partition, replicated as the
-    cluster allows). Returns (there now, why it cannot be: a reason to fall back, or None when
-    the cluster did not answer: try again)."""
+    """Create the positions topic if it is missing (``TOPIC_CONFIG``, one partition, replicated
+    as the cluster allows). Returns (there now, why it cannot be: a reason to fall back, or
+    None when the cluster did not answer: try again)."""
     admin_module: Any = require("confluent_kafka.admin", "kafka")
     conf = {k: v for k, v in client_config.items()
             if not k.startswith(("transactional", "enable.idempotence", "acks", "compression",
@@ -118,7 +125,8 @@ def ensure_topic(client_config: Mapping[str, Any], topic: str, timeout: float = 
         replicas = max(1, min(3, len(metadata.brokers)))
         futures = admin.create_topics([admin_module.NewTopic(
             topic, num_partitions=1, replication_factor=replicas,
-            config={"cleanup.policy": "compact", "min.insync.replicas": str(min(2, replicas))})],
+            config={**TOPIC_CONFIG,
+                    "min.insync.replicas": str(min(MIN_INSYNC_REPLICAS, replicas))})],
             request_timeout=timeout)
         for future in futures.values():
             try:

@@ -118,6 +118,7 @@ class Relay:
         self.last_status: dict[str, Any] = {}
         self._status_due = 0.0
         self._status_checked = -LEDGER_EVERY  # when the figures were last gathered
+        self._status_look_at: float | None = None  # a look skipped, made up then
         self._idle_since: float | None = None
         # depth, bytes, oldest created: from the last look
         self._pending: tuple[int, int, float | None] = (0, 0, None)
@@ -266,6 +267,8 @@ class Relay:
             deadline = min(deadline, self._last_ledger + LEDGER_EVERY)
         if self._recheck_at is not None:
             deadline = min(deadline, self._recheck_at)
+        if self._status_look_at is not None:
+            deadline = min(deadline, self._status_look_at)
         return max(0.0, deadline - now)
 
     def _wait(self, timeout: float) -> None:
@@ -714,12 +717,14 @@ class Relay:
         """Rewrite the status when a figure changed and at least every ``STATUS_EVERY`` seconds
         (hosts read its age). The figures are looked at no more often than every
         ``LEDGER_EVERY`` (a busy relay turns for every ring and every delivery report); a look
-        skipped is made up by the next turn, within ``SAFETY_SCAN`` at the latest. The pending
-        count and bytes change with every event: they are written with the rest, not on their
-        own."""
+        skipped is made up at the end of that interval, so that health shows a change (the
+        broker lost, a delivery failed) within ``LEDGER_EVERY``. The pending count and bytes
+        change with every event: they are written with the rest, not on their own."""
         assert self._status is not None and self.reader is not None
         if now < self._status_due and now - self._status_checked < LEDGER_EVERY:
+            self._status_look_at = self._status_checked + LEDGER_EVERY
             return
+        self._status_look_at = None
         self._status_checked = now
         if self.reader.corrupt > self._corrupt_counted:
             self.stats.incr("quarantined", self.reader.corrupt - self._corrupt_counted)

@@ -51,6 +51,7 @@ from ..stats import Stats
 from ..transports.kafka_errors import (
     AUTHENTICATION,
     AUTHORIZATION,
+    DEGRADED,
     TOPIC_MISSING,
     ErrorClass,
     QuietLibrdkafkaLog,
@@ -69,6 +70,7 @@ MAX_BACKOFF = 30.0
 # What makes each record its own batch: a refusal then names only the record that caused it.
 ISOLATING = {"batch.num.messages": 1, "linger.ms": 0,
              "max.in.flight.requests.per.connection": 1}
+CLOSE_GRACE = 2.0  # seconds a close waits for the thread beyond its delivery timeout
 INIT_TIMEOUT = 10.0  # seconds init_transactions may take (it needs the transaction coordinator)
 COMMIT_STEP = 1.0  # seconds per commit_transaction try (a stop request is seen between tries)
 # Errors that say the cluster, or its ACLs, will not give this producer transactions.
@@ -183,6 +185,7 @@ class Producer:
         self._failures_logged = False
         self._down_since = 0.0
         self._limit_checked = False
+        self._min_insync: int | None = None  # the topic's min.insync.replicas (exactly-once)
         # what health shows
         self.broker_up: bool | None = None
         self.condition: str | None = None
@@ -297,10 +300,7 @@ class Producer:
                     tokens, self._txn_tokens = self._txn_tokens, []
                     self._delivered.extend(tokens)
                     self._txn_open = False
-                    self._last_progress = time.monotonic()
-                    self._backoff = 0.5
-                    if self.broker_up is not True or self.condition:
-                        self._recovered()
+                    self._progressed()
                     return True
             self._abort()
             return False
@@ -377,7 +377,8 @@ class Producer:
     def _run(self) -> None:
         if self.transactional:
             self._start_transactions()
-        self._warm()
+        if not self._closing:
+            self._warm()
         while not self._closing:
             try:
                 self._turn()
@@ -400,6 +401,9 @@ class Producer:
         backoff, initialised = 0.5, False
         while not self._closing:
             there, refused = ensure_topic(conf, self._positions.topic)
+            # the client's own errors (a wrong SASL password, a missing ACL) are served by its
+            # poll, which nothing else calls before the transactions start
+            self._client.poll(0)
             if refused:
                 self._fall_back(refused)
                 return
@@ -467,17 +471,22 @@ class Producer:
     def _settle(self) -> None:
         """Classify what the last poll reported, and wake the main loop if anything came."""
         if self._delivered:
-            self._last_progress = time.monotonic()
-            self._backoff = 0.5
-            if self.broker_up is not True or self.condition:
-                self._recovered()
-            if self.problem is not None:
-                log.warning("Kafka deliveries succeed again (was: %s)", self.problem)
-                self.problem = None
+            self._progressed()
         if self._failed:
             self._classify([self._failed.popleft() for _ in range(len(self._failed))])
         if self._delivered or self._refused:
             self._wake()
+
+    def _progressed(self) -> None:
+        """Records acknowledged (at-least-once) or a transaction committed (exactly-once): the
+        brokers are up, and any condition or problem is over."""
+        self._last_progress = time.monotonic()
+        self._backoff = 0.5
+        if self.broker_up is not True or self.condition:
+            self._recovered()
+        if self.problem is not None:
+            log.warning("Kafka deliveries succeed again (was: %s)", self.problem)
+            self.problem = None
 
     def _classify(self, failed: list[tuple[Report, Any]]) -> None:
         """Failed delivery reports: a refusal of one record (isolated: for good; otherwise a
@@ -531,6 +540,8 @@ class Producer:
                 "rebuilding the Kafka producer (%s); resending every record not acknowledged",
                 reason)
         self.stats.incr("producer_rebuilds", transport="kafka")
+        if self.transactional:
+            self._diagnose_replicas()
         with self._lock:
             self._paused = True
             old = self._client
@@ -545,6 +556,28 @@ class Producer:
         self._backoff = min(max(self._backoff, 0.25) * 2, MAX_BACKOFF)
         self._install(isolating)
         self._destroy_later(old)
+
+    def _diagnose_replicas(self) -> None:
+        """Exactly-once, a transaction stuck (a commit or init_transactions failed): the
+        brokers' refusal stays inside the transaction and never reaches a record's report, so
+        health names the usual cause from the metadata: partitions of the topic with fewer
+        in-sync replicas than its ``min.insync.replicas``."""
+        if self._min_insync is None:
+            return
+        try:
+            topic = self._client.list_topics(self.topic, timeout=2.0).topics.get(self.topic)
+        except Exception:
+            return  # no answer: the brokers are down, which health already says
+        if topic is None or topic.error is not None:
+            return
+        short = sorted(p.id for p in topic.partitions.values()
+                       if len(p.isrs) < self._min_insync)
+        if short:
+            self._set_problem(f"{DEGRADED['NOT_ENOUGH_REPLICAS']}; partitions {short} have "
+                              f"fewer than {self._min_insync} in sync",
+                              "Kafka cannot complete the relay's transactions on %s: %s. Events "
+                              "are kept in the journals and sent once enough replicas are "
+                              "back.", self.topic, "NOT_ENOUGH_REPLICAS")
 
     def _swap(self, *, isolating: bool, reason: str) -> None:
         """Replace the client with nothing in flight: no record is purged, none resent."""
@@ -745,12 +778,14 @@ class Producer:
                 self._enter_condition(meaning, str(error))
         elif not self._limit_checked:
             self._limit_checked = True
-            from ..transports.kafka_limits import topic_limit_problem
+            from ..transports.kafka_limits import topic_config, topic_limit_problem
 
             conf = {k: v for k, v in self._config.items() if k != "error_cb"}
             problem = topic_limit_problem(conf, self.topic, int(conf.get("message.max.bytes", 0)))
             if problem:
                 log.warning("%s", problem)
+            if self.transactional:
+                self._min_insync = topic_config(conf, self.topic, "min.insync.replicas")
 
     def delivery_state(self) -> dict[str, Any]:
         """What the producer knows, cheaply: ``delivering`` is False while the brokers are
@@ -781,7 +816,10 @@ class Producer:
         self._close_deadline = time.monotonic() + (0.0 if hopeless else timeout)
         self._closing = True
         self._stop.set()
-        self._thread.join(timeout + 5.0)
+        # The thread may be inside a call that waits on the brokers (a metadata request, an
+        # init_transactions: up to INIT_TIMEOUT): a stop does not wait that out when nothing
+        # can be delivered anyway; the thread ends by itself, and nothing is lost with it.
+        self._thread.join((0.0 if hopeless else timeout) + CLOSE_GRACE)
 
     def _shut_down(self) -> None:
         left = max(0.0, self._close_deadline - time.monotonic())

@@ -125,8 +125,12 @@ class SpoolDirectory:
         return held.st_nlink == 0 or (named.st_ino, named.st_dev) != (held.st_ino, held.st_dev)
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
+        """Close the descriptor, once: its number goes back to the process, and a second close
+        (a closed publisher's in a forked child) would close whatever reused it."""
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 def _open_dir(path: str, create: bool, parent_fd: int | None = None,

@@ -54,7 +54,11 @@ _LIVE: weakref.WeakSet[KafkaTransport] = weakref.WeakSet()
 
 def _after_fork_in_child() -> None:
     for transport in list(_LIVE):
-        transport._forget_parent()
+        try:
+            transport._forget_parent()
+        except Exception:  # one publisher's trouble must not leave the others the parent's
+            log.exception("a forked child could not set up its own journal for %s",
+                          transport.spool_path)
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -226,6 +230,7 @@ class KafkaTransport:
         send, and a relay is started if none runs. Returns how many of this process's events
         are not confirmed on the topic yet (as ``flush``)."""
         waiting, set_aside = self._unconfirmed()
+        _LIVE.discard(self)  # a forked child has nothing of a closed publisher to set up
         with self._lock:
             self._closed = True
             if self._journal is not None:

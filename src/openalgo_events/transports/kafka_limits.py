@@ -15,21 +15,28 @@ from typing import Any
 from ..errors import require
 
 
-def topic_max_message_bytes(client_config: Mapping[str, Any], topic: str,
-                            timeout: float = 5.0) -> int | None:
-    """The topic's ``max.message.bytes`` (DescribeConfigs), or None when it cannot be read
-    (no topic, no permission, no broker). Blocks up to ``timeout`` seconds."""
+def topic_config(client_config: Mapping[str, Any], topic: str, name: str,
+                 timeout: float = 5.0) -> int | None:
+    """One numeric topic config of ``topic`` (DescribeConfigs: ``max.message.bytes``,
+    ``min.insync.replicas``), or None when it cannot be read (no topic, no permission, no
+    broker). Blocks up to ``timeout`` seconds."""
     admin_module: Any = require("confluent_kafka.admin", "kafka")
     try:
         admin = admin_module.AdminClient(dict(client_config))
         futures = admin.describe_configs([admin_module.ConfigResource("topic", topic)],
                                          request_timeout=timeout)
         for future in futures.values():
-            entry = future.result(timeout).get("max.message.bytes")
+            entry = future.result(timeout).get(name)
             return int(entry.value) if entry is not None and entry.value is not None else None
     except Exception:  # absent, forbidden or unreachable: the other checks say which
         return None
     return None
+
+
+def topic_max_message_bytes(client_config: Mapping[str, Any], topic: str,
+                            timeout: float = 5.0) -> int | None:
+    """The topic's ``max.message.bytes``, or None when it cannot be read (``topic_config``)."""
+    return topic_config(client_config, topic, "max.message.bytes", timeout)
 
 
 def topic_limit_problem(client_config: Mapping[str, Any], topic: str,
