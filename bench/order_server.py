@@ -80,7 +80,7 @@ def main(events: str, port: int, bootstrap: str, topic: str, workdir: str,
 
         settings = Settings.from_env({
             "ORDER_EVENT_MODE": "KAFKA", "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-            "KAFKA_SPOOL_PATH": os.path.join(workdir, "spool.db"),
+            "KAFKA_SPOOL_PATH": os.path.join(workdir, "spool"),
             "KAFKA_PRODUCER_LINGER_MS": "10", "KAFKA_PRODUCER_COMPRESSION": "none",
         })
         publisher = KafkaEventPublisher(bootstrap, topic, settings=settings)

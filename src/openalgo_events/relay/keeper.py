@@ -8,7 +8,8 @@ doubling to 10 s; reset once one has run for 30 s); one that cannot use its spoo
 settings (exit status 78, its message says why) after a longer one (5 s doubling to 60 s), and
 a keeper started for a publisher gives up after ten minutes of that (the publisher's watch
 starts another once the cause is fixed). A relay that exits 0 (idle, or stopped) or 3 (another
-relay serves the spool) ends the keeper too.
+relay serves the spool) ends the keeper too, unless events arrived as the relay went idle
+(``_hand_over``).
 
 SIGTERM and SIGINT are passed on to the relay, and the keeper exits with its status once it has
 stopped. With ``--watch-parent`` (gunicorn's master starts it so), the keeper tells the relay
@@ -30,6 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import SpoolError
+from ..spool import Spool
 from ..spool import format as fmt
 from ..spool.directory import SpoolDirectory, posix_lock
 from .process import EXIT_HELD, EXIT_OK, EXIT_UNUSABLE
@@ -87,9 +89,18 @@ class Keeper:
             pid, status = self._run_relay()
             how = describe(status)
             code = os.waitstatus_to_exitcode(status)
-            if self._stopping or code in (EXIT_OK, EXIT_HELD):
+            if self._stopping or code == EXIT_HELD:
                 log.info("keeper: the relay (pid %s) %s; the keeper exits", pid, how)
                 return code if self._stopping else EXIT_OK
+            if code == EXIT_OK:  # idle: it found nothing to send
+                again = self._hand_over(spool, lock_fd)
+                if again is None:
+                    log.info("keeper: the relay (pid %s) %s; the keeper exits", pid, how)
+                    return EXIT_OK
+                lock_fd = again
+                log.info("keeper: events arrived as the relay (pid %s) went idle; starting it "
+                         "again", pid)
+                continue
             if code == EXIT_UNUSABLE:
                 unusable_since = unusable_since or time.monotonic()
                 if self.for_publisher and (
@@ -108,6 +119,30 @@ class Keeper:
                       backoff)
             if self._sleep(backoff):
                 return EXIT_OK
+
+    @staticmethod
+    def _hand_over(spool: SpoolDirectory, lock_fd: int) -> int | None:
+        """After an idle exit: let go of the spool, then look for events once more. A publisher
+        writes its event before it looks for a relay or a keeper; looking after the lock is
+        released, one of the two sees the other, so an event journaled while the relay was
+        exiting is never left without one. The lock again (a descriptor) when events wait and
+        no other keeper took the spool meanwhile, else None."""
+        os.close(lock_fd)
+        try:
+            with Spool(spool.path) as view:
+                waiting = view.pending().depth
+        except (OSError, SpoolError):
+            return None  # the spool is gone or unusable: a publisher's keeper says why
+        if not waiting:
+            return None
+        try:
+            fd = spool.open(fmt.KEEPER_LOCK, os.O_RDWR, create=True)
+        except (OSError, SpoolError):
+            return None
+        if posix_lock(fd):
+            return fd
+        os.close(fd)
+        return None  # a publisher's keeper has it: that one runs the relay
 
     def _run_relay(self) -> tuple[int, int]:
         """Start the relay and wait for it, passing on stop signals and the parent's death."""

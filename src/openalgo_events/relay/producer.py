@@ -542,11 +542,8 @@ class Producer:
         self.stats.incr("producer_rebuilds", transport="kafka")
         if self.transactional:
             self._diagnose_replicas()
-        with self._lock:
-            self._paused = True
-            old = self._client
-            self.generation += 1  # old reports are now void; the main loop rewinds
-            old.purge(in_queue=True, in_flight=True, blocking=False)
+        old = self._take_client()  # old reports are now void; the main loop rewinds
+        old.purge(in_queue=True, in_flight=True, blocking=False)
         old.poll(0)
         self._wake()
         pause = self._backoff
@@ -579,12 +576,22 @@ class Producer:
                               "are kept in the journals and sent once enough replicas are "
                               "back.", self.topic, "NOT_ENOUGH_REPLICAS")
 
+    def _take_client(self) -> Any:
+        """Pause sending and take the client out of use (its reports void from now on), once
+        no commit is going on: the next client's init_transactions fences this one, and a
+        commit it cut short would read as a newer relay having taken over. A commit lasts at
+        most the stall timeout; none starts once paused."""
+        while True:
+            with self._lock:
+                if not self._committing:
+                    self._paused = True
+                    self.generation += 1
+                    return self._client
+            time.sleep(0.005)
+
     def _swap(self, *, isolating: bool, reason: str) -> None:
         """Replace the client with nothing in flight: no record is purged, none resent."""
-        with self._lock:
-            self._paused = True
-            old = self._client
-            self.generation += 1
+        old = self._take_client()
         log.info("Kafka producer replaced (%s)", reason)
         self._install(isolating)
         self._end_isolation = False
