@@ -1,13 +1,16 @@
 """An order endpoint, with order events on (KAFKA mode, durable spool), raw or off.
 
-    python -m bench.order_server EVENTS(on|raw|off) PORT BOOTSTRAP TOPIC WORKDIR BROKER_DELAY_MS
+    python -m bench.order_server EVENTS PORT BOOTSTRAP TOPIC WORKDIR BROKER_DELAY_MS
+
+EVENTS is on, on_alo, raw or off.
 
 ``POST /api/v1/placeorder`` validates the order as OpenAlgo's placeorder does (required keys,
 a positive integer quantity), waits BROKER_DELAY_MS to stand for the broker's REST call,
 assigns an order id and, with events on, calls ``publish_order_event`` with the send time in
-the data. ``raw`` sends the same event with a plain confluent-kafka producer (no spool, no
-envelope checks): what the Kafka client and the broker cost the endpoint by themselves. Served
-by Werkzeug's threaded server (a thread per request).
+the data (``on``: exactly-once, the default; ``on_alo``: at-least-once). ``raw`` sends the
+same event with a plain confluent-kafka producer (no spool, no envelope checks): what the Kafka
+client and the broker cost the endpoint by themselves. Served by Werkzeug's threaded server (a
+thread per request).
 """
 
 from __future__ import annotations
@@ -74,7 +77,7 @@ def create_app(publisher: Any, broker_delay: float) -> Flask:
 def main(events: str, port: int, bootstrap: str, topic: str, workdir: str,
          broker_delay_ms: float) -> None:
     publisher = None
-    if events == "on":
+    if events in ("on", "on_alo"):
         from openalgo_events.config import Settings
         from openalgo_events.publisher import KafkaEventPublisher
 
@@ -82,6 +85,7 @@ def main(events: str, port: int, bootstrap: str, topic: str, workdir: str,
             "ORDER_EVENT_MODE": "KAFKA", "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
             "KAFKA_SPOOL_PATH": os.path.join(workdir, "spool"),
             "KAFKA_PRODUCER_LINGER_MS": "10", "KAFKA_PRODUCER_COMPRESSION": "none",
+            "KAFKA_DELIVERY_GUARANTEE": "at_least_once" if events == "on_alo" else "exactly_once",
         })
         publisher = KafkaEventPublisher(bootstrap, topic, settings=settings)
     elif events == "raw":

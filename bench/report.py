@@ -248,8 +248,9 @@ def markdown(day: str, info: dict[str, Any], plan: Plan, s: Summary, notes: list
               "here run on the same 2 CPUs as the endpoint and the load.", ""]
     for delay in delays(s):
         lines += [f"Simulated broker call {delay} ms:", "",
-                  "| figure | events off | plain producer | events on | on / off | "
-                  "on / plain |", "|---|---|---|---|---|---|"]
+                  "| figure | events off | plain producer | events on (exactly-once) | "
+                  "events on, at-least-once | on / off | on / plain | at-least-once / plain |",
+                  "|---|---|---|---|---|---|---|---|"]
         for fig, label in (("sequential.p50_ms", "one at a time, p50 (ms)"),
                            ("sequential.p99_ms", "one at a time, p99 (ms)"),
                            ("load100.p50_ms", "100 concurrent, p50 (ms)"),
@@ -262,9 +263,11 @@ def markdown(day: str, info: dict[str, Any], plan: Plan, s: Summary, notes: list
             figure = f"orders.delay{delay}.{fig}"
             ratio = _ratio(_get(s, figure, "events_on"), _get(s, figure, "events_off"))
             plain = _ratio(_get(s, figure, "events_on"), _get(s, figure, "events_raw"))
+            alo = _ratio(_get(s, figure, "events_on_alo"), _get(s, figure, "events_raw"))
             lines.append(f"| {label} | {_cell(s, figure, 'events_off')} | "
                          f"{_cell(s, figure, 'events_raw')} | {_cell(s, figure, 'events_on')} | "
-                         f"{_fmt(ratio)} | {_fmt(plain)} |")
+                         f"{_cell(s, figure, 'events_on_alo')} | "
+                         f"{_fmt(ratio)} | {_fmt(plain)} | {_fmt(alo)} |")
         lines.append("")
     losses = [f"{fig} {v}: {c['median']}" for fig, by in s.items() if "fraction" in fig
               for v, c in by.items() if c["min"] < 1.0]

@@ -153,10 +153,17 @@ def record_kafka(variant: str, run: dict[str, Any], consumed: dict[str, Any],
     add("kafka.confirmed", variant, 1.0 if run["confirmed"] else 0.0)
     add("kafka.rss_mb", variant, run["memory_end"]["rss_kb"] / 1024)
     add("kafka.peak_rss_mb", variant, run["memory_end"]["hwm_kb"] / 1024)
+    if variant in ("oae_spool", "oae_spool_alo"):  # the relay is a process of its own
+        add("kafka.relay_cpu_us", variant, run["relay_cpu_us"])
+        add("kafka.all_cpu_us", variant, run["all_cpu_us"])
+        if run.get("relay_memory"):
+            add("kafka.relay_peak_rss_mb", variant, run["relay_memory"]["hwm_kb"] / 1024)
     if variant == "oae_spool":
         add("kafka.spool.wchar_per_event", variant, run["wchar_per_event"])
         add("kafka.spool.write_bytes_per_event", variant, run["write_bytes_per_event"])
-        add("kafka.spool.file_growth_per_event", variant, run["spool_growth_per_event"])
+        add("kafka.spool.disk_growth_per_event", variant, run["spool_growth_per_event"])
+        add("kafka.spool.relay_write_bytes_per_event", variant,
+            run["relay_write_bytes_per_event"])
 
 
 # -- the relay: CPU at a steady rate, memory under a backlog ---------------------------------
@@ -289,7 +296,7 @@ def orders_family(plan: Plan, bootstrap: str, tmp: Path, results: Results) -> No
 
     for rep in range(plan.repeats):
         for delay in plan.broker_delays_ms:
-            for events in ("off", "raw", "on"):
+            for events in ("off", "raw", "on", "on_alo"):
                 log(f"orders: broker {delay:g} ms, events {events} "
                     f"(repeat {rep + 1}/{plan.repeats})")
                 orders_run(plan, bootstrap, tmp, results, delay, events, free_port())
