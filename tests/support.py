@@ -6,7 +6,7 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,21 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, step: float = 
             raise AssertionError(f"timed out after {timeout}s waiting for "
                                  f"{message() if callable(message) else message}")
         time.sleep(step)
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(mount: Path, size: str) -> Iterator[Path]:
+    """``mount`` made and mounted as a tmpfs of ``size`` (mount's ``size=``, e.g. ``3m``),
+    private to its owner, unmounted at the end. Needs root (callers skip without it)."""
+    import subprocess
+
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=700", "tmpfs", str(mount)],
+                   check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
 
 
 def create_topic(bootstrap: str, name: str, partitions: int = 1,

@@ -26,7 +26,7 @@ from openalgo_events.spool import format as fmt
 from tests.doubles.event_bus import EventBus
 from tests.doubles.events import synthetic
 from tests.integration.relay_support import relay_errors, stop_relays
-from tests.support import TopicCollector, create_topic, wait_for
+from tests.support import TopicCollector, create_topic, mounted_tmpfs, wait_for
 
 pytestmark = [pytest.mark.broker]
 ROOT = os.geteuid() == 0
@@ -45,15 +45,11 @@ def tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A directory on its own 16 MiB tmpfs."""
     if not ROOT:
         pytest.skip("mounting a tmpfs needs root")
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=700", "tmpfs", str(mount)],
-                   check=True)
-    try:
-        yield mount
-    finally:
-        stop_relays(str(mount / "spool"))
-        subprocess.run(["umount", "-l", str(mount)], check=True)
+    with mounted_tmpfs(tmp_path / "disk", "16m") as mount:
+        try:
+            yield mount
+        finally:
+            stop_relays(str(mount / "spool"))
 
 
 def fill(directory: Path) -> None:

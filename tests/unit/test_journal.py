@@ -17,6 +17,7 @@ from openalgo_events import KafkaEventPublisher, Settings, SpoolError
 from openalgo_events.host.journal import JournalWriter
 from openalgo_events.spool import format as fmt
 from openalgo_events.spool.directory import SpoolDirectory, flock_held
+from tests.support import mounted_tmpfs
 
 ROOT = os.geteuid() == 0
 META = ["id", "order_event", "alice", 3, 1.0, "2026-01-01T00:00:00Z", "openalgo", None]
@@ -32,14 +33,8 @@ def tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A directory on its own small tmpfs (3 MiB), unmounted at the end."""
     if not ROOT:
         pytest.skip("mounting a tmpfs needs root")
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m,mode=700", "tmpfs", str(mount)],
-                   check=True)
-    try:
+    with mounted_tmpfs(tmp_path / "disk", "3m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=True)
 
 
 def resize(mount: Path, size: str) -> None:

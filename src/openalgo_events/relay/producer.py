@@ -382,6 +382,13 @@ class Producer:
         while not self._closing:
             try:
                 self._turn()
+            except self._ck.KafkaException as exc:
+                # The client raised (a fatal error of its transactions surfaces from poll):
+                # it is unusable, so it is replaced, unless a newer relay fenced it.
+                err = exc.args[0] if exc.args else exc
+                if not self._fenced_by(err) and not self._rebuild_reason:
+                    self._set_error(str(err))
+                    self._rebuild_reason = f"producer error: {err}"
             except Exception as exc:  # the producer must outlive any surprise
                 self._set_error(f"relay error: {exc}")
                 log.exception("Kafka producer error; retrying in 1 s (events stay in the "
