@@ -389,6 +389,7 @@ class Producer:
                 if not self._fenced_by(err) and not self._rebuild_reason:
                     self._set_error(str(err))
                     self._rebuild_reason = f"producer error: {err}"
+                self._stop.wait(0.1)  # never a hot loop, whatever raised
             except Exception as exc:  # the producer must outlive any surprise
                 self._set_error(f"relay error: {exc}")
                 log.exception("Kafka producer error; retrying in 1 s (events stay in the "
@@ -550,8 +551,9 @@ class Producer:
         if self.transactional:
             self._diagnose_replicas()
         old = self._take_client()  # old reports are now void; the main loop rewinds
-        old.purge(in_queue=True, in_flight=True, blocking=False)
-        old.poll(0)
+        with contextlib.suppress(self._ck.KafkaException):  # its errors no longer matter
+            old.purge(in_queue=True, in_flight=True, blocking=False)
+            old.poll(0)
         self._wake()
         pause = self._backoff
         if self._closing:
