@@ -109,7 +109,8 @@ class Relay:
         self._rung: set[str] = set()
         self._recheck_at: float | None = None
         self._moved = False  # acknowledged positions moved since the last ledger write
-        self._remote_merged = False  # exactly-once: Kafka's positions taken (before any send)
+        # exactly-once: the positions read from Kafka last merged (before any send)
+        self._remote_merged: dict[str, list[int]] | None = None
         self._committed: dict[str, list[int]] = {}  # exactly-once: positions in Kafka
         self._tombstones: set[str] = set()  # exactly-once: retired journals to delete there
         self._last_ledger = 0.0
@@ -334,17 +335,20 @@ class Relay:
 
     # -- exactly-once ---------------------------------------------------------------------------
     def _take_remote_positions(self) -> None:
-        """Once, before anything is sent: the positions Kafka holds for this spool's journals,
-        where they are ahead of the ledger (a crash between a commit and the ledger write)."""
+        """Before anything is sent on a new transactional client (at start, and after each
+        rebuild): the positions Kafka holds for this spool's journals, where they are ahead of
+        the ledger (a crash between a commit and the ledger write, or a commit that timed out
+        and yet completed)."""
         producer, reader = self.producer, self.reader
         assert producer is not None and reader is not None
-        if self._remote_merged or producer.remote_positions is None:
+        remote = producer.remote_positions
+        if remote is None or remote is self._remote_merged:
             return
-        self._remote_merged = True
-        self._committed = {name: list(entry) for name, entry in
-                           producer.remote_positions.items()}
+        self._remote_merged = remote
+        self._committed = {name: list(entry) for name, entry in remote.items()}
         reader.scan(time.monotonic())
-        reader.merge(producer.remote_positions)
+        reader.rewind()  # nothing of the old client's is in flight any more
+        reader.merge(remote)
         self._moved = True
 
     def _commit(self, timeout: float | None = None) -> None:
@@ -352,7 +356,7 @@ class Relay:
         moves, once the journals are read to their end (or it is full)."""
         producer, reader = self.producer, self.reader
         assert producer is not None and reader is not None
-        if not producer.transactional or not self._remote_merged:
+        if not producer.transactional or self._remote_merged is None:
             return
         if not self._tombstones and not producer.in_flight:
             return
@@ -430,6 +434,7 @@ class Relay:
         assert producer is not None and reader is not None
         if not producer.accepting:
             return
+        self._take_remote_positions()  # once accepting: read with the client they go with
         room = MAX_IN_FLIGHT - producer.in_flight
         shedding = self._pending[1] > self.settings.spool_max_bytes
         rung, self._rung = self._rung, set()

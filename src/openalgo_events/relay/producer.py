@@ -611,7 +611,7 @@ class Producer:
         config = {**self._config, **(ISOLATING if isolating else {})}
         client = self._ck.Producer(config)
         if self.transactional:
-            try:  # fences the old client's epoch and aborts its open transaction
+            try:  # fences the old client's epoch and ends its transaction, one way or the other
                 client.init_transactions(INIT_TIMEOUT)
             except self._ck.KafkaException as exc:
                 err = exc.args[0] if exc.args else exc
@@ -622,6 +622,17 @@ class Producer:
                 self._set_error(f"init_transactions: {err}")
                 self._rebuild_reason = f"init_transactions failed: {err}"  # stays paused
                 return
+            # A commit that timed out may still have completed (init_transactions rolls a
+            # prepared commit forward): what Kafka now holds decides what is resent, read
+            # before anything is sent on the new client, as at start.
+            assert self._positions is not None
+            conf = {k: v for k, v in self._config.items() if k != "logger"}
+            remote = self._positions.read(conf, INIT_TIMEOUT)
+            if remote is None:
+                self._destroy_later(client)
+                self._rebuild_reason = "the committed positions could not be read"  # paused
+                return
+            self.remote_positions = dict(remote)
         with self._lock:
             self._client = client
             self.isolating = isolating
