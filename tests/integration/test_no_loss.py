@@ -172,6 +172,7 @@ def outage_run(name: str, cluster: KafkaCluster, tmp_path: Any, topic: str,
 
 
 def busiest_partition(collector: TopicCollector) -> int:
+    wait_for(lambda: collector.messages, 30, message="the first events at the consumer")
     counts: dict[int, int] = defaultdict(int)
     for partition, *_ in collector.messages:
         counts[partition] += 1
