@@ -129,18 +129,15 @@ class KafkaTransport:
     def _write(self, meta: list[Any], value: bytes) -> None:
         """Journal one record (``meta`` without its seq: ``spool.format``) and ring."""
         with self._lock:
-            journal = self._journal
-            if journal is None:
-                journal = self._open()
-                journal.append(meta, value)
-                if self._watch is not None:
-                    # Now, not on the watch's thread: a script (or a forked child) may exit
-                    # right after this publish, and the thread with it. After the append: a
-                    # relay going idle looks for events once it let go of the spool, so one of
-                    # the two sees the other. A millisecond, once per process.
-                    self._starter.ensure()
-            else:
-                journal.append(meta, value)
+            first = self._journal is None
+            journal = self._journal or self._open()
+            journal.append(meta, value)
+            if first and self._watch is not None:
+                # Now, not on the watch's thread: a script (or a forked child) may exit right
+                # after this publish, and the thread with it. After the append: a relay going
+                # idle looks for events once it let go of the spool, so one of the two sees
+                # the other. A millisecond, once per process.
+                self._starter.ensure()
             now = time.monotonic()
             if now - self._last_ring >= RING_GAP:
                 self._last_ring = now
